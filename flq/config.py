@@ -1,0 +1,184 @@
+"""The run configuration: every knob of ``[tool.flwr.app.config]``, typed and checked once.
+
+Flower hands both apps ``context.run_config`` (a flat dict of TOML scalars, defaults from
+pyproject.toml fused with ``-c`` overrides). ``RunConfig.from_flower`` turns it into one
+frozen dataclass and reports *every* bad value in one clear error, so a typo in
+``flwr run . -c '...'`` fails in the first second instead of deep inside a library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+TASKS = ("sequence-classification", "causal-lm")
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+BITS = (4, 8, 16, 32)
+QUANT_TYPES = ("nf4", "fp4")
+POLICIES = ("wait", "drop", "budget")
+AGGREGATIONS = ("zero-pad", "rank-wise", "svd")
+CODECS = ("fp32", "fp16", "int8", "int4")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # task, model, data
+    task: str = "sequence-classification"
+    model: str = "smollm2-135m"
+    data: str = "bbc-news"
+    text_column: str = "text"
+    label_column: str = "label"
+    max_seq_length: int = 64
+    server_test_size: int = 300
+    local_test_fraction: float = 0.2
+    # partitioning
+    partitioner: str = "dirichlet"
+    dirichlet_alpha: float = 0.3
+    classes_per_client: int = 2
+    # federated loop
+    num_server_rounds: int = 6
+    clients_per_round: int = 4
+    local_steps: int = 8
+    batch_size: int = 8
+    eval_batch_size: int = 32
+    learning_rate: float = 0.002
+    weight_decay: float = 0.0
+    seed: int = 42
+    target_score: float = 0.85
+    # LoRA and backbone
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "auto"
+    backbone_bits: int = 16
+    quant_type: str = "nf4"
+    aggregation: str = "rank-wise"
+    # what travels
+    update_codec: str = "fp32"
+    broadcast_codec: str = "fp32"
+    error_feedback: bool = True
+    # outputs
+    output_dir: str = "runs"
+    run_name: str = ""
+    resume: bool = False
+
+    # -- derived ---------------------------------------------------------------------
+    @property
+    def lora_scaling(self) -> float:
+        """alpha / r at the global rank; kept for every client rank (see docs/architecture.md)."""
+        return self.lora_alpha / self.lora_rank
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.task != "causal-lm"  # perplexity: lower is better
+
+    @property
+    def score_name(self) -> str:
+        return "perplexity" if self.task == "causal-lm" else "accuracy"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {_flower_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    # -- parsing ---------------------------------------------------------------------
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's flat run config (kebab-case keys); unknown keys are errors."""
+        known = {_flower_key(f.name): f for f in fields(cls)}
+        errors: list[str] = []
+        values: dict[str, Any] = {}
+        for key, raw in run_config.items():
+            field = known.get(key)
+            if field is None:
+                errors.append(f"unknown key {key!r}")
+                continue
+            try:
+                values[field.name] = _coerce(raw, field.type)
+            except (TypeError, ValueError) as exc:
+                errors.append(f"{key}={raw!r}: {exc}")
+        if errors:
+            raise ConfigError("bad run config: " + "; ".join(errors) + _hint(known))
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def replace(self, **changes: Any) -> RunConfig:
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        errors = []
+
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                errors.append(message)
+
+        check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        check(self.partitioner in PARTITIONERS, f"partitioner must be one of {PARTITIONERS}")
+        check(self.backbone_bits in BITS, f"backbone-bits must be one of {BITS}")
+        check(self.quant_type in QUANT_TYPES, f"quant-type must be one of {QUANT_TYPES}")
+        check(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
+        check(self.update_codec in CODECS, f"update-codec must be one of {CODECS}")
+        check(self.broadcast_codec in CODECS, f"broadcast-codec must be one of {CODECS}")
+        check(self.max_seq_length >= 8, "max-seq-length must be >= 8")
+        check(self.server_test_size >= 1, "server-test-size must be >= 1")
+        check(0.0 < self.local_test_fraction < 1.0, "local-test-fraction must be in (0, 1)")
+        check(self.dirichlet_alpha > 0, "dirichlet-alpha must be > 0")
+        check(self.classes_per_client >= 1, "classes-per-client must be >= 1")
+        check(self.num_server_rounds >= 1, "num-server-rounds must be >= 1")
+        check(self.clients_per_round >= 0, "clients-per-round must be >= 0 (0 = all)")
+        check(self.local_steps >= 1, "local-steps must be >= 1")
+        check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
+        check(self.learning_rate > 0, "learning-rate must be > 0")
+        check(self.weight_decay >= 0, "weight-decay must be >= 0")
+        check(self.lora_rank >= 1, "lora-rank must be >= 1")
+        check(self.lora_alpha > 0, "lora-alpha must be > 0")
+        check(0.0 <= self.lora_dropout < 1.0, "lora-dropout must be in [0, 1)")
+        check(bool(self.lora_targets.strip()), "lora-targets must not be empty")
+        check(bool(self.output_dir.strip()), "output-dir must not be empty")
+        check("/" not in self.run_name and ".." not in self.run_name, "run-name must be a plain name")
+        if errors:
+            raise ConfigError("bad run config: " + "; ".join(errors))
+
+    def lora_target_list(self) -> list[str] | str:
+        """``all-linear`` / ``auto`` as is, else the comma-separated module names."""
+        value = self.lora_targets.strip()
+        if value in ("all-linear", "auto"):
+            return value
+        return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _flower_key(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def _coerce(raw: Any, type_name: Any) -> Any:
+    """TOML gives int/float/bool/str; accept ints where floats are expected, nothing looser."""
+    type_name = type_name if isinstance(type_name, str) else type_name.__name__
+    if type_name == "bool":
+        if isinstance(raw, bool):
+            return raw
+        raise TypeError("expected true or false")
+    if type_name == "int":
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise TypeError("expected an integer")
+        return raw
+    if type_name == "float":
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise TypeError("expected a number")
+        return float(raw)
+    if type_name == "str":
+        if not isinstance(raw, str):
+            raise TypeError("expected a string (quote it: key=\"value\")")
+        return raw
+    raise TypeError(f"unsupported config type {type_name}")
+
+
+def _hint(known: Mapping[str, Any]) -> str:
+    return " (known keys: " + ", ".join(sorted(known)) + ")"

@@ -1,0 +1,130 @@
+"""Per-round records: one JSON object per line in ``rounds.jsonl`` of a run directory.
+
+The ServerApp appends one ``RoundRecord`` per finished round; summaries, plots and the
+``flq report`` command rebuild everything from these files alone. Plain data, no Flower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROUNDS_FILE = "rounds.jsonl"
+SUMMARY_FILE = "summary.json"
+RUN_INFO_FILE = "run.json"
+
+# Client statuses (see flq.scheduler.base.ClientReport).
+STATUS_OK = "ok"
+STATUS_LATE = "late"
+STATUS_REJECTED = "rejected"
+STATUS_FAILED = "failed"
+STATUS_OOM = "oom"
+
+
+@dataclass
+class ClientRoundRecord:
+    """One sampled client in one round, whatever became of its reply."""
+
+    node_id: int
+    status: str                        # ok | late | rejected | failed | oom
+    partition_id: int | None = None
+    tier: str | None = None
+    rank: int = 0
+    bits: int = 0
+    steps: int = 0
+    num_examples: int = 0
+    loss_before: float | None = None
+    loss_after: float | None = None
+    compute_s: float = 0.0             # on the run's clock (virtual: measured x tier factor)
+    measured_compute_s: float = 0.0    # what this machine measured
+    comm_s: float = 0.0                # transfer (+ handshake) time on the run's clock
+    round_s: float = 0.0               # compute_s + comm_s
+    bytes_up: int = 0                  # bytes of the update the client sent
+    bytes_down: int = 0                # bytes of the adapter the client received
+    peak_mem_mb: float = 0.0
+    on_time: bool = True
+    reason: str = ""                   # why it was rejected / failed / late
+
+
+@dataclass
+class ClientEvalRecord:
+    """The global adapter evaluated on one client's own test split (fairness)."""
+
+    node_id: int
+    partition_id: int | None
+    tier: str | None
+    score: float
+    loss: float
+    num_examples: int
+
+
+@dataclass
+class RoundRecord:
+    server_round: int
+    clock: str                         # "virtual" (simulation) or "real" (deployment)
+    clock_s: float                     # cumulative run time on that clock at round end
+    round_s: float                     # this round's length on that clock
+    wall_s: float                      # cumulative real wall time since the run started
+    deadline_s: float | None
+    policy: str                        # wait | drop | budget
+    score_name: str                    # accuracy | perplexity
+    score: float | None                # global score on the server's held-out set
+    eval_loss: float | None
+    train_loss: float | None           # example-weighted mean of accepted clients' loss_after
+    bytes_up: int                      # sum over clients of bytes sent to the server
+    bytes_down: int                    # sum over clients of bytes received
+    num_sampled: int
+    num_accepted: int
+    clients: list[ClientRoundRecord] = field(default_factory=list)
+    client_eval: list[ClientEvalRecord] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {node_id, reason}
+
+    def to_json(self) -> str:
+        return json.dumps(_finite(asdict(self)), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundRecord:
+        data = dict(data)
+        data["clients"] = [ClientRoundRecord(**c) for c in data.get("clients", [])]
+        data["client_eval"] = [ClientEvalRecord(**c) for c in data.get("client_eval", [])]
+        return cls(**data)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null so every reader can parse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def append_round(run_dir: Path, record: RoundRecord) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ROUNDS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(record.to_json() + "\n")
+
+
+def read_rounds(run_dir: Path) -> list[RoundRecord]:
+    """All round records of a run, in order; a clear error if the file is missing or bad."""
+    path = Path(run_dir) / ROUNDS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {ROUNDS_FILE} in {run_dir}: is it an FLQ run directory?")
+    return list(_iter_records(path))
+
+
+def _iter_records(path: Path) -> Iterator[RoundRecord]:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield RoundRecord.from_dict(json.loads(line))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a round record ({exc})") from exc

@@ -1,0 +1,136 @@
+"""Writes what a run did: one JSON line per round, a checkpoint per round, progress lines.
+
+Files in the run directory (``<output-dir>/<run-name>/``):
+
+* ``run.json``: the resolved run config, the clock model, versions (written at start);
+* ``rounds.jsonl``: one ``RoundRecord`` per finished round;
+* ``checkpoint/``: the global adapter (``adapter.npz``) and ``state.json`` (round, clocks,
+  scheduler state), replaced atomically every round, so a restarted run resumes;
+* ``summary.json``: the run's summary (written at the end, and rebuildable by ``flq report``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .adapter import AdapterState
+from .metrics.records import RUN_INFO_FILE, SUMMARY_FILE, RoundRecord, append_round
+from .strategy.fedavg import FLQFedAvg, RoundRecorder
+
+from .logs import log
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class RunRecorder(RoundRecorder):
+    def __init__(self, run_dir: Path, clock: str, score_name: str, num_rounds: int,
+                 start_clock_s: float = 0.0, start_wall_s: float = 0.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.clock = clock
+        self.score_name = score_name
+        self.num_rounds = num_rounds
+        self.clock_s = start_clock_s
+        self.wall_start = time.perf_counter() - start_wall_s
+        self.records: list[RoundRecord] = []
+
+    def on_round(self, strategy: FLQFedAvg, server_round: int, metrics, client_eval) -> None:
+        result = strategy.last_round
+        self.clock_s += result.round_s
+        accepted = [c for c in result.clients if c.status == "ok"]
+        record = RoundRecord(
+            server_round=server_round,
+            clock=self.clock,
+            clock_s=self.clock_s,
+            round_s=result.round_s,
+            wall_s=time.perf_counter() - self.wall_start,
+            deadline_s=strategy.deadline_s,
+            policy=strategy.policy,
+            score_name=self.score_name,
+            score=None if metrics is None else float(metrics["score"]),
+            eval_loss=None if metrics is None else float(metrics["loss"]),
+            train_loss=result.train_loss,
+            bytes_up=sum(c.bytes_up for c in result.clients),
+            bytes_down=sum(c.bytes_down for c in result.clients),
+            num_sampled=len(result.clients),
+            num_accepted=len(accepted),
+            clients=result.clients,
+            client_eval=list(client_eval),
+            rejected=[{"node_id": c.node_id, "reason": c.reason} for c in result.clients if c.status == "rejected"],
+        )
+        append_round(self.run_dir, record)
+        self.records.append(record)
+        save_checkpoint(self.run_dir, strategy.global_state, {
+            "server_round": server_round,
+            "clock_s": self.clock_s,
+            "wall_s": record.wall_s,
+            "scheduler": strategy.scheduler.state_dict(),
+            "rng": _rng_state(strategy),
+        })
+        log.info(progress_line(record, self.num_rounds))
+
+    def write_run_info(self, info: dict[str, Any]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.run_dir / RUN_INFO_FILE, info)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        _write_json(self.run_dir / SUMMARY_FILE, summary)
+
+
+def progress_line(r: RoundRecord, num_rounds: int) -> str:
+    score = "n/a" if r.score is None else f"{r.score:.4f}"
+    loss = "n/a" if r.train_loss is None else f"{r.train_loss:.3f}"
+    ranks = sorted({c.rank for c in r.clients})
+    return (
+        f"[round {r.server_round}/{num_rounds}] {r.score_name}={score} train-loss={loss} "
+        f"clients={r.num_accepted}/{r.num_sampled} ranks={ranks} "
+        f"up={r.bytes_up / 1e6:.2f}MB down={r.bytes_down / 1e6:.2f}MB "
+        f"clock({r.clock})={r.clock_s:.1f}s wall={r.wall_s:.0f}s"
+    )
+
+
+# -- checkpoints --------------------------------------------------------------------------
+def save_checkpoint(run_dir: Path, state: AdapterState, meta: dict[str, Any]) -> None:
+    """Write adapter + metadata to temp files, then rename: a crash never leaves half a checkpoint."""
+    ckpt = Path(run_dir) / CHECKPOINT_DIR
+    ckpt.mkdir(parents=True, exist_ok=True)
+    # np.savez stores plain arrays; keys with dots are fine as archive member names.
+    tmp_arrays = ckpt / "adapter.tmp.npz"
+    with open(tmp_arrays, "wb") as fh:
+        np.savez(fh, **state)
+    tmp_meta = ckpt / "state.tmp.json"
+    tmp_meta.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    os.replace(tmp_arrays, ckpt / "adapter.npz")
+    os.replace(tmp_meta, ckpt / "state.json")
+
+
+def load_checkpoint(run_dir: Path) -> tuple[AdapterState, dict[str, Any]] | None:
+    """The last checkpoint of a run, or None if it has none."""
+    ckpt = Path(run_dir) / CHECKPOINT_DIR
+    if not (ckpt / "adapter.npz").is_file() or not (ckpt / "state.json").is_file():
+        return None
+    with np.load(ckpt / "adapter.npz", allow_pickle=False) as archive:
+        state = {k: archive[k].astype(np.float32) for k in archive.files}
+    meta = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    return state, meta
+
+
+def _rng_state(strategy: FLQFedAvg) -> list:
+    version, internal, gauss = strategy.rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def restore_rng(strategy: FLQFedAvg, state: list) -> None:
+    version, internal, gauss = state
+    strategy.rng.setstate((version, tuple(internal), gauss))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,176 @@
+"""The rank-scheduler interface: pure Python data in, plain decisions out.
+
+A scheduler is asked, once per round, what every sampled client gets (``assign``), and is
+told afterwards what happened (``observe``). It never sees Flower or torch objects, and its
+whole state is a JSON-serialisable dict so a restarted server resumes where it was.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the server knows about a client before assigning it work."""
+
+    node_id: int
+    tier: str | None = None            # tier preset name, if the client reported one
+    partition_id: int | None = None
+    memory_limit_mb: float | None = None
+    num_examples: int | None = None    # size of its training split, if known
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What one client is told to do this round."""
+
+    rank: int
+    bits: int
+    local_steps: int                   # step cap; with a budget the client may stop earlier
+    budget_s: float | None = None      # time budget on the run's clock (None: no budget)
+    codec: str | None = None           # update codec for this client (None: the run's)
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What a client measured in a round (or why it produced nothing).
+
+    ``status`` is one of: ``ok`` (accepted and on time), ``late`` (missed the deadline and
+    was dropped), ``rejected`` (the reply failed validation), ``failed`` (no reply / error),
+    ``oom`` (its memory limit cannot hold the assignment).
+    """
+
+    node_id: int
+    status: str
+    rank: int
+    bits: int
+    tier: str | None = None
+    steps: int = 0
+    num_examples: int = 0
+    compute_s: float = 0.0             # on the run's clock (scaled by the tier in simulation)
+    transfer_s: float = 0.0            # on the run's clock
+    round_s: float = 0.0               # compute_s + transfer_s (+ handshakes)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    loss_before: float | None = None
+    loss_after: float | None = None
+    on_time: bool = True
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """Round-level signal: what the global model gained for the time the round took."""
+
+    server_round: int
+    round_s: float                     # the round's length on the run's clock
+    deadline_s: float | None
+    global_loss_before: float | None
+    global_loss_after: float | None
+    score: float | None = None
+
+
+class RankScheduler(ABC):
+    """Decides (rank, bits, local work) per client per round."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def assign(
+        self, server_round: int, clients: Sequence[ClientInfo], deadline_s: float | None
+    ) -> dict[int, Assignment]:
+        """Return an assignment for every client in ``clients``, keyed by node id."""
+
+    def observe(
+        self,
+        server_round: int,
+        reports: Sequence[ClientReport],
+        outcome: RoundOutcome | None = None,
+    ) -> None:
+        """Learn from a finished round. Static schedulers ignore it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+@dataclass
+class SchedulerDefaults:
+    """Run-config values every scheduler starts from."""
+
+    rank: int                          # the homogeneous rank (``fixed``)
+    rank_max: int                      # the global adapter rank: nobody gets more
+    rank_min: int = 1
+    bits: int = 16
+    local_steps: int = 8
+    tier_ranks: dict[str, int] = field(default_factory=dict)
+    tier_bits: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FixedRankScheduler(RankScheduler):
+    """Every client the same rank and bits, every round (the usual baseline)."""
+
+    name = "fixed"
+
+    def __init__(self, defaults: SchedulerDefaults) -> None:
+        if not 1 <= defaults.rank <= defaults.rank_max:
+            raise ValueError(f"rank {defaults.rank} must be in [1, rank_max={defaults.rank_max}]")
+        self.defaults = defaults
+
+    def assign(
+        self, server_round: int, clients: Sequence[ClientInfo], deadline_s: float | None
+    ) -> dict[int, Assignment]:
+        d = self.defaults
+        return {
+            c.node_id: Assignment(rank=d.rank, bits=d.bits, local_steps=d.local_steps, budget_s=deadline_s)
+            for c in clients
+        }
+
+
+class TableScheduler(RankScheduler):
+    """A fixed table: rank and bits by tier or by partition id (HetLoRA-style static ranks).
+
+    ``by_partition`` wins over ``by_tier``; a client in neither gets the defaults.
+    """
+
+    name = "table"
+
+    def __init__(
+        self,
+        defaults: SchedulerDefaults,
+        by_partition: Mapping[int, tuple[int, int]] | None = None,
+        by_tier: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
+        self.defaults = defaults
+        self.by_partition = dict(by_partition or {})
+        self.by_tier = dict(by_tier or {})
+        for rank, _bits in [*self.by_partition.values(), *self.by_tier.values()]:
+            if not 1 <= rank <= defaults.rank_max:
+                raise ValueError(f"table rank {rank} outside [1, rank_max={defaults.rank_max}]")
+
+    def _lookup(self, client: ClientInfo) -> tuple[int, int]:
+        if client.partition_id is not None and client.partition_id in self.by_partition:
+            return self.by_partition[client.partition_id]
+        if client.tier is not None and client.tier in self.by_tier:
+            return self.by_tier[client.tier]
+        return self.defaults.rank, self.defaults.bits
+
+    def assign(
+        self, server_round: int, clients: Sequence[ClientInfo], deadline_s: float | None
+    ) -> dict[int, Assignment]:
+        out = {}
+        for c in clients:
+            rank, bits = self._lookup(c)
+            out[c.node_id] = Assignment(
+                rank=rank, bits=bits, local_steps=self.defaults.local_steps, budget_s=deadline_s
+            )
+        return out

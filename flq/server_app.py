@@ -1,0 +1,164 @@
+"""FLQ ServerApp: builds the task, scheduler and strategy from the run config, runs rounds.
+
+Per round it evaluates the global adapter on the server's held-out set, appends a JSON line
+to ``rounds.jsonl``, checkpoints the adapter and scheduler, and prints a progress line. At
+the end it writes ``summary.json`` and the final adapter in peft format (``adapter/``).
+Set ``resume=true`` with the same ``run-name`` to continue a run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from . import __version__
+from .adapter import AdapterState, adapter_rank, nbytes, num_parameters
+from .config import RunConfig
+from .metrics.records import RoundRecord
+from .run_recorder import RunRecorder, load_checkpoint, restore_rng
+from .scheduler.base import FixedRankScheduler, SchedulerDefaults
+from .strategy.fedavg import FLQFedAvg
+from .transport.flower_records import adapter_to_array_record, array_record_to_adapter
+from .task.lora import LoraModel
+from .task.partition import server_test_data
+from .task.specs import backbone_spec, data_spec, lora_spec
+from .task.train import evaluate
+
+from .logs import log, quiet_libraries
+
+quiet_libraries()
+app = ServerApp()
+
+
+class ServerEvaluator:
+    """Scores a global adapter on the server's held-out set (the ``evaluate_fn`` of a run)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)  # the random head and LoRA init are the run's initial adapter
+        self.model = LoraModel(backbone_spec(cfg), lora_spec(cfg))
+        self.model.use_rank(cfg.lora_rank)
+        self.test = server_test_data(data_spec(cfg))
+
+    def initial_adapter(self) -> AdapterState:
+        return self.model.adapter_state()
+
+    def score(self, state: AdapterState) -> MetricRecord:
+        self.model.load_adapter_state(state)
+        cfg = self.cfg
+        stats = evaluate(self.model.model, cfg.task, self.test, self.model.tokenizer, cfg.eval_batch_size, cfg.max_seq_length)
+        return MetricRecord({"score": stats.score, "loss": stats.loss, "num-examples": stats.num_examples})
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        return self.score(array_record_to_adapter(arrays))
+
+    def export(self, state: AdapterState, out_dir: Path) -> Path:
+        """Save ``state`` as a peft adapter folder (loadable with PeftModel.from_pretrained)."""
+        self.model.load_adapter_state(state)
+        self.model.model.save_pretrained(out_dir, selected_adapters=[f"rank{self.model.rank}"])
+        return out_dir
+
+
+def resolve_run_dir(cfg: RunConfig) -> Path:
+    name = cfg.run_name or datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    return (Path(cfg.output_dir).expanduser() / name).resolve()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flower(context.run_config)
+    run_federation(grid, cfg)
+
+
+def run_federation(grid: Grid, cfg: RunConfig) -> Path:
+    """Run every round of ``cfg`` on ``grid``; return the run directory."""
+    run_dir = resolve_run_dir(cfg)
+    log.info("FLQ run directory: %s", run_dir)
+    evaluator = ServerEvaluator(cfg)
+    initial = evaluator.initial_adapter()
+    log.info(
+        "global adapter: rank %d, %d tensors, %.2fM parameters, %.2f MB in float32",
+        adapter_rank(initial), len(initial), num_parameters(initial) / 1e6, nbytes(initial) / 1e6,
+    )
+    scheduler = FixedRankScheduler(SchedulerDefaults(
+        rank=cfg.lora_rank, rank_max=cfg.lora_rank, bits=cfg.backbone_bits, local_steps=cfg.local_steps,
+    ))
+    strategy = FLQFedAvg(
+        scheduler=scheduler,
+        rank_max=cfg.lora_rank,
+        clients_per_round=cfg.clients_per_round,
+        min_available_nodes=max(1, cfg.clients_per_round),
+        aggregation=cfg.aggregation,
+        update_codec=cfg.update_codec,
+        broadcast_codec=cfg.broadcast_codec,
+        error_feedback=cfg.error_feedback,
+        seed=cfg.seed,
+    )
+    start_round, clock_s, wall_s = 1, 0.0, 0.0
+    checkpoint = load_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume and checkpoint is None:
+        raise FileNotFoundError(f"resume=true but {run_dir} has no checkpoint (set run-name to the run to resume)")
+    if not cfg.resume and (run_dir / "rounds.jsonl").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: choose another run-name, or set resume=true")
+    if checkpoint is not None:
+        state, meta = checkpoint
+        strategy.global_state = state
+        scheduler.load_state_dict(meta.get("scheduler", {}))
+        if meta.get("rng"):
+            restore_rng(strategy, meta["rng"])
+        start_round, clock_s, wall_s = int(meta["server_round"]) + 1, float(meta["clock_s"]), float(meta["wall_s"])
+        log.info("resuming %s after round %d", run_dir, start_round - 1)
+    else:
+        strategy.global_state = initial
+
+    recorder = RunRecorder(run_dir, "virtual", cfg.score_name, cfg.num_server_rounds, clock_s, wall_s)
+    recorder.write_run_info({
+        "config": cfg.to_dict(),
+        "flq_version": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "clock": {"name": "virtual", "model": "compute = measured seconds on this machine; transfers not modelled"},
+    })
+    if start_round <= cfg.num_server_rounds:
+        strategy.start(
+            grid,
+            adapter_to_array_record(strategy.global_state, "fp32"),
+            num_rounds=cfg.num_server_rounds,
+            timeout=3600.0,
+            evaluate_fn=evaluator,
+            recorder=recorder,
+            start_round=start_round,
+        )
+    records = recorder.records
+    summary = basic_summary(records, cfg)
+    recorder.write_summary(summary)
+    evaluator.export(strategy.global_state, run_dir / "adapter")
+    log.info("FLQ finished: %s", summary)
+    return run_dir
+
+
+def basic_summary(records: list[RoundRecord], cfg: RunConfig) -> dict:
+    scores = [(r.server_round, r.clock_s, r.score) for r in records if r.score is not None]
+    reached = [(rnd, clk) for rnd, clk, s in scores
+               if (s >= cfg.target_score if cfg.higher_is_better else s <= cfg.target_score)]
+    return {
+        "score_name": cfg.score_name,
+        "target": cfg.target_score,
+        "final_score": scores[-1][2] if scores else None,
+        "best_score": (max if cfg.higher_is_better else min)(s for _, _, s in scores) if scores else None,
+        "rounds_to_target": reached[0][0] if reached else None,
+        "clock_s_to_target": reached[0][1] if reached else None,
+        "rounds": len(records),
+        "bytes_up_per_round": float(np.mean([r.bytes_up for r in records])) if records else 0.0,
+        "bytes_down_per_round": float(np.mean([r.bytes_down for r in records])) if records else 0.0,
+        "wall_s": records[-1].wall_s if records else 0.0,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

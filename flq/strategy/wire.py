@@ -1,0 +1,41 @@
+"""Message contents between the strategy and the ClientApp: the keys both sides use.
+
+One place for the record names and config keys, so the two apps cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# RecordDict keys
+ARRAYS = "arrays"        # ArrayRecord: the adapter (down) or the update (up)
+CONFIG = "config"        # ConfigRecord: what the server asks
+METRICS = "metrics"      # MetricRecord: what the client measured (numbers only)
+INFO = "info"            # ConfigRecord: what the client is (strings: tier, status, reason)
+
+# ConfigRecord keys, server -> client
+SERVER_ROUND = "server-round"
+RANK = "rank"
+BITS = "bits"
+LOCAL_STEPS = "local-steps"
+BUDGET_S = "budget-s"            # time budget on the run's clock; absent: none
+CODEC_UP = "codec-up"            # scheme the client encodes its update with
+ERROR_FEEDBACK = "error-feedback"  # bool: keep the quantization residual for next round
+PAYLOAD = "payload"              # "state" (evaluate) or "global" (train: update is a delta)
+
+# MetricRecord keys, client -> server
+NUM_EXAMPLES = "num-examples"    # examples trained on (train) or evaluated (evaluate)
+STEPS = "steps"
+LOSS_BEFORE = "loss-before"
+LOSS_AFTER = "loss-after"
+COMPUTE_S = "compute-s"          # measured on the client's own machine
+PEAK_MEM_MB = "peak-mem-mb"
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+NUM_TRAIN = "num-train"
+MEMORY_LIMIT_MB = "memory-limit-mb"
+SCORE = "score"
+LOSS = "loss"
+
+# ConfigRecord keys, client -> server (INFO)
+TIER = "tier"
+STATUS = "status"
+REASON = "reason"

@@ -1,0 +1,136 @@
+"""The Flower edge of the update codec: adapters <-> ``flwr.app.ArrayRecord``.
+
+Each tensor travels as ``Array(dtype="float32", shape=..., stype="flq.codec.v1",
+data=<array_codec bytes>)``, so the bytes Flower ships for a tensor are exactly the encoded
+bytes and ``array_record_nbytes`` counts them honestly (Flower adds the same small JSON of
+dtype/shape/stype per array whatever the scheme; that is not counted).
+
+Plain numpy Arrays (stype ``"numpy.ndarray"``, what ``Array(ndarray)`` makes) are accepted
+too, so fp32 baseline runs and stored records work; their ``.npy`` header is parsed and its
+shape, dtype and length checked against the same limits before ``Array.numpy()`` (which
+loads with ``allow_pickle=False``) allocates anything.
+
+Client residuals for error feedback can be kept in ``context.state`` losslessly with
+``adapter_to_array_record(ef.to_arrays(), "fp32")`` and read back with
+``array_record_to_adapter``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from .array_codec import DEFAULT_LIMITS, CodecError, DecodeLimits, Scheme, read_header
+from .update_codec import check_tensor_count, check_total_elements, decode_tensor, encode_adapter
+
+CODEC_STYPE = "flq.codec.v1"
+NUMPY_STYPE = "numpy.ndarray"
+NPY_MAX_HEADER = 10_000  # numpy's own default bound for a .npy header
+NPY_MAJOR_VERSIONS = (1, 2)  # 3.0 only exists for unicode field names: never a float tensor
+# Bytes our own encoder just produced: only their shape is read, so no size policy applies.
+_OWN_OUTPUT = DecodeLimits(max_ndim=255, max_elements=2**64, max_bytes=2**64)
+
+
+def encoded_to_array_record(encoded: Mapping[str, bytes]) -> ArrayRecord:
+    """Wrap already-encoded tensors (e.g. from ``ErrorFeedback.encode``) in an ArrayRecord."""
+    arrays = {}
+    for key, data in encoded.items():
+        header = read_header(data, _OWN_OUTPUT)
+        arrays[key] = Array(dtype="float32", shape=tuple(header.shape), stype=CODEC_STYPE, data=bytes(data))
+    return ArrayRecord(arrays)
+
+
+def adapter_to_array_record(
+    state: Mapping[str, np.ndarray], scheme: str | Scheme, *, block_size: int | None = None, lz4: bool = True
+) -> ArrayRecord:
+    """Encode every tensor of ``state`` with ``scheme`` into an ArrayRecord."""
+    return encoded_to_array_record(encode_adapter(state, scheme, block_size=block_size, lz4=lz4))
+
+
+def array_record_to_adapter(record: ArrayRecord, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Decode a record of codec or plain numpy Arrays to float32; raise CodecError if malformed.
+
+    Every array's declared size is checked (and the record's totals) before any is decoded.
+    """
+    check_tensor_count(len(record), limits)
+    check_total_elements(sum(_declared_numel(key, array, limits) for key, array in record.items()), limits)
+    return {key: _decode_array(key, array, limits) for key, array in record.items()}
+
+
+def array_record_nbytes(record: ArrayRecord) -> int:
+    """Tensor bytes the record carries: the sum of ``len(array.data)``."""
+    return sum(len(array.data) for array in record.values())
+
+
+def _declared_numel(key: str, array: Array, limits: DecodeLimits) -> int:
+    if array.stype == CODEC_STYPE:
+        return _with_key(key, lambda: read_header(array.data, limits).numel)
+    if array.stype == NUMPY_STYPE:
+        return _with_key(key, lambda: math.prod(_checked_npy_header(array.data, limits)[0]))
+    raise CodecError(f"{key!r}: unsupported array stype {array.stype!r} (expected {CODEC_STYPE!r} or {NUMPY_STYPE!r})")
+
+
+def _decode_array(key: str, array: Array, limits: DecodeLimits) -> np.ndarray:
+    if array.stype == CODEC_STYPE:
+        if array.dtype != "float32":
+            raise CodecError(f"{key!r}: codec arrays decode to float32, metadata says {array.dtype!r}")
+        value = _with_key(key, lambda: decode_tensor(array.data, limits))
+    else:
+        value = _with_key(key, lambda: _decode_numpy_array(array, limits))
+    if tuple(value.shape) != tuple(array.shape):
+        raise CodecError(f"{key!r}: Array metadata says shape {tuple(array.shape)}, data holds {value.shape}")
+    return value
+
+
+def _decode_numpy_array(array: Array, limits: DecodeLimits) -> np.ndarray:
+    _checked_npy_header(array.data, limits)
+    return np.ascontiguousarray(array.numpy(), dtype=np.float32)
+
+
+def _checked_npy_header(data: bytes, limits: DecodeLimits) -> tuple[tuple[int, ...], np.dtype]:
+    """Parse a ``.npy`` header and check dtype, shape and exact length; allocates nothing big."""
+    if len(data) > limits.max_bytes:
+        raise CodecError(f"numpy array of {len(data)} B is over the limit of {limits.max_bytes} B")
+    shape, dtype, header_end = _read_npy_header(data)
+    if dtype.kind != "f" or dtype.hasobject:
+        raise CodecError(f"numpy array has dtype {dtype}, expected a float dtype")
+    if len(shape) > limits.max_ndim:
+        raise CodecError(f"ndim {len(shape)} exceeds the limit of {limits.max_ndim}")
+    if any(d < 0 for d in shape):  # numpy's parser lets (-1, -4) through; its product looks valid
+        raise CodecError(f"negative dimension in declared shape {shape}")
+    numel = math.prod(shape)
+    if numel > limits.max_elements:
+        raise CodecError(f"declared shape {shape} has {numel} elements, over the limit of {limits.max_elements}")
+    expected = header_end + numel * dtype.itemsize
+    if len(data) != expected:
+        raise CodecError(f"numpy array data is {len(data)} B, its header implies {expected} B")
+    return shape, dtype
+
+
+def _read_npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of a ``.npy`` buffer, via numpy's bounded header parser."""
+    stream = io.BytesIO(data)
+    try:
+        major, _minor = np.lib.format.read_magic(stream)
+    except ValueError as exc:
+        raise CodecError(f"not a .npy buffer: {exc}") from None
+    if major not in NPY_MAJOR_VERSIONS:
+        raise CodecError(f"unsupported .npy format version {major}")
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    try:
+        shape, _fortran_order, dtype = read(stream, max_header_size=NPY_MAX_HEADER)
+    except Exception as exc:  # numpy's parser raises ValueError, SyntaxError, TokenError... on garbage
+        raise CodecError(f"malformed .npy header: {exc}") from None
+    return tuple(shape), dtype, stream.tell()
+
+
+def _with_key(key: str, fn):
+    """Run ``fn``; prefix any CodecError with the tensor's key so the log says which one."""
+    try:
+        return fn()
+    except CodecError as exc:
+        raise CodecError(f"{key!r}: {exc}") from None

@@ -115,11 +115,12 @@ def _read_npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, header length) of a ``.npy`` buffer, via numpy's bounded header parser."""
     stream = io.BytesIO(data)
     try:
-        major, _minor = np.lib.format.read_magic(stream)
+        major, minor = np.lib.format.read_magic(stream)
     except ValueError as exc:
         raise CodecError(f"not a .npy buffer: {exc}") from None
-    if major not in NPY_MAJOR_VERSIONS:
-        raise CodecError(f"unsupported .npy format version {major}")
+    # numpy's loader accepts exactly (1,0), (2,0), (3,0): refuse anything else here, clearly.
+    if major not in NPY_MAJOR_VERSIONS or minor != 0:
+        raise CodecError(f"unsupported .npy format version {major}.{minor}")
     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
     try:
         shape, _fortran_order, dtype = read(stream, max_header_size=NPY_MAX_HEADER)

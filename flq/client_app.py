@@ -20,7 +20,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .adapter import AdapterState, pad_to_rank, subtract, truncate_to_rank
-from .config import RunConfig
+from .config import NodeConfigError, RunConfig
 from .strategy import wire
 from .transport.flower_records import adapter_to_array_record, array_record_to_adapter, encoded_to_array_record
 from .transport.update_codec import encode_with_feedback
@@ -34,10 +34,6 @@ from .logs import log, quiet_libraries
 
 quiet_libraries()
 app = ClientApp()
-
-
-class NodeConfigError(ValueError):
-    """The node's configuration (``--node-config``) lacks what FLQ needs."""
 
 
 def node_partition(context: Context) -> tuple[int, int]:

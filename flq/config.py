@@ -26,6 +26,10 @@ class ConfigError(ValueError):
     """A run-config value is missing, of the wrong type, or out of range."""
 
 
+class NodeConfigError(ConfigError):
+    """A node's configuration (``--node-config``) lacks what FLQ needs."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # task, model, data

@@ -20,11 +20,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from . import __version__
 from .adapter import AdapterState, adapter_rank, nbytes, num_parameters
-from .config import RunConfig
+from .config import ConfigError, NodeConfigError, RunConfig
 from .metrics.records import RoundRecord
 from .run_recorder import RunRecorder, load_checkpoint, restore_rng
 from .scheduler.base import FixedRankScheduler, SchedulerDefaults
-from .strategy.fedavg import FLQFedAvg
+from .strategy.fedavg import FLQFedAvg, NoClientsError
+from .task.data import DataError
+from .task.model_cache import ModelNotFoundError
 from .transport.flower_records import adapter_to_array_record, array_record_to_adapter
 from .task.lora import LoraModel
 from .task.partition import server_test_data
@@ -71,10 +73,18 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
     return (Path(cfg.output_dir).expanduser() / name).resolve()
 
 
+# Errors in what the user configured: reported in one line, without a library traceback.
+USER_ERRORS = (ConfigError, DataError, ModelNotFoundError, NodeConfigError, FileExistsError, FileNotFoundError,
+               NoClientsError)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = RunConfig.from_flower(context.run_config)
-    run_federation(grid, cfg)
+    try:
+        cfg = RunConfig.from_flower(context.run_config)
+        run_federation(grid, cfg)
+    except USER_ERRORS as exc:
+        log.error("FLQ cannot run: %s", exc)
 
 
 def run_federation(grid: Grid, cfg: RunConfig) -> Path:

@@ -127,7 +127,7 @@ class LocalSimulation:
         """``flwr run APP sim --stream`` with these run-config overrides; returns its run dir."""
         out = Path(out_dir or self.workdir / "runs")
         config = {"output-dir": str(out), "run-name": name, **overrides}
-        federation = f"num-supernodes={num_supernodes} backend.client-resources.num-cpus={num_cpus}"
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus}"
         cmd = [str(BIN / "flwr"), "run", str(app), "sim", "--stream",
                "--federation-config", federation, "-c", override_string(config)]
         proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=app)

@@ -82,3 +82,21 @@ def test_a_finished_run_resumes_without_retraining_and_a_reused_name_is_refused(
     rounds = resumed.rounds()
     assert [r["server_round"] for r in rounds] == [1, 2, 3, 4]
     assert rounds[3]["clock_s"] > rounds[2]["clock_s"]
+
+
+def test_a_missing_data_file_ends_the_run_with_one_clear_line(flower_sim, tiny_llama_dir, tmp_path):
+    run = flower_sim.run({**TINY, "model": str(tiny_llama_dir), "data": str(tmp_path / "nope.csv")},
+                         num_supernodes=2, name="no-data")
+    assert "FLQ cannot run: data source" in run.log and "not found" in run.log
+    assert "Traceback" not in run.log
+    assert not (run.run_dir / "rounds.jsonl").exists()
+
+
+def test_when_no_client_can_start_the_run_says_why(flower_sim, tiny_llama_dir, tmp_path):
+    data = tmp_path / "small.csv"
+    data.write_text("text,label\n" + "".join(f"text number {i},{i % 2}\n" for i in range(12)))
+    overrides = {**TINY, "model": str(tiny_llama_dir), "data": str(data), "server-test-size": 4,
+                 "partitioner": "iid", "clients-per-round": 2}
+    run = flower_sim.run(overrides, num_supernodes=8, name="tiny-partitions")
+    assert "FLQ cannot run: no client can take part" in run.log
+    assert "too few to train and test" in run.log

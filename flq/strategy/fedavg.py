@@ -51,6 +51,10 @@ from ..logs import log
 ClientClock = Callable[[str | None, float, int, int], tuple[float, float]]
 
 
+class NoClientsError(RuntimeError):
+    """No connected node could take part (each one's reason is in the message)."""
+
+
 @dataclass
 class NodeProfile:
     """What a node told us about itself (query round or replies)."""
@@ -130,6 +134,7 @@ class FLQFedAvg(FedAvg):
         self.client_eval_every = client_eval_every
         self.rng = random.Random(seed)
         self.nodes: dict[int, NodeProfile] = {}
+        self.excluded: set[int] = set()  # nodes that failed to describe themselves
         self.global_state: AdapterState = {}
         self.plans: dict[int, ClientPlan] = {}
         self.last_round = RoundResult(0)
@@ -155,15 +160,21 @@ class FLQFedAvg(FedAvg):
                     message_type=MessageType.QUERY)
             for n in node_ids
         ]
+        errors: dict[int, str] = {}
         for reply in grid.send_and_receive(messages, timeout=timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                log.warning("node %d did not describe itself: %s", node, reply.error.reason)
-                self.nodes.setdefault(node, NodeProfile(node))
+                errors[node] = _last_line(reply.error.reason)
+                log.warning("node %d cannot take part: %s", node, errors[node])
                 continue
             self._update_profile(node, reply.content)
+        if errors and len(errors) == len(node_ids):
+            reasons = sorted(set(errors.values()))
+            raise NoClientsError("no client can take part: " + " | ".join(reasons[:3]))
         for n in node_ids:
-            self.nodes.setdefault(n, NodeProfile(n))
+            if n not in errors:
+                self.nodes.setdefault(n, NodeProfile(n))
+        self.excluded = set(errors)
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         while len(ids := sorted(grid.get_node_ids())) < self.min_available_nodes:
@@ -186,7 +197,7 @@ class FLQFedAvg(FedAvg):
 
     def sample(self, grid: Grid) -> list[int]:
         """Seeded sample of connected nodes, ordered by partition id for reproducibility."""
-        connected = self._wait_for_nodes(grid)
+        connected = [n for n in self._wait_for_nodes(grid) if n not in self.excluded]
         for n in connected:
             self.nodes.setdefault(n, NodeProfile(n))
         ordered = sorted(connected, key=lambda n: (self.nodes[n].partition_id is None, self.nodes[n].partition_id, n))
@@ -268,7 +279,7 @@ class FLQFedAvg(FedAvg):
     def _check_reply(self, plan: ClientPlan, reply: Message) -> tuple[ClientRoundRecord, AdapterState | None]:
         """Decode and validate one reply; never raises for what a client sent."""
         if reply.has_error():
-            return self._client_record(plan, STATUS_FAILED, reason=f"client error: {reply.error.reason}"), None
+            return self._client_record(plan, STATUS_FAILED, reason=f"client error: {_last_line(reply.error.reason)}"), None
         content = reply.content
         self._update_profile(plan.node_id, content)
         info = content.get(wire.INFO, ConfigRecord())
@@ -353,7 +364,7 @@ class FLQFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        node_ids = self._wait_for_nodes(grid)
+        node_ids = [n for n in self._wait_for_nodes(grid) if n not in self.excluded]
         record = self.encode(self.global_state)
         messages = []
         for node in node_ids:
@@ -473,6 +484,12 @@ def _metric(record: MetricRecord | None, key: str) -> float | None:
 def measured_clock(tier: str | None, measured_compute_s: float, bytes_up: int, bytes_down: int) -> tuple[float, float]:
     """No tier model: the clock is the measured compute time, transfers free."""
     return measured_compute_s, 0.0
+
+
+def _last_line(reason: str) -> str:
+    """A ClientApp exception arrives as a whole traceback: its last line says what went wrong."""
+    lines = [line for line in str(reason).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else str(reason)
 
 
 def _opt_float(value) -> float | None:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .scheduler.spread import SpreadError, parse_int_spread
+
 TASKS = ("sequence-classification", "causal-lm")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 BITS = (4, 8, 16, 32)
@@ -20,6 +22,7 @@ QUANT_TYPES = ("nf4", "fp4")
 POLICIES = ("wait", "drop", "budget")
 AGGREGATIONS = ("zero-pad", "rank-wise", "svd")
 CODECS = ("fp32", "fp16", "int8", "int4")
+SCHEDULERS = ("fixed", "table")
 
 
 class ConfigError(ValueError):
@@ -63,6 +66,10 @@ class RunConfig:
     backbone_bits: int = 16
     quant_type: str = "nf4"
     aggregation: str = "rank-wise"
+    # who gets which rank and bits
+    scheduler: str = "fixed"
+    client_ranks: str = ""
+    client_bits: str = ""
     # what travels
     update_codec: str = "fp32"
     broadcast_codec: str = "fp32"
@@ -128,6 +135,13 @@ class RunConfig:
         check(self.backbone_bits in BITS, f"backbone-bits must be one of {BITS}")
         check(self.quant_type in QUANT_TYPES, f"quant-type must be one of {QUANT_TYPES}")
         check(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
+        check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}")
+        for key, spec, allowed in (("client-ranks", self.client_ranks, None), ("client-bits", self.client_bits, BITS)):
+            if spec:
+                try:
+                    parse_int_spread(spec, key, allowed=allowed, low=1, high=self.lora_rank if allowed is None else None)
+                except SpreadError as exc:
+                    errors.append(str(exc))
         check(self.update_codec in CODECS, f"update-codec must be one of {CODECS}")
         check(self.broadcast_codec in CODECS, f"broadcast-codec must be one of {CODECS}")
         check(self.max_seq_length >= 8, "max-seq-length must be >= 8")

@@ -38,6 +38,12 @@ class RunRecorder(RoundRecorder):
         self.clock_s = start_clock_s
         self.wall_start = time.perf_counter() - start_wall_s
         self.records: list[RoundRecord] = []
+        self.initial: dict[str, float] = {}
+
+    def on_initial(self, metrics) -> None:
+        self.initial = {"score": float(metrics["score"]), "eval_loss": float(metrics["loss"])}
+        log.info("[round 0] initial %s=%.4f eval-loss=%.4f", self.score_name, self.initial["score"],
+                 self.initial["eval_loss"])
 
     def on_round(self, strategy: FLQFedAvg, server_round: int, metrics, client_eval) -> None:
         result = strategy.last_round

@@ -23,7 +23,7 @@ from .adapter import AdapterState, adapter_rank, nbytes, num_parameters
 from .config import ConfigError, NodeConfigError, RunConfig
 from .metrics.records import RoundRecord
 from .run_recorder import RunRecorder, load_checkpoint, restore_rng
-from .scheduler.base import FixedRankScheduler, SchedulerDefaults
+from .scheduler.base import FixedRankScheduler, RankScheduler, SchedulerDefaults, TableScheduler
 from .strategy.fedavg import FLQFedAvg, NoClientsError
 from .task.data import DataError
 from .task.model_cache import ModelNotFoundError
@@ -68,6 +68,15 @@ class ServerEvaluator:
         return out_dir
 
 
+def build_scheduler(cfg: RunConfig) -> RankScheduler:
+    defaults = SchedulerDefaults(
+        rank=cfg.lora_rank, rank_max=cfg.lora_rank, bits=cfg.backbone_bits, local_steps=cfg.local_steps,
+    )
+    if cfg.scheduler == "table":
+        return TableScheduler(defaults, ranks=cfg.client_ranks, bits=cfg.client_bits)
+    return FixedRankScheduler(defaults)
+
+
 def resolve_run_dir(cfg: RunConfig) -> Path:
     name = cfg.run_name or datetime.now().strftime("run-%Y%m%d-%H%M%S")
     return (Path(cfg.output_dir).expanduser() / name).resolve()
@@ -97,9 +106,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         "global adapter: rank %d, %d tensors, %.2fM parameters, %.2f MB in float32",
         adapter_rank(initial), len(initial), num_parameters(initial) / 1e6, nbytes(initial) / 1e6,
     )
-    scheduler = FixedRankScheduler(SchedulerDefaults(
-        rank=cfg.lora_rank, rank_max=cfg.lora_rank, bits=cfg.backbone_bits, local_steps=cfg.local_steps,
-    ))
+    scheduler = build_scheduler(cfg)
     strategy = FLQFedAvg(
         scheduler=scheduler,
         rank_max=cfg.lora_rank,
@@ -148,7 +155,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             start_round=start_round,
         )
     records = recorder.records
-    summary = basic_summary(records, cfg)
+    summary = basic_summary(records, cfg) | {"initial": recorder.initial}
     recorder.write_summary(summary)
     evaluator.export(strategy.global_state, run_dir / "adapter")
     log.info("FLQ finished: %s", summary)

@@ -36,3 +36,24 @@ def flower_sim(tmp_path_factory):
         yield sim
     finally:
         sim.close()
+
+
+@pytest.fixture(scope="session")
+def keyword_csv(tmp_path_factory) -> Path:
+    """A 3-class CSV whose label is a keyword hidden among filler words: tiny models learn it fast."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    filler = "the a of news report said today market team game city plan year people".split()
+    keywords = ["economy", "football", "election"]
+    path = tmp_path_factory.mktemp("keyword-data") / "keywords.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(600):
+            label = i % 3
+            words = rng.choices(filler, k=12)
+            words.insert(rng.randrange(len(words)), keywords[label])
+            writer.writerow([" ".join(words), keywords[label]])
+    return path

@@ -22,6 +22,7 @@ class ClientInfo:
     partition_id: int | None = None
     memory_limit_mb: float | None = None
     num_examples: int | None = None    # size of its training split, if known
+    num_partitions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,40 +138,27 @@ class FixedRankScheduler(RankScheduler):
 
 
 class TableScheduler(RankScheduler):
-    """A fixed table: rank and bits by tier or by partition id (HetLoRA-style static ranks).
+    """A fixed table: rank and bits by partition id or by tier (HetLoRA-style static ranks).
 
-    ``by_partition`` wins over ``by_tier``; a client in neither gets the defaults.
+    The tables are per-client value specs (``flq.scheduler.spread``): e.g. ranks
+    ``cycle:2,4,8,16`` and bits ``groups:4,8,16`` (the FAH-QLoRA thirds).
     """
 
     name = "table"
 
-    def __init__(
-        self,
-        defaults: SchedulerDefaults,
-        by_partition: Mapping[int, tuple[int, int]] | None = None,
-        by_tier: Mapping[str, tuple[int, int]] | None = None,
-    ) -> None:
-        self.defaults = defaults
-        self.by_partition = dict(by_partition or {})
-        self.by_tier = dict(by_tier or {})
-        for rank, _bits in [*self.by_partition.values(), *self.by_tier.values()]:
-            if not 1 <= rank <= defaults.rank_max:
-                raise ValueError(f"table rank {rank} outside [1, rank_max={defaults.rank_max}]")
+    def __init__(self, defaults: SchedulerDefaults, ranks: str = "", bits: str = "") -> None:
+        from .spread import parse_int_spread
 
-    def _lookup(self, client: ClientInfo) -> tuple[int, int]:
-        if client.partition_id is not None and client.partition_id in self.by_partition:
-            return self.by_partition[client.partition_id]
-        if client.tier is not None and client.tier in self.by_tier:
-            return self.by_tier[client.tier]
-        return self.defaults.rank, self.defaults.bits
+        self.defaults = defaults
+        self.ranks = parse_int_spread(ranks or str(defaults.rank), "client-ranks", low=1, high=defaults.rank_max)
+        self.bits = parse_int_spread(bits or str(defaults.bits), "client-bits", allowed=(4, 8, 16, 32))
 
     def assign(
         self, server_round: int, clients: Sequence[ClientInfo], deadline_s: float | None
     ) -> dict[int, Assignment]:
         out = {}
         for c in clients:
-            rank, bits = self._lookup(c)
-            out[c.node_id] = Assignment(
-                rank=rank, bits=bits, local_steps=self.defaults.local_steps, budget_s=deadline_s
-            )
+            rank = int(self.ranks.value_for(c.partition_id, c.num_partitions, c.tier))
+            bits = int(self.bits.value_for(c.partition_id, c.num_partitions, c.tier))
+            out[c.node_id] = Assignment(rank=rank, bits=bits, local_steps=self.defaults.local_steps, budget_s=deadline_s)
         return out

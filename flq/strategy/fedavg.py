@@ -64,9 +64,11 @@ class NodeProfile:
     tier: str | None = None
     num_train: int | None = None
     memory_limit_mb: float | None = None
+    num_partitions: int | None = None
 
     def info(self) -> ClientInfo:
-        return ClientInfo(self.node_id, self.tier, self.partition_id, self.memory_limit_mb, self.num_train)
+        return ClientInfo(self.node_id, self.tier, self.partition_id, self.memory_limit_mb, self.num_train,
+                          self.num_partitions)
 
 
 @dataclass
@@ -188,6 +190,8 @@ class FLQFedAvg(FedAvg):
         info = content.get(wire.INFO, ConfigRecord())
         if wire.PARTITION_ID in metrics:
             profile.partition_id = int(metrics[wire.PARTITION_ID])
+        if wire.NUM_PARTITIONS in metrics:
+            profile.num_partitions = int(metrics[wire.NUM_PARTITIONS])
         if wire.NUM_TRAIN in metrics:
             profile.num_train = int(metrics[wire.NUM_TRAIN])
         if metrics.get(wire.MEMORY_LIMIT_MB):
@@ -431,6 +435,8 @@ class FLQFedAvg(FedAvg):
         previous = evaluate_fn(start_round - 1, self.encode(self.global_state, "fp32")) if evaluate_fn else None
         if previous is not None:
             result.evaluate_metrics_serverapp[start_round - 1] = previous
+            if recorder is not None and start_round == 1:
+                recorder.on_initial(previous)
         for server_round in range(start_round, num_rounds + 1):
             replies = grid.send_and_receive(
                 self.configure_train(server_round, initial_arrays, train_config, grid), timeout=timeout
@@ -467,6 +473,9 @@ class FLQFedAvg(FedAvg):
 
 class RoundRecorder(ABC):
     """Receives every finished round (records, checkpoints, progress): see flq.run_recorder."""
+
+    def on_initial(self, metrics: MetricRecord) -> None:
+        """The initial global adapter's evaluation (before round 1)."""
 
     @abstractmethod
     def on_round(self, strategy: FLQFedAvg, server_round: int, metrics: MetricRecord | None,

@@ -26,6 +26,7 @@ from .session_tickets import TicketFile
 log = logging.getLogger("flq.transport.quic")
 
 STREAM_CANCELLED = 0x101  # application error code when the client gives up on a stream
+ICMP_RECHECK_S = 1.0  # after an ICMP error, how long a live server has to answer our PING
 
 
 class QuicTransportError(Exception):
@@ -94,6 +95,38 @@ class _ClientConnection(QuicConnectionProtocol):
     def datagram_received(self, data, addr) -> None:
         self.last_received = self._loop.time()
         super().datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        """An ICMP error for our connected socket, e.g. nothing listens on the server's port.
+
+        Before the handshake it fails the connection at once (as TCP's "connection refused"
+        would). After it, ICMP is unauthenticated, so the connection is only dropped if a
+        PING sent now gets no answer either.
+        """
+        if self.terminated:
+            return
+        if not self.handshake.done():
+            self._abort(QuicConnectFailed(f"QUIC connection to {self._client.target} failed: {exc.strerror or exc}"))
+            return
+        noted = self._loop.time()
+        self._quic.send_ping(0)
+        self.transmit()
+        self._loop.call_later(ICMP_RECHECK_S, self._drop_if_silent, noted, exc)
+
+    def _drop_if_silent(self, since: float, exc: Exception) -> None:
+        if not self.terminated and self.last_received < since:
+            self._abort(QuicConnectionLost(f"QUIC connection to {self._client.target} lost: {exc.strerror or exc}"))
+
+    def _abort(self, error: QuicTransportError) -> None:
+        """Give up on this connection locally: fail everything waiting on it."""
+        self.terminated = True
+        if not self.handshake.done():
+            self.handshake.set_exception(error)
+            self.handshake.exception()
+        for stream_id in list(self.pending):
+            self._fail(stream_id, error)
+        self._quic.close(reason_phrase=str(error))
+        self.transmit()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
@@ -210,6 +243,17 @@ class FleetQuicClient:
 
     # --- connection -------------------------------------------------------------------
 
+    def _connected_socket(self, family: int, addr) -> socket.socket:
+        # A connected UDP socket receives ICMP errors (port unreachable), so a server that is
+        # down fails the handshake at once instead of after the connect timeout.
+        sock = udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0, self.settings.socket_buffer)
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            sock.close()
+            raise QuicConnectFailed(f"cannot reach {self.target}: {exc}") from None
+        return sock
+
     async def _connection(self) -> _ClientConnection:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
@@ -232,10 +276,10 @@ class FleetQuicClient:
         config = client_configuration(self.server_name, self.settings, cafile=self._cafile, cadata=self._cadata,
                                       session_ticket=self._ticket, alpn=self._alpn)
         quic = QuicConnection(configuration=config, session_ticket_handler=self._on_ticket)
-        sock = udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0, self.settings.socket_buffer)
+        addr = addr[:2] if family == socket.AF_INET else addr
         self._transport, conn = await loop.create_datagram_endpoint(
-            lambda: _ClientConnection(quic, client=self), sock=sock)
-        conn.connect(addr[:2] if family == socket.AF_INET else addr)
+            lambda: _ClientConnection(quic, client=self), sock=self._connected_socket(family, addr))
+        conn.connect(addr)
         ticket = self._ticket
         # aioquic sends early data exactly when it resumes with a ticket that allows it.
         conn.has_early_keys = bool(ticket is not None and ticket.is_valid and ticket.max_early_data_size
@@ -333,8 +377,8 @@ class FleetQuicClient:
             raise QuicConnectionLost("no live connection to migrate")
         loop = asyncio.get_running_loop()
         old = self._transport
-        family = old.get_extra_info("socket").family
-        sock = udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0, self.settings.socket_buffer)
+        old_sock = old.get_extra_info("socket")
+        sock = self._connected_socket(old_sock.family, old_sock.getpeername())
         self._transport, _ = await loop.create_datagram_endpoint(lambda: conn, sock=sock)
         old.close()
         conn.change_connection_id()  # a new path gets a new connection ID (RFC 9000 section 9.5)

@@ -1,0 +1,233 @@
+"""A run's summary, rebuilt from its round records alone.
+
+Every metric is a small function of ``list[RoundRecord]``; ``summarize`` gathers them into one
+JSON-serialisable dict (``summary.json``). docs/clock.md defines each metric precisely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .records import STATUS_LATE, STATUS_OK, SUMMARY_FILE, RoundRecord
+
+UNTIERED = "untiered"              # key for clients that reported no tier
+
+
+def higher_is_better_for(score_name: str) -> bool:
+    """Accuracy rises as the model improves; perplexity falls."""
+    if score_name == "perplexity":
+        return False
+    if score_name == "accuracy":
+        return True
+    raise ValueError(f"unknown score {score_name!r}: say whether higher is better")
+
+
+def reaches(score: float, target: float, higher_is_better: bool) -> bool:
+    return score >= target if higher_is_better else score <= target
+
+
+# -- score and time-to-target -------------------------------------------------------------
+def _scored(records: Sequence[RoundRecord]) -> list[RoundRecord]:
+    return [r for r in records if r.score is not None and math.isfinite(r.score)]
+
+
+def final_score(records: Sequence[RoundRecord]) -> float | None:
+    scored = _scored(records)
+    return scored[-1].score if scored else None
+
+
+def best_score(records: Sequence[RoundRecord], higher_is_better: bool) -> float | None:
+    scores = [r.score for r in _scored(records)]
+    if not scores:
+        return None
+    return max(scores) if higher_is_better else min(scores)
+
+
+@dataclass(frozen=True)
+class TargetHit:
+    rounds: int                        # the first round whose score reached the target
+    clock_s: float                     # interpolated clock time the target was crossed
+    clock_s_at_round: float            # clock time at the end of that round (no interpolation)
+
+
+def time_to_target(records: Sequence[RoundRecord], target: float, higher_is_better: bool) -> TargetHit | None:
+    """When the global score first reached ``target``; None if it never did.
+
+    Clock time is interpolated linearly between the last scored round below the target and the
+    first one at or past it. With no scored round before (the target reached by the first
+    evaluated round), there is nothing to interpolate from and the time is that round's end.
+    Rounds without a score are skipped.
+    """
+    scored = _scored(records)
+    for i, hit in enumerate(scored):
+        if not reaches(hit.score, target, higher_is_better):
+            continue
+        if i == 0:
+            return TargetHit(hit.server_round, hit.clock_s, hit.clock_s)
+        before = scored[i - 1]
+        fraction = (target - before.score) / (hit.score - before.score)
+        clock_s = before.clock_s + fraction * (hit.clock_s - before.clock_s)
+        return TargetHit(hit.server_round, clock_s, hit.clock_s)
+    return None
+
+
+# -- deadlines ----------------------------------------------------------------------------
+def round_within_deadline(record: RoundRecord, deadline_s: float) -> bool:
+    """The round ended by the deadline and no client that replied with an update was late.
+
+    A client counts as late if the policy dropped it (status ``late``) or it was accepted but
+    finished after the deadline (``wait`` keeps such replies). Rejected, failed and out-of-memory
+    clients are failures, not lateness, and are counted elsewhere.
+    """
+    if record.round_s > deadline_s:
+        return False
+    for c in record.clients:
+        if c.status == STATUS_LATE:
+            return False
+        if c.status == STATUS_OK and (not c.on_time or c.round_s > deadline_s):
+            return False
+    return True
+
+
+def deadline_share(records: Sequence[RoundRecord], deadline_s: float | None = None) -> float | None:
+    """Share of rounds within their deadline, over the rounds that had one.
+
+    A round's deadline is its record's; ``deadline_s`` stands in where the run had none (to
+    judge a ``wait`` baseline against the deadline of the runs it is compared with).
+    None if no round had a deadline.
+    """
+    judged = [
+        round_within_deadline(r, r.deadline_s if r.deadline_s is not None else deadline_s)
+        for r in records
+        if r.deadline_s is not None or deadline_s is not None
+    ]
+    return sum(judged) / len(judged) if judged else None
+
+
+# -- bytes --------------------------------------------------------------------------------
+def bytes_per_round(records: Sequence[RoundRecord]) -> dict[str, float]:
+    up = [r.bytes_up for r in records]
+    down = [r.bytes_down for r in records]
+    return {
+        "bytes_up_per_round": float(np.mean(up)) if up else 0.0,
+        "bytes_down_per_round": float(np.mean(down)) if down else 0.0,
+        "bytes_up_total": int(sum(up)),
+        "bytes_down_total": int(sum(down)),
+        "bytes_total": int(sum(up) + sum(down)),
+    }
+
+
+# -- fairness -----------------------------------------------------------------------------
+def jain_index(values: Sequence[float]) -> float:
+    """(sum x)^2 / (n * sum x^2): 1 when all equal, 1/n when one client has everything."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("Jain's index of no values")
+    squares = float(np.sum(x * x))
+    if squares == 0.0:
+        return 1.0  # all zero: equal shares
+    return float(np.sum(x)) ** 2 / (x.size * squares)
+
+
+def fairness(records: Sequence[RoundRecord], higher_is_better: bool) -> dict[str, Any] | None:
+    """Per-client scores of the global model on each client's own test split, from the last
+    round that evaluated them: worst, p10, mean and Jain's index. None if no round did.
+
+    ``p10`` is the 10th percentile from the bad end (numpy's linear percentile): the score that
+    90% of clients reach or beat (for perplexity, the 90th percentile).
+    """
+    for record in reversed(records):
+        scores = [e.score for e in record.client_eval if e.score is not None and math.isfinite(e.score)]
+        if scores:
+            x = np.asarray(scores, dtype=float)
+            return {
+                "round": record.server_round,
+                "clients": int(x.size),
+                "worst": float(x.min() if higher_is_better else x.max()),
+                "p10": float(np.percentile(x, 10 if higher_is_better else 90)),
+                "mean": float(x.mean()),
+                "jain": jain_index(x),
+            }
+    return None
+
+
+# -- per tier -----------------------------------------------------------------------------
+def _tier_key(tier: str | None) -> str:
+    return tier if tier else UNTIERED
+
+
+def peak_memory_per_tier(records: Sequence[RoundRecord]) -> dict[str, float]:
+    """The highest peak memory (MB) any client of the tier reported, in any round."""
+    peaks: dict[str, float] = {}
+    for r in records:
+        for c in r.clients:
+            key = _tier_key(c.tier)
+            peaks[key] = max(peaks.get(key, 0.0), float(c.peak_mem_mb))
+    return dict(sorted(peaks.items()))
+
+
+def dropped_per_tier(records: Sequence[RoundRecord]) -> dict[str, int]:
+    """Client-rounds discarded for lateness (status ``late``), per tier; every tier seen is listed."""
+    counts: dict[str, int] = {}
+    for r in records:
+        for c in r.clients:
+            key = _tier_key(c.tier)
+            counts[key] = counts.get(key, 0) + (c.status == STATUS_LATE)
+    return dict(sorted(counts.items()))
+
+
+def rejected_replies(records: Sequence[RoundRecord]) -> int:
+    return sum(len(r.rejected) for r in records)
+
+
+# -- all together -------------------------------------------------------------------------
+def summarize(
+    records: Sequence[RoundRecord],
+    target: float | None,
+    higher_is_better: bool,
+    deadline_s: float | None = None,
+) -> dict[str, Any]:
+    """The run's summary (JSON-serialisable); ``deadline_s`` as in ``deadline_share``."""
+    last = records[-1] if records else None
+    hit = time_to_target(records, target, higher_is_better) if target is not None else None
+    deadlines = sorted({r.deadline_s for r in records if r.deadline_s is not None})
+    return {
+        "rounds": len(records),
+        "clock": last.clock if last else None,
+        "clock_s": last.clock_s if last else 0.0,
+        "wall_s": last.wall_s if last else 0.0,
+        "policy": last.policy if last else None,
+        "deadline_s": deadlines[-1] if deadlines else deadline_s,
+        "score_name": last.score_name if last else None,
+        "target": target,
+        "higher_is_better": higher_is_better,
+        "final_score": final_score(records),
+        "best_score": best_score(records, higher_is_better),
+        "rounds_to_target": hit.rounds if hit else None,
+        "clock_s_to_target": hit.clock_s if hit else None,
+        "clock_s_at_target_round": hit.clock_s_at_round if hit else None,
+        "within_deadline_share": deadline_share(records, deadline_s),
+        **bytes_per_round(records),
+        "fairness": fairness(records, higher_is_better),
+        "peak_mem_mb_per_tier": peak_memory_per_tier(records),
+        "dropped_per_tier": dropped_per_tier(records),
+        "rejected_replies": rejected_replies(records),
+    }
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any], name: str = SUMMARY_FILE) -> Path:
+    """Write ``summary`` as JSON into ``run_dir`` (atomically: a reader never sees half a file)."""
+    path = Path(run_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

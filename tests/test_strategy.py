@@ -1,0 +1,164 @@
+"""FLQFedAvg with real Flower messages: per-client configs, truncation, reply validation.
+
+Replies are built as a ClientApp builds them (``Message(content, reply_to=...)``); only the
+node list comes from a minimal grid, because sampling is all this test needs from one.
+"""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from flq.adapter import adapter_rank, subtract, truncate_to_rank
+from flq.scheduler.base import SchedulerDefaults, TableScheduler
+from flq.strategy import wire
+from flq.strategy.aggregation import aggregate, client_adapter_from_delta
+from flq.strategy.fedavg import FLQFedAvg, NodeProfile
+from flq.transport.flower_records import adapter_to_array_record, array_record_to_adapter
+
+R_MAX = 8
+
+
+class NodeList:
+    """The part of a Grid that sampling uses."""
+
+    def __init__(self, node_ids):
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self):
+        return self.node_ids
+
+
+@pytest.fixture(autouse=True)
+def server_identity():
+    # A ServerApp process has these set by Flower; replies need them.
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+def global_adapter(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "m.q.lora_A.weight": rng.normal(size=(R_MAX, 6)).astype(np.float32),
+        "m.q.lora_B.weight": rng.normal(size=(5, R_MAX)).astype(np.float32),
+        "m.score.weight": rng.normal(size=(3, 6)).astype(np.float32),
+    }
+
+
+def make_strategy(**kwargs):
+    scheduler = TableScheduler(SchedulerDefaults(rank=8, rank_max=R_MAX), ranks="cycle:2,4,8", bits="groups:4,8,16")
+    strategy = FLQFedAvg(scheduler=scheduler, rank_max=R_MAX, seed=0, **kwargs)
+    strategy.global_state = global_adapter()
+    for node, pid in zip((11, 12, 13, 14, 15, 16), range(6)):
+        strategy.nodes[node] = NodeProfile(node, partition_id=pid, tier="cpu", num_train=50, num_partitions=6)
+    return strategy
+
+
+def reply(msg, delta, codec="fp32", examples=40, compute_s=1.0):
+    metrics = MetricRecord({wire.NUM_EXAMPLES: examples, wire.STEPS: 5, wire.COMPUTE_S: compute_s,
+                            wire.LOSS_BEFORE: 1.0, wire.LOSS_AFTER: 0.5})
+    if codec == "raw":  # a client not using FLQ's codec: plain numpy arrays, whatever they hold
+        arrays = ArrayRecord({k: Array(v) for k, v in delta.items()})
+    else:
+        arrays = adapter_to_array_record(delta, codec)
+    content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics,
+                          wire.INFO: ConfigRecord({wire.STATUS: "ok"})})
+    return Message(content, reply_to=msg)
+
+
+def client_delta(msg, scale=0.1, seed=1):
+    received = array_record_to_adapter(msg.content[wire.ARRAYS])
+    rng = np.random.default_rng(seed)
+    return {k: (scale * rng.normal(size=v.shape)).astype(np.float32) for k, v in received.items()}
+
+
+def test_each_node_gets_its_own_config_and_the_global_truncated_to_its_rank():
+    strategy = make_strategy()
+    messages = list(strategy.configure_train(1, None, ConfigRecord({"shared": 1}), NodeList([11, 12, 13, 14, 15, 16])))
+    assert len(messages) == 6
+    configs = {m.metadata.dst_node_id: m.content[wire.CONFIG] for m in messages}
+    assert [configs[n][wire.RANK] for n in (11, 12, 13, 14, 15, 16)] == [2, 4, 8, 2, 4, 8]
+    assert [configs[n][wire.BITS] for n in (11, 12, 13, 14, 15, 16)] == [4, 4, 8, 8, 16, 16]
+    assert len({id(c) for c in configs.values()}) == 6  # a copy per node, not one shared record
+    for m in messages:
+        sent = array_record_to_adapter(m.content[wire.ARRAYS])
+        rank = m.content[wire.CONFIG][wire.RANK]
+        assert adapter_rank(sent) == rank  # never more components than its rank
+        for key, value in truncate_to_rank(strategy.global_state, rank).items():
+            np.testing.assert_array_equal(sent[key], value)
+
+
+def test_bad_replies_are_rejected_with_reasons_and_the_round_goes_on():
+    strategy = make_strategy()
+    nodes = [11, 12, 13, 14, 15, 16]
+    messages = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, None, ConfigRecord(), NodeList(nodes))}
+    good = [reply(messages[11], client_delta(messages[11])), reply(messages[13], client_delta(messages[13]), codec="int8")]
+    too_high = {k: np.zeros_like(v) for k, v in strategy.global_state.items()}  # rank 8 from a rank-4 client
+    nan = client_delta(messages[14])
+    nan["m.q.lora_A.weight"][0, 0] = np.nan
+    missing = dict(client_delta(messages[15]))
+    missing.pop("m.score.weight")
+    failed = Message(Error(code=1, reason="Traceback (most recent call last):\n  ...\nRuntimeError: out of memory"),
+                     reply_to=messages[16])
+    before = {k: v.copy() for k, v in strategy.global_state.items()}
+    arrays, metrics = strategy.aggregate_train(
+        1, good + [reply(messages[12], too_high), reply(messages[14], nan, codec="raw"), reply(messages[15], missing), failed]
+    )
+    by_node = {c.node_id: c for c in strategy.last_round.clients}
+    assert [by_node[n].status for n in nodes] == ["ok", "rejected", "ok", "rejected", "rejected", "failed"]
+    assert "rank" in by_node[12].reason
+    assert "non-finite" in by_node[14].reason.lower() or "nan" in by_node[14].reason.lower()
+    assert "m.score.weight" in by_node[15].reason
+    assert by_node[16].reason == "client error: RuntimeError: out of memory"
+    assert metrics["num-accepted"] == 2
+    assert by_node[13].bytes_up < by_node[11].bytes_up * 2  # int8 reply at rank 8 vs fp32 at rank 2
+    # The global moved, by the accepted clients only, aggregated across their ranks.
+    deltas = [array_record_to_adapter(g.content[wire.ARRAYS]) for g in good]
+    expected = aggregate("rank-wise", [client_adapter_from_delta(before, d) for d in deltas], [40.0, 40.0], before, R_MAX)
+    for key in before:
+        np.testing.assert_allclose(strategy.global_state[key], expected[key], rtol=1e-6)
+    assert any(not np.array_equal(before[k], strategy.global_state[k]) for k in before)
+    assert set(array_record_to_adapter(arrays)) == set(before)
+
+
+def test_a_round_with_no_acceptable_reply_keeps_the_global():
+    strategy = make_strategy()
+    messages = list(strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12])))
+    before = {k: v.copy() for k, v in strategy.global_state.items()}
+    strategy.aggregate_train(1, [Message(Error(code=1, reason="gone"), reply_to=m) for m in messages])
+    for key in before:
+        np.testing.assert_array_equal(strategy.global_state[key], before[key])
+    assert [c.status for c in strategy.last_round.clients] == ["failed", "failed"]
+
+
+def test_a_silent_node_is_recorded_as_failed():
+    strategy = make_strategy()
+    messages = list(strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12])))
+    strategy.aggregate_train(1, [reply(messages[0], client_delta(messages[0]))])
+    statuses = {c.node_id: (c.status, c.reason) for c in strategy.last_round.clients}
+    assert statuses[messages[1].metadata.dst_node_id] == ("failed", "no reply before the timeout")
+
+
+def test_deadline_drop_discards_late_updates():
+    strategy = make_strategy(deadline_s=5.0, policy="drop")
+    messages = list(strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12])))
+    replies = [reply(messages[0], client_delta(messages[0]), compute_s=2.0),
+               reply(messages[1], client_delta(messages[1]), compute_s=9.0)]
+    strategy.aggregate_train(1, replies)
+    records = {c.node_id: c for c in strategy.last_round.clients}
+    late = records[messages[1].metadata.dst_node_id]
+    assert late.status == "late" and not late.on_time and "deadline" in late.reason
+    assert strategy.last_round.round_s == 5.0  # the server waited until the deadline
+    assert records[messages[0].metadata.dst_node_id].status == "ok"
+
+
+def test_update_is_applied_to_the_exact_global_not_the_quantized_broadcast():
+    strategy = make_strategy(broadcast_codec="int4")
+    messages = list(strategy.configure_train(1, None, ConfigRecord(), NodeList([13])))  # rank 8
+    before = {k: v.copy() for k, v in strategy.global_state.items()}
+    received = array_record_to_adapter(messages[0].content[wire.ARRAYS])
+    assert any(not np.array_equal(received[k], before[k]) for k in before)  # int4 is lossy
+    zero = subtract(received, received)
+    strategy.aggregate_train(1, [reply(messages[0], zero)])
+    for key in before:  # a zero update leaves the exact global (float rounding aside), not the int4 copy
+        np.testing.assert_allclose(strategy.global_state[key], before[key], rtol=1e-6, atol=1e-7)
+        assert np.abs(strategy.global_state[key] - received[key]).max() > 1e-3

@@ -2,58 +2,62 @@
 
 Three handlers:
 
-* ``query``: who this node is (partition, data size, tier), asked once at the start;
+* ``query``: who this node is (partition, data size, tier, memory limit), asked once;
 * ``train``: load the backbone at the assigned bits and an adapter at the assigned rank,
   overwrite it with the received global adapter, train up to ``local-steps`` steps (or what
   fits the time budget), reply with the update as a delta and what was measured;
 * ``evaluate``: score the global adapter on this node's own test split (fairness).
 
-The backbone never leaves the node; only the adapter's trainable tensors travel.
+The backbone never leaves the node; only the adapter's trainable tensors travel. A node's tier
+comes from its ``--node-config tier=...`` (deployment) or the run config's ``tiers`` mix by
+partition id (simulation, where Flower only gives ``partition-id``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .adapter import AdapterState, pad_to_rank, subtract, truncate_to_rank
+from .adapter import AdapterState, num_parameters, pad_to_rank, subtract, truncate_to_rank
 from .config import NodeConfigError, RunConfig
+from .logs import log, quiet_libraries
+from .sim.clock import comm_seconds
+from .sim.tiers import TierProfile, assign_tiers, load_tiers
 from .strategy import wire
-from .transport.flower_records import adapter_to_array_record, array_record_to_adapter, encoded_to_array_record
-from .transport.update_codec import encode_with_feedback
 from .task.lora import get_lora_model
+from .task.memory import estimate_train_memory_mb, model_shape
+from .task.model_cache import resolve_model
 from .task.partition import client_split
 from .task.specs import backbone_spec, data_spec, lora_spec
 from .task.train import evaluate as evaluate_adapter
-from .task.train import make_batches, train_steps
-
-from .logs import log, quiet_libraries
+from .task.train import make_batches, set_torch_threads, train_steps
+from .transport.flower_records import (
+    adapter_to_array_record,
+    array_record_nbytes,
+    array_record_to_adapter,
+    encoded_to_array_record,
+)
+from .transport.update_codec import encode_adapter, encode_with_feedback, encoded_nbytes
 
 quiet_libraries()
 app = ClientApp()
 
-
-def node_partition(context: Context) -> tuple[int, int]:
-    """(partition-id, num-partitions) from the node config (simulation sets both)."""
-    nc = context.node_config
-    try:
-        pid, n = int(nc["partition-id"]), int(nc["num-partitions"])
-    except KeyError as exc:
-        raise NodeConfigError(
-            f"node config needs {exc.args[0]!r}: start the SuperNode with "
-            "--node-config 'partition-id=0 num-partitions=N'"
-        ) from None
-    if not 0 <= pid < n:
-        raise NodeConfigError(f"partition-id={pid} outside [0, num-partitions={n})")
-    return pid, n
+RESIDUALS_KEY = "flq-error-feedback"
 
 
-def node_tier(context: Context, cfg: RunConfig) -> str:
-    """The node's tier: ``tier`` in its node config, else none (reference machine)."""
-    return str(context.node_config.get("tier", "reference"))
+@dataclass(frozen=True)
+class Node:
+    """This node as FLQ sees it."""
+
+    partition_id: int
+    num_partitions: int
+    tier: TierProfile
+    simulated: bool
 
 
 def in_simulation() -> bool:
@@ -62,16 +66,145 @@ def in_simulation() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
-RESIDUALS_KEY = "flq-error-feedback"
+def this_node(context: Context, cfg: RunConfig) -> Node:
+    nc = context.node_config
+    try:
+        pid, n = int(nc["partition-id"]), int(nc["num-partitions"])
+    except KeyError as exc:
+        raise NodeConfigError(
+            f"node config needs {exc.args[0]!r}: start the SuperNode with "
+            "--node-config 'partition-id=0 num-partitions=N tier=\"cpu-edge\"'"
+        ) from None
+    if not 0 <= pid < n:
+        raise NodeConfigError(f"partition-id={pid} outside [0, num-partitions={n})")
+    tiers = load_tiers(cfg.tier_file or None)
+    name = str(nc["tier"]) if "tier" in nc else assign_tiers(cfg.tiers, n, known=tiers)[pid]
+    if name not in tiers:
+        raise NodeConfigError(f"unknown tier {name!r}; known: {sorted(tiers)} (or add it to tier-file)")
+    simulated = in_simulation()
+    if not simulated:
+        set_torch_threads(tiers[name].threads)  # a CPU tier really gets its few threads
+    return Node(pid, n, tiers[name], simulated)
 
 
-def encode_update(delta: AdapterState, codec: str, error_feedback: bool, rank: int, context: Context):
+def tier_info(node: Node, **extra: str) -> ConfigRecord:
+    return ConfigRecord({wire.TIER: node.tier.name, **extra})
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flower(context.run_config)
+    node = this_node(context, cfg)
+    split = client_split(data_spec(cfg), node.partition_id, node.num_partitions)
+    metrics = MetricRecord({
+        wire.PARTITION_ID: node.partition_id,
+        wire.NUM_PARTITIONS: node.num_partitions,
+        wire.NUM_TRAIN: len(split.train.texts),
+        wire.MEMORY_LIMIT_MB: float(node.tier.memory_limit_mb or 0.0),
+        wire.SIMULATED: int(node.simulated),
+    })
+    return Message(RecordDict({wire.METRICS: metrics, wire.INFO: tier_info(node)}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flower(context.run_config)
+    node = this_node(context, cfg)
+    ask = msg.content[wire.CONFIG]
+    server_round = int(ask[wire.SERVER_ROUND])
+    rank, bits, max_steps = int(ask[wire.RANK]), int(ask[wire.BITS]), int(ask[wire.LOCAL_STEPS])
+    batch_size = node.tier.batch_size or cfg.batch_size
+    received = array_record_to_adapter(msg.content[wire.ARRAYS])
+
+    too_big = memory_problem(cfg, node.tier, bits, num_parameters(received), batch_size)
+    if too_big:
+        log.warning("partition %d (%s): %s", node.partition_id, node.tier.name, too_big)
+        info = tier_info(node, **{wire.STATUS: "oom", wire.REASON: too_big})
+        metrics = MetricRecord({wire.PARTITION_ID: node.partition_id, wire.NUM_EXAMPLES: 0})
+        return Message(RecordDict({wire.METRICS: metrics, wire.INFO: info}), reply_to=msg)
+
+    split = client_split(data_spec(cfg), node.partition_id, node.num_partitions)
+    model = get_lora_model(backbone_spec(cfg, bits), lora_spec(cfg))
+    model.use_rank(rank)
+    model.load_adapter_state(received)
+
+    codec = str(ask[wire.CODEC_UP])
+    should_stop = None
+    if wire.BUDGET_S in ask:
+        virtual = str(ask.get(wire.CLOCK, "virtual")) == "virtual"
+        upload = encoded_nbytes(encode_adapter(received, codec, lz4=False))  # an upper bound: no LZ4
+        comm_s = comm_seconds(node.tier, upload, array_record_nbytes(msg.content[wire.ARRAYS]),
+                              int(ask.get(wire.HANDSHAKE_RTTS, 1)))
+        factor = node.tier.compute_factor if virtual else 1.0
+        should_stop = budget_stopper(float(ask[wire.BUDGET_S]), factor, comm_s)
+
+    seed = cfg.seed * 1_000_003 + server_round * 1_009 + node.partition_id
+    torch.manual_seed(seed)
+    batches = make_batches(cfg.task, split.train, model.tokenizer, batch_size, cfg.max_seq_length, seed)
+    stats = train_steps(model.model, batches, max_steps, cfg.learning_rate, cfg.weight_decay, should_stop)
+    # The delta is taken from what this client actually decoded, so with a quantized
+    # broadcast the update still carries exactly what local training changed.
+    delta = subtract(model.adapter_state(), received)
+    update = encode_update(delta, codec, bool(ask.get(wire.ERROR_FEEDBACK, False)), rank, context)
+
+    metrics = MetricRecord({
+        wire.NUM_EXAMPLES: stats.num_examples,
+        wire.STEPS: stats.steps,
+        wire.LOSS_BEFORE: stats.loss_before,
+        wire.LOSS_AFTER: stats.loss_after,
+        wire.COMPUTE_S: stats.compute_s,
+        wire.PEAK_MEM_MB: stats.peak_mem_mb,
+        wire.PARTITION_ID: node.partition_id,
+    })
+    content = RecordDict({wire.ARRAYS: update, wire.METRICS: metrics, wire.INFO: tier_info(node, **{wire.STATUS: "ok"})})
+    return Message(content, reply_to=msg)
+
+
+def memory_problem(cfg: RunConfig, tier: TierProfile, bits: int, adapter_params: int, batch_size: int) -> str:
+    """Why this tier's memory cannot hold the assignment ('' if it can, or if unknown)."""
+    if not tier.memory_limit_mb:
+        return ""
+    try:
+        shape = model_shape(resolve_model(cfg.model))
+    except (OSError, ValueError):
+        return ""  # a hub model not on disk yet: nothing to size it from
+    need = estimate_train_memory_mb(shape, bits, adapter_params, batch_size, cfg.max_seq_length)
+    if need <= tier.memory_limit_mb:
+        return ""
+    return (f"needs ~{need:.0f} MB at {bits} bits (batch {batch_size} x {cfg.max_seq_length}), "
+            f"tier {tier.name} has {tier.memory_limit_mb:.0f} MB")
+
+
+def budget_stopper(budget_s: float, compute_factor: float, comm_s: float,
+                   margin: float = 0.1) -> Callable[[int, float], bool]:
+    """Stop before the next step would push compute (on the run's clock) plus transfers past the budget.
+
+    The next step is predicted conservatively, as the slowest step so far plus ``margin``:
+    step times vary (caches, contention), and a client that overruns its budget is late.
+    At least one step is always taken: an update of one step is worth more than none.
+    """
+    slowest = 0.0
+    last_elapsed = 0.0
+
+    def should_stop(steps_done: int, measured_s: float) -> bool:
+        nonlocal slowest, last_elapsed
+        if steps_done == 0:
+            return False
+        slowest = max(slowest, measured_s - last_elapsed)
+        last_elapsed = measured_s
+        next_step = slowest * (1.0 + margin)
+        return (measured_s + next_step) * compute_factor + comm_s > budget_s
+
+    return should_stop
+
+
+def encode_update(delta: AdapterState, codec: str, error_feedback: bool, rank: int, context: Context) -> ArrayRecord:
     """Encode the update; with error feedback, add last round's residual and keep the new one.
 
     The residual lives in ``context.state`` (Flower keeps it across rounds for this node). When
     the node's rank changes, the residual is truncated or zero-padded to the new rank.
     """
-    if not error_feedback or codec in ("fp32",):
+    if not error_feedback or codec == "fp32":
         return adapter_to_array_record(delta, codec)
     stored = context.state.array_records.get(RESIDUALS_KEY)
     residuals = array_record_to_adapter(stored) if stored is not None else {}
@@ -81,64 +214,12 @@ def encode_update(delta: AdapterState, codec: str, error_feedback: bool, rank: i
     return encoded_to_array_record(encoded)
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_flower(context.run_config)
-    pid, n = node_partition(context)
-    split = client_split(data_spec(cfg), pid, n)
-    metrics = MetricRecord({
-        wire.PARTITION_ID: pid,
-        wire.NUM_PARTITIONS: n,
-        wire.NUM_TRAIN: len(split.train.texts),
-        "simulated": int(in_simulation()),
-    })
-    info = ConfigRecord({wire.TIER: node_tier(context, cfg)})
-    return Message(RecordDict({wire.METRICS: metrics, wire.INFO: info}), reply_to=msg)
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_flower(context.run_config)
-    pid, n = node_partition(context)
-    ask = msg.content[wire.CONFIG]
-    server_round = int(ask[wire.SERVER_ROUND])
-    rank, bits, max_steps = int(ask[wire.RANK]), int(ask[wire.BITS]), int(ask[wire.LOCAL_STEPS])
-
-    split = client_split(data_spec(cfg), pid, n)
-    model = get_lora_model(backbone_spec(cfg, bits), lora_spec(cfg))
-    model.use_rank(rank)
-    received = array_record_to_adapter(msg.content[wire.ARRAYS])
-    model.load_adapter_state(received)
-
-    seed = cfg.seed * 1_000_003 + server_round * 1_009 + pid
-    torch.manual_seed(seed)
-    batches = make_batches(cfg.task, split.train, model.tokenizer, cfg.batch_size, cfg.max_seq_length, seed)
-    stats = train_steps(model.model, batches, max_steps, cfg.learning_rate, cfg.weight_decay)
-    # The delta is taken from what this client actually decoded, so with a quantized
-    # broadcast the update still carries exactly what local training changed.
-    delta = subtract(model.adapter_state(), received)
-    update = encode_update(delta, str(ask[wire.CODEC_UP]), bool(ask.get(wire.ERROR_FEEDBACK, False)), rank, context)
-
-    metrics = MetricRecord({
-        wire.NUM_EXAMPLES: stats.num_examples,
-        wire.STEPS: stats.steps,
-        wire.LOSS_BEFORE: stats.loss_before,
-        wire.LOSS_AFTER: stats.loss_after,
-        wire.COMPUTE_S: stats.compute_s,
-        wire.PEAK_MEM_MB: stats.peak_mem_mb,
-        wire.PARTITION_ID: pid,
-    })
-    info = ConfigRecord({wire.TIER: node_tier(context, cfg), wire.STATUS: "ok"})
-    content = RecordDict({wire.ARRAYS: update, wire.METRICS: metrics, wire.INFO: info})
-    return Message(content, reply_to=msg)
-
-
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_flower(context.run_config)
-    pid, n = node_partition(context)
+    node = this_node(context, cfg)
     ask = msg.content[wire.CONFIG]
-    split = client_split(data_spec(cfg), pid, n)
+    split = client_split(data_spec(cfg), node.partition_id, node.num_partitions)
     model = get_lora_model(backbone_spec(cfg, int(ask.get(wire.BITS, cfg.backbone_bits))), lora_spec(cfg))
     model.use_rank(int(ask[wire.RANK]))
     model.load_adapter_state(array_record_to_adapter(msg.content[wire.ARRAYS]))
@@ -147,7 +228,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         wire.SCORE: stats.score,
         wire.LOSS: stats.loss,
         wire.NUM_EXAMPLES: stats.num_examples,
-        wire.PARTITION_ID: pid,
+        wire.PARTITION_ID: node.partition_id,
     })
-    info = ConfigRecord({wire.TIER: node_tier(context, cfg)})
-    return Message(RecordDict({wire.METRICS: metrics, wire.INFO: info}), reply_to=msg)
+    return Message(RecordDict({wire.METRICS: metrics, wire.INFO: tier_info(node)}), reply_to=msg)

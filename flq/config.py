@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .scheduler.spread import SpreadError, parse_int_spread
+from .sim.clock import HANDSHAKE_RTTS
 
 TASKS = ("sequence-classification", "causal-lm")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
@@ -23,6 +24,8 @@ POLICIES = ("wait", "drop", "budget")
 AGGREGATIONS = ("zero-pad", "rank-wise", "svd")
 CODECS = ("fp32", "fp16", "int8", "int4")
 SCHEDULERS = ("fixed", "table")
+CLOCKS = ("auto", "virtual", "real")
+TRANSPORTS = tuple(HANDSHAKE_RTTS)
 
 
 class ConfigError(ValueError):
@@ -70,6 +73,14 @@ class RunConfig:
     scheduler: str = "fixed"
     client_ranks: str = ""
     client_bits: str = ""
+    # tiers, clock and deadline (docs/clock.md)
+    tiers: str = "reference"
+    tier_file: str = ""
+    transport: str = "quic"
+    clock: str = "auto"
+    deadline_s: float = 0.0
+    policy: str = "wait"
+    client_eval_every: int = 0
     # what travels
     update_codec: str = "fp32"
     broadcast_codec: str = "fp32"
@@ -84,6 +95,10 @@ class RunConfig:
     def lora_scaling(self) -> float:
         """alpha / r at the global rank; kept for every client rank (see docs/architecture.md)."""
         return self.lora_alpha / self.lora_rank
+
+    @property
+    def deadline(self) -> float | None:
+        return self.deadline_s if self.deadline_s > 0 and self.policy != "wait" else None
 
     @property
     def higher_is_better(self) -> bool:
@@ -136,6 +151,12 @@ class RunConfig:
         check(self.quant_type in QUANT_TYPES, f"quant-type must be one of {QUANT_TYPES}")
         check(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
         check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}")
+        check(self.clock in CLOCKS, f"clock must be one of {CLOCKS}")
+        check(self.policy in POLICIES, f"policy must be one of {POLICIES}")
+        check(self.deadline_s >= 0, "deadline-s must be >= 0 (0 = no deadline)")
+        check(self.policy == "wait" or self.deadline_s > 0, f"policy {self.policy!r} needs deadline-s > 0")
+        check(self.transport in TRANSPORTS, f"transport must be one of {TRANSPORTS}")
+        check(self.client_eval_every >= 0, "client-eval-every must be >= 0")
         for key, spec, allowed in (("client-ranks", self.client_ranks, None), ("client-bits", self.client_bits, BITS)):
             if spec:
                 try:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from .adapter import AdapterState
-from .metrics.records import RUN_INFO_FILE, SUMMARY_FILE, RoundRecord, append_round
+from .metrics.records import RUN_INFO_FILE, RoundRecord, append_round
+from .sim.clock import real_clock_description
 from .strategy.fedavg import FLQFedAvg, RoundRecorder
 
 from .logs import log
@@ -29,16 +30,25 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 class RunRecorder(RoundRecorder):
-    def __init__(self, run_dir: Path, clock: str, score_name: str, num_rounds: int,
+    def __init__(self, run_dir: Path, score_name: str, num_rounds: int, run_info: dict[str, Any],
                  start_clock_s: float = 0.0, start_wall_s: float = 0.0) -> None:
         self.run_dir = Path(run_dir)
-        self.clock = clock
+        self.run_info = run_info
+        self.clock = "virtual"
         self.score_name = score_name
         self.num_rounds = num_rounds
         self.clock_s = start_clock_s
         self.wall_start = time.perf_counter() - start_wall_s
         self.records: list[RoundRecord] = []
         self.initial: dict[str, float] = {}
+
+    def on_start(self, strategy: FLQFedAvg) -> None:
+        self.clock = strategy.clock
+        model = strategy.clock_model.describe() if self.clock == "virtual" else real_clock_description()
+        self.write_run_info({**self.run_info, "clock": model,
+                             "nodes": [vars(p) for p in strategy.nodes.values()]})
+        if self.clock == "virtual":
+            log.info("virtual clock: %s", strategy.clock_model.describe_text())
 
     def on_initial(self, metrics) -> None:
         self.initial = {"score": float(metrics["score"]), "eval_loss": float(metrics["loss"])}
@@ -83,9 +93,6 @@ class RunRecorder(RoundRecorder):
     def write_run_info(self, info: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.run_dir / RUN_INFO_FILE, info)
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        _write_json(self.run_dir / SUMMARY_FILE, summary)
 
 
 def progress_line(r: RoundRecord, num_rounds: int) -> str:

@@ -8,8 +8,8 @@ Set ``resume=true`` with the same ``run-name`` to continue a run from its last c
 
 from __future__ import annotations
 
+import json
 import platform
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -21,19 +21,22 @@ from flwr.serverapp import Grid, ServerApp
 from . import __version__
 from .adapter import AdapterState, adapter_rank, nbytes, num_parameters
 from .config import ConfigError, NodeConfigError, RunConfig
-from .metrics.records import RoundRecord
+from .metrics.plots import write_run_figures
+from .metrics.records import read_rounds
+from .metrics.summary import summarize, write_summary
+from .logs import log, quiet_libraries
 from .run_recorder import RunRecorder, load_checkpoint, restore_rng
 from .scheduler.base import FixedRankScheduler, RankScheduler, SchedulerDefaults, TableScheduler
+from .sim.clock import ClockModel
+from .sim.tiers import TierError, load_tiers
 from .strategy.fedavg import FLQFedAvg, NoClientsError
 from .task.data import DataError
-from .task.model_cache import ModelNotFoundError
-from .transport.flower_records import adapter_to_array_record, array_record_to_adapter
 from .task.lora import LoraModel
+from .task.model_cache import ModelNotFoundError
 from .task.partition import server_test_data
 from .task.specs import backbone_spec, data_spec, lora_spec
 from .task.train import evaluate
-
-from .logs import log, quiet_libraries
+from .transport.flower_records import adapter_to_array_record, array_record_to_adapter
 
 quiet_libraries()
 app = ServerApp()
@@ -84,7 +87,7 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
 
 # Errors in what the user configured: reported in one line, without a library traceback.
 USER_ERRORS = (ConfigError, DataError, ModelNotFoundError, NodeConfigError, FileExistsError, FileNotFoundError,
-               NoClientsError)
+               NoClientsError, TierError)
 
 
 @app.main()
@@ -107,11 +110,17 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         adapter_rank(initial), len(initial), num_parameters(initial) / 1e6, nbytes(initial) / 1e6,
     )
     scheduler = build_scheduler(cfg)
+    tiers = load_tiers(cfg.tier_file or None)
     strategy = FLQFedAvg(
         scheduler=scheduler,
         rank_max=cfg.lora_rank,
         clients_per_round=cfg.clients_per_round,
         min_available_nodes=max(1, cfg.clients_per_round),
+        deadline_s=cfg.deadline,
+        policy=cfg.policy,
+        clock_model=ClockModel.for_transport(tiers, cfg.transport),
+        clock=cfg.clock,
+        client_eval_every=cfg.client_eval_every,
         aggregation=cfg.aggregation,
         update_codec=cfg.update_codec,
         broadcast_codec=cfg.broadcast_codec,
@@ -135,15 +144,14 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     else:
         strategy.global_state = initial
 
-    recorder = RunRecorder(run_dir, "virtual", cfg.score_name, cfg.num_server_rounds, clock_s, wall_s)
-    recorder.write_run_info({
+    run_info = {
         "config": cfg.to_dict(),
         "flq_version": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "started": datetime.now().isoformat(timespec="seconds"),
-        "clock": {"name": "virtual", "model": "compute = measured seconds on this machine; transfers not modelled"},
-    })
+    }
+    recorder = RunRecorder(run_dir, cfg.score_name, cfg.num_server_rounds, run_info, clock_s, wall_s)
     if start_round <= cfg.num_server_rounds:
         strategy.start(
             grid,
@@ -154,28 +162,22 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             recorder=recorder,
             start_round=start_round,
         )
-    records = recorder.records
-    summary = basic_summary(records, cfg) | {"initial": recorder.initial}
-    recorder.write_summary(summary)
+    records = read_rounds(run_dir)  # all rounds, also those before a resume
+    summary = summarize(records, cfg.target_score, cfg.higher_is_better, cfg.deadline)
+    summary["initial"] = recorder.initial or _previous_initial(run_dir)
+    write_summary(run_dir, summary)
+    write_run_figures(records, run_dir / "figures", cfg.target_score)
     evaluator.export(strategy.global_state, run_dir / "adapter")
-    log.info("FLQ finished: %s", summary)
+    log.info("FLQ finished %d rounds: %s=%s (target %s reached %s), results in %s", len(records), cfg.score_name,
+             summary.get("final_score"), cfg.target_score,
+             "never" if summary.get("rounds_to_target") is None else f"at round {summary['rounds_to_target']}",
+             run_dir)
     return run_dir
 
 
-def basic_summary(records: list[RoundRecord], cfg: RunConfig) -> dict:
-    scores = [(r.server_round, r.clock_s, r.score) for r in records if r.score is not None]
-    reached = [(rnd, clk) for rnd, clk, s in scores
-               if (s >= cfg.target_score if cfg.higher_is_better else s <= cfg.target_score)]
-    return {
-        "score_name": cfg.score_name,
-        "target": cfg.target_score,
-        "final_score": scores[-1][2] if scores else None,
-        "best_score": (max if cfg.higher_is_better else min)(s for _, _, s in scores) if scores else None,
-        "rounds_to_target": reached[0][0] if reached else None,
-        "clock_s_to_target": reached[0][1] if reached else None,
-        "rounds": len(records),
-        "bytes_up_per_round": float(np.mean([r.bytes_up for r in records])) if records else 0.0,
-        "bytes_down_per_round": float(np.mean([r.bytes_down for r in records])) if records else 0.0,
-        "wall_s": records[-1].wall_s if records else 0.0,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+def _previous_initial(run_dir: Path) -> dict:
+    """A resumed run keeps the initial evaluation its first part recorded."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("initial", {})
+    except (OSError, ValueError):
+        return {}

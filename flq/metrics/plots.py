@@ -166,6 +166,10 @@ def plot_rank_heatmap(records: Sequence[RoundRecord], path: str | Path) -> Path:
     labels, ranks, marks = rank_matrix(records)
     fig = Figure(figsize=(max(5.0, 0.45 * len(records) + 2.5), max(2.5, 0.3 * len(labels) + 1.5)))
     ax = fig.add_subplot()
+    if not labels:
+        ax.text(0.5, 0.5, "no clients recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _save(fig, path)
     image = ax.imshow(np.ma.masked_invalid(ranks), aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="LoRA rank")
     annotate_ranks = ranks.size <= 400
@@ -174,7 +178,8 @@ def plot_rank_heatmap(records: Sequence[RoundRecord], path: str | Path) -> Path:
             if marks[i][j]:
                 ax.text(j, i, marks[i][j], ha="center", va="center", color="red", fontsize=7, fontweight="bold")
             elif annotate_ranks and not np.isnan(ranks[i, j]):
-                ax.text(j, i, f"{ranks[i, j]:.0f}", ha="center", va="center", color="white", fontsize=7)
+                shade = "black" if image.norm(ranks[i, j]) > 0.6 else "white"  # readable on light and dark cells
+                ax.text(j, i, f"{ranks[i, j]:.0f}", ha="center", va="center", color=shade, fontsize=7)
     ax.set_xticks(range(len(records)), [str(r.server_round) for r in records])
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("round")

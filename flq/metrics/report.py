@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline", type=float, default=None,
                         help="deadline (s) to judge runs that had none, e.g. a wait baseline")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"figure folder (default: RUN_DIR/{FIGURES_DIR} for one run, ./{DEFAULT_MULTI_OUT} for several)")
+                        help=f"figure folder (default: RUN_DIR/{FIGURES_DIR} for one run, "
+                             f"./{DEFAULT_MULTI_OUT} for several)")
 
 
 @dataclass
@@ -56,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
     print()
     for r in reports:
         for path in r.figures:
-            print(f"figure: {path}")
+            print(f"wrote: {path}")
     if len(reports) > 1:
         out = args.out or DEFAULT_MULTI_OUT
         targets = {r.summary["target"] for r in reports}
         target = args.target if args.target is not None else (targets.pop() if len(targets) == 1 else None)
         path = plot_comparison([(r.label, r.records) for r in reports], out / COMPARISON_FIGURE, target)
-        print(f"figure: {path}")
+        print(f"wrote: {path}")
     return 0
 
 
@@ -74,7 +75,11 @@ def build_reports(
     for label, run_dir in zip(labels, run_dirs):
         records = load_records(run_dir)
         run_target = target if target is not None else configured_target(run_dir)
-        summary = summarize(records, run_target, higher_is_better_for(records[-1].score_name), deadline_s)
+        try:
+            higher_is_better = higher_is_better_for(records[-1].score_name)
+        except ValueError as exc:
+            raise ReportError(f"{run_dir}: {exc}") from None
+        summary = summarize(records, run_target, higher_is_better, deadline_s)
         fig_dir = figure_dir(run_dir, label, out, several=len(run_dirs) > 1)
         figures = write_run_figures(records, fig_dir, run_target)
         figures.append(write_summary(fig_dir, summary))

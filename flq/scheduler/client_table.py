@@ -1,4 +1,5 @@
-"""Per-client state as numpy columns, and the cheap way back to ``Assignment`` objects.
+"""Per-client state as numpy columns, reports read as columns, and the cheap way back to
+``Assignment`` objects.
 
 Schedulers that must decide for 10,000 clients in milliseconds cannot loop over Python
 objects per client per decision: they keep one row per node id ever seen, one float column
@@ -9,7 +10,7 @@ valid; new clients are appended in one go.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
@@ -19,7 +20,6 @@ from .base import Assignment, ClientReport
 
 # ClientReport.status values, as small integers for whole-column comparisons.
 OK, LATE, REJECTED, FAILED, OOM = range(5)
-STATUS_CODES = {"ok": OK, "late": LATE, "rejected": REJECTED, "failed": FAILED, "oom": OOM}
 
 
 class ClientTable:
@@ -45,18 +45,17 @@ class ClientTable:
         ``init_new(new_rows, positions)`` fills the new rows (``positions`` index into
         ``node_ids``), e.g. with tier priors; it runs once per call, not once per client.
         """
-        row_of = self.row_of
-        rows = [row_of.get(n, -1) for n in node_ids]
-        if -1 in rows:
+        rows = list(map(self.row_of.get, node_ids))
+        if None in rows:
             positions = self._add_missing(node_ids, rows)
             if init_new is not None:
                 init_new(np.asarray([rows[p] for p in positions], dtype=np.intp), positions)
-        return np.asarray(rows, dtype=np.intp)
+        return np.fromiter(rows, dtype=np.intp, count=len(rows))
 
-    def _add_missing(self, node_ids: Sequence[int], rows: list[int]) -> np.ndarray:
+    def _add_missing(self, node_ids: Sequence[int], rows: list[int | None]) -> np.ndarray:
         positions = []
         for position, row in enumerate(rows):
-            if row != -1:
+            if row is not None:
                 continue
             node = int(node_ids[position])
             if node not in self.row_of:  # a node listed twice gets one row
@@ -87,84 +86,121 @@ class ClientTable:
 
 def assignments_by_node(
     node_ids: Sequence[int],
-    ranks: Sequence[int],
-    bits: Sequence[int],
-    steps: Sequence[int],
-    budgets: Sequence[float | None],
+    ranks: np.ndarray,
+    bits: np.ndarray,
+    steps: np.ndarray,
+    budgets: np.ndarray | None,
 ) -> dict[int, Assignment]:
-    """``{node_id: Assignment}``; identical decisions share one (frozen) Assignment.
+    """``{node_id: Assignment}``; clients with identical decisions share one (frozen) Assignment.
 
-    Building 10,000 frozen dataclasses costs ~15 ms in CPython, more than the whole decision;
-    most clients of a round share a handful of (rank, bits, steps, budget) tuples.
+    Building 10,000 frozen dataclasses costs ~15 ms in CPython, more than the whole decision,
+    while a round's clients share a few hundred (rank, bits, steps, budget) tuples at most:
+    the tuples are numbered with numpy and one Assignment is built per distinct tuple.
     """
-    shared: dict[tuple, Assignment] = {}
-    out: dict[int, Assignment] = {}
-    for node, decision in zip(node_ids, zip(ranks, bits, steps, budgets)):
-        assignment = shared.get(decision)
-        if assignment is None:
-            assignment = shared[decision] = Assignment(*decision)
-        out[node] = assignment
-    return out
+    n = len(node_ids)
+    if n == 0:
+        return {}
+    ranks, bits, steps = (np.asarray(a, dtype=np.int64) for a in (ranks, bits, steps))
+    if budgets is None:
+        budget_values, budget_codes = [None], np.zeros(n, dtype=np.int64)
+    else:
+        unique_budgets, budget_codes = np.unique(np.asarray(budgets, dtype=np.float64), return_inverse=True)
+        budget_values = unique_budgets.tolist()
+    key = budget_codes
+    for column in (steps, bits, ranks):
+        key = key * (int(column.max()) + 1) + column  # mixed radix: one int64 per distinct tuple
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    shared = [
+        Assignment(int(ranks[i]), int(bits[i]), int(steps[i]), budget_values[budget_codes[i]])
+        for i in first.tolist()
+    ]
+    return dict(zip(node_ids, map(shared.__getitem__, inverse.tolist())))
 
 
-@dataclass(frozen=True)
+class _StatusCodes(dict):
+    def __missing__(self, status: str) -> int:
+        return FAILED  # an unknown status carries no measurement, like a failure
+
+
+STATUS_CODES = _StatusCodes(ok=OK, late=LATE, rejected=REJECTED, failed=FAILED, oom=OOM)
+
+
 class ReportColumns:
-    """A round's reports as columns (losses that were None are NaN; unknown statuses FAILED)."""
+    """A round's reports as numpy columns, each read from the objects only when first used.
 
-    node_ids: list[int]
-    tiers: list[str | None]
-    status: np.ndarray
-    rank: np.ndarray
-    bits: np.ndarray
-    steps: np.ndarray
-    num_examples: np.ndarray
-    compute_s: np.ndarray
-    transfer_s: np.ndarray
-    round_s: np.ndarray
-    loss_before: np.ndarray
-    loss_after: np.ndarray
+    Losses that were None are NaN; times that are missing, negative or not finite are 0;
+    an unknown status counts as FAILED.
+    """
+
+    def __init__(self, reports: Sequence[ClientReport]) -> None:
+        self.reports = reports
+        self.node_ids: list[int] = list(map(attrgetter("node_id"), reports))
+        self.status = np.fromiter(map(STATUS_CODES.__getitem__, map(attrgetter("status"), reports)),
+                                  dtype=np.int64, count=len(reports))
 
     def __len__(self) -> int:
         return len(self.node_ids)
 
+    def _read(self, name: str, dtype: type) -> np.ndarray:
+        return np.fromiter(map(attrgetter(name), self.reports), dtype=dtype, count=len(self.reports))
+
+    def _time(self, name: str) -> np.ndarray:
+        values = self._read(name, np.float64)
+        return np.where(np.isfinite(values) & (values > 0), values, 0.0)
+
+    def _loss(self, name: str) -> np.ndarray:
+        return np.asarray(list(map(attrgetter(name), self.reports)), dtype=np.float64)  # None -> NaN
+
     @property
+    def tiers(self) -> list[str | None]:
+        return list(map(attrgetter("tier"), self.reports))
+
+    @cached_property
+    def rank(self) -> np.ndarray:
+        return self._read("rank", np.int64)
+
+    @cached_property
+    def bits(self) -> np.ndarray:
+        return self._read("bits", np.int64)
+
+    @cached_property
+    def steps(self) -> np.ndarray:
+        return self._read("steps", np.int64)
+
+    @cached_property
+    def num_examples(self) -> np.ndarray:
+        return self._read("num_examples", np.int64)
+
+    @cached_property
+    def compute_s(self) -> np.ndarray:
+        return self._time("compute_s")
+
+    @cached_property
+    def transfer_s(self) -> np.ndarray:
+        return self._time("transfer_s")
+
+    @cached_property
+    def round_s(self) -> np.ndarray:
+        return self._time("round_s")
+
+    @cached_property
+    def loss_before(self) -> np.ndarray:
+        return self._loss("loss_before")
+
+    @cached_property
+    def loss_after(self) -> np.ndarray:
+        return self._loss("loss_after")
+
+    @cached_property
+    def non_compute_s(self) -> np.ndarray:
+        """Everything but compute (transfers, handshakes): round minus compute when the round
+        time is known, else the transfer time."""
+        timed_round = self.round_s > 0
+        if timed_round.all():
+            return self.round_s - self.compute_s
+        return np.where(timed_round, self.round_s - self.compute_s, self.transfer_s)
+
+    @cached_property
     def timed(self) -> np.ndarray:
         """Reports whose times were measured: the client replied (on time or not)."""
         return (self.status == OK) | (self.status == LATE) | (self.status == REJECTED)
-
-
-_REPORT_FIELDS = attrgetter(
-    "node_id", "tier", "status", "rank", "bits", "steps", "num_examples",
-    "compute_s", "transfer_s", "round_s", "loss_before", "loss_after",
-)
-
-
-def report_columns(reports: Sequence[ClientReport]) -> ReportColumns:
-    """One pass over the report objects, then numpy columns."""
-    if not reports:
-        empty_f, empty_i = np.empty(0), np.empty(0, dtype=np.int64)
-        return ReportColumns([], [], empty_i, empty_i, empty_i, empty_i, empty_i,
-                             empty_f, empty_f, empty_f, empty_f, empty_f)
-    (nodes, tiers, statuses, ranks, bits, steps, examples,
-     compute, transfer, round_s, before, after) = zip(*map(_REPORT_FIELDS, reports))
-    codes = STATUS_CODES
-    return ReportColumns(
-        node_ids=[int(n) for n in nodes],
-        tiers=list(tiers),
-        status=np.fromiter((codes.get(s, FAILED) for s in statuses), dtype=np.int64, count=len(statuses)),
-        rank=np.asarray(ranks, dtype=np.int64),
-        bits=np.asarray(bits, dtype=np.int64),
-        steps=np.asarray(steps, dtype=np.int64),
-        num_examples=np.asarray(examples, dtype=np.int64),
-        compute_s=_finite_or_zero(compute),
-        transfer_s=_finite_or_zero(transfer),
-        round_s=_finite_or_zero(round_s),
-        loss_before=np.asarray(before, dtype=np.float64),
-        loss_after=np.asarray(after, dtype=np.float64),
-    )
-
-
-def _finite_or_zero(values: Sequence[float | None]) -> np.ndarray:
-    """A time that is missing, negative or not finite carries no information: 0."""
-    array = np.asarray(values, dtype=np.float64)
-    return np.where(np.isfinite(array) & (array > 0), array, 0.0)

@@ -3,7 +3,8 @@
 Tier profiles are duck-typed: any object with the attributes of ``flq.sim.tiers.TierProfile``
 (``compute_factor``, ``memory_limit_mb``, ``uplink_mbps``, ``downlink_mbps``, ``rtt_ms``,
 ``loss``, ``max_rank``) works, so this module does not import the simulator. A client whose
-tier is unknown is assumed to be the reference machine on a good network (``REFERENCE_TIER``).
+tier is unknown is assumed to be the mapping's ``reference`` tier if it has one, else the
+reference machine on a good network (``REFERENCE_TIER``).
 
 The run gives two more priors at construction:
 
@@ -18,9 +19,11 @@ The memory model (for choosing backbone bits) is deliberately simple and documen
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 # Without a measured step time, one second per step: the first reports replace it.
 DEFAULT_STEP_S = 1.0
@@ -67,10 +70,12 @@ class MemoryModel:
 
 
 def tier_profile(tiers: Mapping[str, Any] | None, name: str | None) -> Any:
-    """The profile of tier ``name``, or the reference tier when it is unknown."""
-    if tiers is None or name is None:
+    """The profile of tier ``name``; for an unknown tier, the mapping's ``reference`` tier if
+    it has one, else ``REFERENCE_TIER``."""
+    if tiers is None:
         return REFERENCE_TIER
-    return tiers.get(name, REFERENCE_TIER)
+    fallback = tiers.get(REFERENCE_TIER.name, REFERENCE_TIER)
+    return fallback if name is None else tiers.get(name, fallback)
 
 
 def reference_step_s(step_time_prior: Mapping[int, float] | None, bits: int) -> float:
@@ -110,3 +115,16 @@ def memory_limit_mb(profile: Any, reported_mb: float | None) -> float | None:
         return float(reported_mb)
     preset = getattr(profile, "memory_limit_mb", None)
     return float(preset) if preset else None
+
+
+def by_tier(tiers: Sequence[str | None], value_of: Callable[[str | None], float]) -> np.ndarray:
+    """``value_of(tier)`` for every client, computed once per distinct tier."""
+    cache: dict[str | None, float] = {}
+
+    def lookup(tier: str | None) -> float:
+        if tier not in cache:
+            cache[tier] = value_of(tier)
+        return cache[tier]
+
+    values = list(map(lookup, tiers))
+    return np.asarray(values, dtype=np.int64 if all(isinstance(v, int) for v in cache.values()) else np.float64)

@@ -21,7 +21,7 @@ import random
 from abc import ABC, abstractmethod
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -39,6 +39,8 @@ from ..metrics.records import (
     ClientRoundRecord,
 )
 from ..scheduler.base import Assignment, ClientInfo, ClientReport, RankScheduler, RoundOutcome
+from ..sim.clock import ClockModel, round_time
+from ..sim.tiers import REFERENCE_TIER, TierError
 from ..transport.array_codec import DEFAULT_LIMITS, CodecError, DecodeLimits
 from ..transport.flower_records import adapter_to_array_record, array_record_nbytes, array_record_to_adapter
 from . import wire
@@ -47,8 +49,6 @@ from .validation import validate_update
 
 from ..logs import log
 
-# (tier, measured compute s, bytes up, bytes down) -> (compute s, comm s) on the run's clock
-ClientClock = Callable[[str | None, float, int, int], tuple[float, float]]
 
 
 class NoClientsError(RuntimeError):
@@ -65,6 +65,7 @@ class NodeProfile:
     num_train: int | None = None
     memory_limit_mb: float | None = None
     num_partitions: int | None = None
+    simulated: bool | None = None
 
     def info(self) -> ClientInfo:
         return ClientInfo(self.node_id, self.tier, self.partition_id, self.memory_limit_mb, self.num_train,
@@ -105,7 +106,8 @@ class FLQFedAvg(FedAvg):
         error_feedback: bool = False,
         decode_limits: DecodeLimits = DEFAULT_LIMITS,
         aggregation: str = "rank-wise",
-        client_clock: ClientClock | None = None,
+        clock_model: ClockModel | None = None,
+        clock: str = "auto",
         seed: int = 0,
         client_eval_every: int = 0,
     ) -> None:
@@ -132,7 +134,11 @@ class FLQFedAvg(FedAvg):
         if aggregation not in AGGREGATION_RULES:
             raise ValueError(f"unknown aggregation rule {aggregation!r}; choose one of {AGGREGATION_RULES}")
         self.aggregation = aggregation
-        self.client_clock = client_clock or measured_clock
+        if clock not in ("auto", "virtual", "real"):
+            raise ValueError(f"clock must be auto, virtual or real, got {clock!r}")
+        self.clock_model = clock_model or ClockModel.for_transport({})
+        self.clock = clock  # "auto" is resolved once the nodes have described themselves
+        self._warned_tiers: set[str] = set()
         self.client_eval_every = client_eval_every
         self.rng = random.Random(seed)
         self.nodes: dict[int, NodeProfile] = {}
@@ -177,6 +183,11 @@ class FLQFedAvg(FedAvg):
             if n not in errors:
                 self.nodes.setdefault(n, NodeProfile(n))
         self.excluded = set(errors)
+        if self.clock == "auto":
+            simulated = [self.nodes[n].simulated for n in node_ids if n not in errors]
+            self.clock = "virtual" if simulated and all(simulated) else "real"
+        log.info("clock: %s (%s)", self.clock,
+                 "measured compute x tier factor + modelled transfers" if self.clock == "virtual" else "wall time")
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         while len(ids := sorted(grid.get_node_ids())) < self.min_available_nodes:
@@ -190,6 +201,8 @@ class FLQFedAvg(FedAvg):
         info = content.get(wire.INFO, ConfigRecord())
         if wire.PARTITION_ID in metrics:
             profile.partition_id = int(metrics[wire.PARTITION_ID])
+        if wire.SIMULATED in metrics:
+            profile.simulated = bool(metrics[wire.SIMULATED])
         if wire.NUM_PARTITIONS in metrics:
             profile.num_partitions = int(metrics[wire.NUM_PARTITIONS])
         if wire.NUM_TRAIN in metrics:
@@ -218,7 +231,7 @@ class FLQFedAvg(FedAvg):
         self.plans = {}
         messages = []
         for node in node_ids:
-            a = assignments[node]
+            a = self._within_tier_ceiling(node, assignments[node])
             if not 1 <= a.rank <= self.rank_max:
                 raise ValueError(f"scheduler {self.scheduler.name} gave rank {a.rank} outside [1, {self.rank_max}]")
             sent = truncate_to_rank(self.global_state, a.rank)
@@ -230,6 +243,8 @@ class FLQFedAvg(FedAvg):
             cfg[wire.BITS] = a.bits
             cfg[wire.LOCAL_STEPS] = a.local_steps
             cfg[wire.CODEC_UP] = codec_up
+            cfg[wire.CLOCK] = self.clock
+            cfg[wire.HANDSHAKE_RTTS] = self.clock_model.handshake_rtts
             cfg[wire.ERROR_FEEDBACK] = self.error_feedback
             if self.policy == "budget" and a.budget_s is not None:
                 cfg[wire.BUDGET_S] = float(a.budget_s)
@@ -239,6 +254,40 @@ class FLQFedAvg(FedAvg):
                         message_type=MessageType.TRAIN)
             )
         return messages
+
+    def _within_tier_ceiling(self, node: int, a: Assignment) -> Assignment:
+        """A tier's rank ceiling (e.g. a Jetson's) is a device limit no scheduler may exceed."""
+        tier = self._tier_profile(self.nodes[node].tier)
+        if tier is None or tier.max_rank is None or a.rank <= tier.max_rank:
+            return a
+        return replace(a, rank=tier.max_rank)
+
+    def _tier_profile(self, name: str | None):
+        try:
+            return self.clock_model.tier(name)
+        except TierError:
+            if name not in self._warned_tiers:
+                self._warned_tiers.add(name)
+                log.warning("tier %r is not in the server's tier profiles: timed as the reference machine", name)
+            return self.clock_model.tiers.get(REFERENCE_TIER)
+
+    # -- sending, with each reply's arrival time (the real clock) ---------------------------
+    def send_and_receive(self, grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
+        """Push, then poll for replies like ``Grid.send_and_receive``, noting when each arrives."""
+        messages = list(messages)
+        start = time.monotonic()
+        ids = [i for i in grid.push_messages(messages) if i]
+        pending = set(ids)
+        self.arrival_s: dict[int, float] = {}
+        replies: list[Message] = []
+        while pending and time.monotonic() - start < timeout:
+            for reply in grid.pull_messages(list(pending)):
+                replies.append(reply)
+                pending.discard(reply.metadata.reply_to_message_id)
+                self.arrival_s[reply.metadata.src_node_id] = time.monotonic() - start
+            if pending:
+                time.sleep(0.2)
+        return replies
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -316,7 +365,7 @@ class FLQFedAvg(FedAvg):
         metrics = metrics or {}
         profile = self.nodes.get(plan.node_id, NodeProfile(plan.node_id))
         measured = float(metrics.get(wire.COMPUTE_S, 0.0))
-        compute_s, comm_s = self.client_clock(profile.tier, measured, bytes_up, plan.bytes_down)
+        compute_s, comm_s = self._client_times(plan.node_id, profile.tier, measured, bytes_up, plan.bytes_down)
         return ClientRoundRecord(
             node_id=plan.node_id,
             status=status,
@@ -339,6 +388,25 @@ class FLQFedAvg(FedAvg):
             reason=reason,
         )
 
+    def _client_times(self, node: int, tier: str | None, measured: float, bytes_up: int, bytes_down: int
+                      ) -> tuple[float, float]:
+        """(compute s, transfer s) on the run's clock.
+
+        Virtual: measured compute x the tier's factor, transfers modelled from the bytes.
+        Real: the reply's arrival time after the send; what is not compute is transfer/wait.
+        """
+        if self.clock == "real":
+            arrived = getattr(self, "arrival_s", {}).get(node)
+            if arrived is None:
+                return measured, 0.0
+            return measured, max(0.0, arrived - measured)
+        profile = self._tier_profile(tier)
+        if profile is None:
+            return measured, 0.0
+        times = self.clock_model.client_time(profile.name, measured, bytes_up, bytes_down) \
+            if profile.name in self.clock_model.tiers else None
+        return (times.compute_s, times.comm_s) if times else (measured, 0.0)
+
     def _apply_deadline(self, record: ClientRoundRecord) -> None:
         """Past the deadline (on the run's clock): late, and under drop/budget discarded."""
         if self.deadline_s is None or record.round_s <= self.deadline_s:
@@ -349,12 +417,9 @@ class FLQFedAvg(FedAvg):
             record.reason = f"finished at {record.round_s:.1f}s > deadline {self.deadline_s:.1f}s"
 
     def _round_time(self, clients: list[ClientRoundRecord]) -> float:
-        """The slowest accepted client's time, capped by the deadline (if any)."""
-        times = [c.round_s for c in clients if c.status == STATUS_OK]
-        if self.deadline_s is not None and any(c.status != STATUS_OK for c in clients):
-            # Someone was late or silent: the server waited until the deadline.
-            return float(self.deadline_s)
-        return float(max(times, default=0.0))
+        """The slowest reply; under drop/budget capped at the deadline a late or silent client causes."""
+        finish = [None if c.status == STATUS_FAILED else c.round_s for c in clients]
+        return round_time(finish, self.deadline_s, self.policy)
 
     def _report(self, r: ClientRoundRecord) -> ClientReport:
         return ClientReport(
@@ -432,14 +497,19 @@ class FLQFedAvg(FedAvg):
             self.global_state = array_record_to_adapter(initial_arrays, self.decode_limits)
         result = Result()
         self.discover_nodes(grid, timeout)
+        if self.clock == "real" and self.deadline_s is not None:
+            # A deployment's deadline is real seconds: the Grid stops waiting there.
+            timeout = min(timeout, self.deadline_s)
+        if recorder is not None:
+            recorder.on_start(self)
         previous = evaluate_fn(start_round - 1, self.encode(self.global_state, "fp32")) if evaluate_fn else None
         if previous is not None:
             result.evaluate_metrics_serverapp[start_round - 1] = previous
             if recorder is not None and start_round == 1:
                 recorder.on_initial(previous)
         for server_round in range(start_round, num_rounds + 1):
-            replies = grid.send_and_receive(
-                self.configure_train(server_round, initial_arrays, train_config, grid), timeout=timeout
+            replies = self.send_and_receive(
+                grid, self.configure_train(server_round, initial_arrays, train_config, grid), timeout
             )
             arrays, train_metrics = self.aggregate_train(server_round, replies)
             result.arrays = arrays
@@ -474,6 +544,9 @@ class FLQFedAvg(FedAvg):
 class RoundRecorder(ABC):
     """Receives every finished round (records, checkpoints, progress): see flq.run_recorder."""
 
+    def on_start(self, strategy: FLQFedAvg) -> None:
+        """The nodes have described themselves and the clock is known."""
+
     def on_initial(self, metrics: MetricRecord) -> None:
         """The initial global adapter's evaluation (before round 1)."""
 
@@ -487,12 +560,6 @@ def _metric(record: MetricRecord | None, key: str) -> float | None:
     if record is None or key not in record:
         return None
     return float(record[key])
-
-
-# -- defaults ------------------------------------------------------------------------------
-def measured_clock(tier: str | None, measured_compute_s: float, bytes_up: int, bytes_down: int) -> tuple[float, float]:
-    """No tier model: the clock is the measured compute time, transfers free."""
-    return measured_compute_s, 0.0
 
 
 def _last_line(reason: str) -> str:

@@ -19,7 +19,8 @@ LOCAL_STEPS = "local-steps"
 BUDGET_S = "budget-s"            # time budget on the run's clock; absent: none
 CODEC_UP = "codec-up"            # scheme the client encodes its update with
 ERROR_FEEDBACK = "error-feedback"  # bool: keep the quantization residual for next round
-PAYLOAD = "payload"              # "state" (evaluate) or "global" (train: update is a delta)
+CLOCK = "clock"                  # "virtual" or "real": how the budget is measured
+HANDSHAKE_RTTS = "handshake-rtts"  # the transport's handshake round trips (virtual clock)
 
 # MetricRecord keys, client -> server
 NUM_EXAMPLES = "num-examples"    # examples trained on (train) or evaluated (evaluate)
@@ -32,6 +33,7 @@ PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 NUM_TRAIN = "num-train"
 MEMORY_LIMIT_MB = "memory-limit-mb"
+SIMULATED = "simulated"          # 1 inside Flower's simulation engine
 SCORE = "score"
 LOSS = "loss"
 

@@ -387,6 +387,11 @@ class FleetQuicClient:
         self.stats.migrations += 1
         return self.local_address()
 
+    async def disconnect(self) -> None:
+        """Close the current connection but keep the session ticket: the next request
+        reconnects and resumes with 0-RTT (what an intermittent node does)."""
+        self._drop_connection("client disconnecting")  # the socket closes once drained
+
     async def close(self) -> None:
         self._closed = True
         conn, transport = self._conn, self._transport

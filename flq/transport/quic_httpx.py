@@ -31,6 +31,14 @@ _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "te",
 _NO_TIMEOUT_GUARD = 3600.0  # httpx "no timeout": still never wait forever on a lost reply
 
 
+async def _cancel_other_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class QuicHttpTransport(httpx.BaseTransport):
     def __init__(self, host: str, port: int, **client_options) -> None:
         self._loop = asyncio.new_event_loop()
@@ -48,7 +56,12 @@ class QuicHttpTransport(httpx.BaseTransport):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def rebind(self) -> tuple[str, int]:
+        """Move the connection to a new local UDP port (connection migration)."""
         return self.call(self.client.rebind())
+
+    def disconnect(self) -> None:
+        """Drop the connection, keep the ticket: the next request resumes with 0-RTT."""
+        self.call(self.client.disconnect())
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
@@ -95,6 +108,7 @@ class QuicHttpTransport(httpx.BaseTransport):
         self._closed = True
         try:
             self.call(self.client.close(), timeout=5.0)
+            self.call(_cancel_other_tasks(), timeout=5.0)
         except Exception:  # closing is best effort; the thread goes regardless
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -31,12 +31,20 @@ from .session_tickets import ServerTicketStore
 log = logging.getLogger("flq.transport.quic")
 
 FLEET_PREFIX = "/v1/fleet/"
-# Read-only or idempotent Fleet RPCs: executing a replayed copy changes nothing.
+# Fleet RPCs run at once even when they arrive as 0-RTT data, because executing a replayed
+# copy harms nothing: reads, idempotent writes (push-object is content-addressed, activate
+# and confirm are idempotent), and pull-messages, whose replay can at worst hide a message
+# from its node, which an on-path attacker able to replay can do anyway by dropping packets.
+# Everything else (push-messages, register/unregister/deactivate-node) waits for the handshake.
 FLEET_EARLY_SAFE_PATHS = frozenset({
     "/v1/fleet/send-node-heartbeat",
     "/v1/fleet/get-run",
     "/v1/fleet/get-fab",
     "/v1/fleet/pull-object",
+    "/v1/fleet/push-object",
+    "/v1/fleet/pull-messages",
+    "/v1/fleet/confirm-message-received",
+    "/v1/fleet/activate-node",
 })
 QUIC_APP_ERROR = 0x100  # application error code for STOP_SENDING on a refused stream
 
@@ -232,7 +240,7 @@ class _FleetServerConnection(QuicConnectionProtocol):
         try:
             self._quic.send_stream_data(stream.stream_id, frames.encode_error(code, message), end_stream=True)
             self._quic.stop_stream(stream.stream_id, QUIC_APP_ERROR)  # stop the peer sending more
-        except Exception:
+        except Exception:  # the stream is already gone in that direction
             pass
         stream.disconnected.set()
         self.transmit()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
 
+from . import congestion  # noqa: F401  (registers the "westwood" controller with aioquic)
 from .frames import ALPN, Limits
 
 log = logging.getLogger("flq.transport.quic")

@@ -30,15 +30,20 @@ def _write(path: str, doc: dict) -> None:
 
 
 def _collect(grid: Grid, messages: list[Message], timeout: float, quorum: int) -> list[Message]:
+    """Replies (and error replies) until `quorum` good replies are in, all are in, or the deadline."""
     pending = set(grid.push_messages(messages))
     need = len(pending) if quorum <= 0 else min(quorum, len(pending))
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
-    while pending and len(replies) < need and time.monotonic() < deadline:
+
+    def good() -> int:
+        return sum(not r.has_error() for r in replies)
+
+    while pending and good() < need and time.monotonic() < deadline:
         got = list(grid.pull_messages(pending))
         replies += got
         pending -= {m.metadata.reply_to_message_id for m in got}
-        if pending and len(replies) < need:
+        if pending and good() < need:
             time.sleep(0.3)
     return replies
 

@@ -1,0 +1,127 @@
+"""A Westwood-style congestion controller for aioquic: Reno's growth, a measured answer to loss.
+
+Reno halves its window on every loss. On the links FLQ targets (Wi-Fi, cellular, long
+paths) much loss is random, not congestion, and halving on each one keeps the window tiny:
+measured here at 50 ms RTT and 1% loss, aioquic's Reno and Cubic moved a 4 MB adapter at
+~0.3 MB/s while Linux TCP moved it several times faster. Like TCP Westwood (Mascolo et al.),
+this controller sets the window after a loss to the delivery rate it measured times the
+minimum RTT, the pipe it really had, instead of halving. Unlike Westwood+'s slow EWMA, which
+lags far behind a window growing in slow start and then collapses it for good, the rate is
+the maximum of the last few per-RTT samples (as BBR filters it). Under congestion the
+delivery rate stops at the bottleneck, so the window still falls back to the bottleneck's
+pipe and drains the queue; under random loss the window keeps the pipe full.
+
+Registered with aioquic as ``"westwood"`` on import.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+
+from aioquic.quic.congestion.base import (
+    K_MINIMUM_WINDOW,
+    QuicCongestionControl,
+    QuicRttMonitor,
+    register_congestion_control,
+)
+from aioquic.quic.packet_builder import QuicSentPacket
+
+QUEUEING_RTT = 1.25  # smoothed RTT above this x min RTT: a queue is building, the loss is congestion
+MIN_SAMPLE_INTERVAL = 0.02  # s; shorter samples on fast links are mostly noise
+SAMPLES = 10  # the rate is the best of this many recent per-RTT samples
+NAME = "westwood"
+
+
+class WestwoodCongestionControl(QuicCongestionControl):
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._mds = max_datagram_size
+        self._recovery_start = 0.0
+        self._stash = 0
+        self._rtt_monitor = QuicRttMonitor()
+        self._min_rtt = math.inf
+        self._srtt: float | None = None
+        self._acked = 0
+        self._sample_start: float | None = None
+        self._samples: deque[float] = deque(maxlen=SAMPLES)
+        self.random_losses = 0
+
+    @property
+    def bandwidth(self) -> float:
+        """Delivery rate in bytes/s: the best recent per-RTT sample (0 before the first)."""
+        return max(self._samples, default=0.0)
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight -= packet.sent_bytes
+        self._sample_bandwidth(now, packet.sent_bytes)
+        if packet.sent_time <= self._recovery_start:
+            return  # no growth during recovery
+        if self.ssthresh is None or self.congestion_window < self.ssthresh:
+            self.congestion_window += packet.sent_bytes  # slow start
+        else:  # congestion avoidance: one datagram per window acknowledged
+            self._stash += packet.sent_bytes
+            count = self._stash // self.congestion_window
+            if count:
+                self._stash -= count * self.congestion_window
+                self.congestion_window += count * self._mds
+
+    def _sample_bandwidth(self, now: float, acked: int) -> None:
+        if self._sample_start is None:
+            self._sample_start = now
+            return
+        self._acked += acked
+        elapsed = now - self._sample_start
+        if elapsed >= max(self._srtt or 0.0, MIN_SAMPLE_INTERVAL):
+            self._samples.append(self._acked / elapsed)
+            self._acked = 0
+            self._sample_start = now
+
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight += packet.sent_bytes
+
+    def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+
+    def pipe_size(self) -> int:
+        """Estimated bandwidth x minimum RTT, in bytes (0 before any estimate)."""
+        if not self.bandwidth or math.isinf(self._min_rtt):
+            return 0
+        return int(self.bandwidth * self._min_rtt)
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        largest_sent = 0.0
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+            largest_sent = packet.sent_time
+        if largest_sent <= self._recovery_start:
+            return  # part of a congestion event already handled
+        self._recovery_start = now
+        if self.loss_looks_random():
+            self.random_losses += 1
+            return  # no queue behind it: keep the window (HyStart still ends slow start on delay)
+        floor = K_MINIMUM_WINDOW * self._mds
+        pipe = self.pipe_size() or self.congestion_window // 2  # no estimate yet: Reno's answer
+        self.ssthresh = max(floor, pipe)
+        self.congestion_window = max(floor, min(self.congestion_window, self.ssthresh))
+
+    def loss_looks_random(self) -> bool:
+        """A loss while the RTT sits at its minimum came from no queue (as TCP Veno tells them apart)."""
+        if self._srtt is None or math.isinf(self._min_rtt) or not self._samples:
+            return False
+        return self._srtt <= QUEUEING_RTT * self._min_rtt
+
+    def on_persistent_congestion(self) -> None:
+        self.congestion_window = K_MINIMUM_WINDOW * self._mds
+        self._recovery_start = 0.0
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        self._min_rtt = min(self._min_rtt, rtt)
+        self._srtt = rtt if self._srtt is None else 0.875 * self._srtt + 0.125 * rtt
+        if self.ssthresh is None and self._rtt_monitor.is_rtt_increasing(now=now, rtt=rtt):
+            self.ssthresh = self.congestion_window  # HyStart: leave slow start as RTT grows
+
+
+register_congestion_control(NAME, WestwoodCongestionControl)

@@ -1,0 +1,110 @@
+"""End to end: three tiers under a deadline, on the virtual clock, through real ``flwr run``.
+
+The tier profiles are written so the outcome does not depend on this machine's speed: the
+slow tier's compute factor is 2,000 and the fast one's 0.001, so with 40 local steps the slow
+tier needs >= 1,600 s on the clock whenever a tiny-model step takes >= 20 ms (it takes
+20-150 ms on the machines we know), and the 1,500 s deadline sits between the tiers with
+orders of magnitude to spare either way.
+"""
+
+import pytest
+
+from tests.test_e2e_simulation import TINY
+
+TIERS = """
+[tiers.fast]
+compute_factor = 0.001
+uplink_mbps = 100.0
+downlink_mbps = 100.0
+rtt_ms = 10.0
+
+[tiers.mid]
+compute_factor = 0.01
+uplink_mbps = 100.0
+downlink_mbps = 100.0
+rtt_ms = 10.0
+
+[tiers.slow]
+compute_factor = 2000.0
+uplink_mbps = 100.0
+downlink_mbps = 100.0
+rtt_ms = 10.0
+
+[tiers.small]
+compute_factor = 0.01
+uplink_mbps = 100.0
+downlink_mbps = 100.0
+rtt_ms = 10.0
+memory_limit_mb = 100.0
+"""
+
+MIX = "list:fast,fast,mid,slow,slow,small"
+
+
+@pytest.fixture(scope="module")
+def tier_runs(flower_sim, tiny_llama_dir, tmp_path_factory):
+    tier_file = tmp_path_factory.mktemp("tiers") / "tiers.toml"
+    tier_file.write_text(TIERS)
+    base = {**TINY, "model": str(tiny_llama_dir), "num-server-rounds": 2, "clients-per-round": 6,
+            "local-steps": 40, "tiers": MIX, "tier-file": str(tier_file), "deadline-s": 1500.0}
+    return {policy: flower_sim.run({**base, "policy": policy}, num_supernodes=6, name=f"tiers-{policy}")
+            for policy in ("drop", "budget")}
+
+
+def by_tier(record):
+    out = {}
+    for c in record["clients"]:
+        out.setdefault(c["tier"], []).append(c)
+    return out
+
+
+def test_under_drop_the_slow_tier_is_dropped(tier_runs):
+    for record in tier_runs["drop"].rounds():
+        assert record["clock"] == "virtual" and record["policy"] == "drop"
+        tiers = by_tier(record)
+        for client in tiers["slow"]:
+            assert client["status"] == "late" and not client["on_time"] and client["steps"] == 40
+            assert client["round_s"] > 1500.0 and "deadline" in client["reason"]
+        for client in tiers["fast"] + tiers["mid"]:
+            assert client["status"] == "ok" and client["on_time"] and client["steps"] == 40
+        assert record["num_accepted"] == 3
+        assert record["round_s"] == 1500.0  # the server waited until the deadline
+
+
+def test_under_budget_the_slow_tier_sends_partial_work_on_time(tier_runs):
+    for record in tier_runs["budget"].rounds():
+        tiers = by_tier(record)
+        for client in tiers["slow"]:
+            assert client["status"] == "ok" and client["on_time"]
+            assert 1 <= client["steps"] < 40
+            assert client["round_s"] <= 1500.0
+        for client in tiers["fast"] + tiers["mid"]:
+            assert client["steps"] == 40
+        assert record["num_accepted"] == 5
+
+
+def test_a_tier_whose_memory_cannot_hold_the_work_reports_it(tier_runs):
+    for record in tier_runs["drop"].rounds():
+        (small,) = by_tier(record)["small"]
+        assert small["status"] == "oom" and "MB" in small["reason"] and "tier small has 100 MB" in small["reason"]
+
+
+def test_clock_times_follow_the_tier_model(tier_runs):
+    record = tier_runs["drop"].rounds()[0]
+    for client in record["clients"]:
+        if client["status"] in ("ok", "late"):
+            factor = {"fast": 0.001, "mid": 0.01, "slow": 2000.0}[client["tier"]]
+            assert client["compute_s"] == pytest.approx(client["measured_compute_s"] * factor)
+            assert client["comm_s"] > 0  # RTTs and bytes over the link
+            assert client["round_s"] == pytest.approx(client["compute_s"] + client["comm_s"])
+
+
+def test_summary_reports_deadlines_drops_memory_and_figures(tier_runs):
+    drop = tier_runs["drop"].summary()
+    budget = tier_runs["budget"].summary()
+    assert drop["within_deadline_share"] == 0.0  # every round had a late client
+    assert budget["within_deadline_share"] == 1.0
+    assert drop["dropped_per_tier"]["slow"] == 4  # 2 clients x 2 rounds
+    assert set(drop["peak_mem_mb_per_tier"]) >= {"fast", "mid", "slow"}
+    figures = tier_runs["drop"].run_dir / "figures"
+    assert {p.name for p in figures.glob("*.png")} >= {"score_vs_clock.png", "tier_time_breakdown.png", "rank_heatmap.png"}

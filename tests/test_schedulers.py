@@ -1,0 +1,543 @@
+"""Schedulers on synthetic federations: bounds, learning, hand-checked baselines, state.
+
+The federation (tests/scheduler_federation.py) is a small pure-Python stand-in for the
+virtual clock: three tiers (gpu, cpu, edge) with different step times and links, per-client
+noise, a deadline. No Flower, no torch, no wall-clock thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flq.scheduler import (
+    SCHEDULERS,
+    BanditScheduler,
+    ClientInfo,
+    ClientReport,
+    LiteScheduler,
+    MemoryModel,
+    RoundOutcome,
+    SchedulerDefaults,
+    TierScheduler,
+    build_scheduler,
+)
+from flq.scheduler.bandit import AverageRankBandit, largest_fitting, waterfill_ranks
+from flq.scheduler.client_table import ClientTable
+from flq.scheduler.solver import RelaxedRanks, SolverScheduler, round_ranks, solve_relaxed_ranks
+from flq.scheduler.time_model import OnlineLinearTime
+
+from .scheduler_federation import (
+    BYTES_PER_RANK,
+    STEP_S,
+    TIERS,
+    SimClient,
+    SimulatedFederation,
+    StandInTier,
+    on_time_share,
+    three_tier_clients,
+)
+
+DEFAULTS = SchedulerDefaults(rank=8, rank_max=64, rank_min=1, bits=16, local_steps=8)
+PRIORS = {"tiers": TIERS, "step_time_prior": STEP_S, "bytes_per_rank": BYTES_PER_RANK}
+TABLE_OPTIONS = {"table": {"ranks": "tier:gpu=32,cpu=16,*=4"}}
+
+
+def make(name: str, defaults: SchedulerDefaults = DEFAULTS, **options):
+    return build_scheduler(name, defaults, **PRIORS, **{**TABLE_OPTIONS.get(name, {}), **options})
+
+
+def run_rounds(scheduler, federation: SimulatedFederation, rounds: int, first: int = 1):
+    """Assign, simulate, observe; returns [(assignments, reports, outcome)] per round."""
+    history = []
+    for server_round in range(first, first + rounds):
+        assignments = scheduler.assign(server_round, federation.infos(), federation.deadline_s)
+        reports, outcome = federation.run_round(server_round, assignments)
+        scheduler.observe(server_round, reports, outcome)
+        history.append((assignments, reports, outcome))
+    return history
+
+
+def report(node: int, status: str = "ok", rank: int = 8, bits: int = 16, steps: int = 8, compute_s: float = 8.0,
+           transfer_s: float = 1.0, loss_before: float | None = 1.0, loss_after: float | None = 0.9,
+           num_examples: int = 64, tier: str | None = "cpu") -> ClientReport:
+    return ClientReport(node, status, rank, bits, tier, steps, num_examples, compute_s, transfer_s,
+                        compute_s + transfer_s, rank * BYTES_PER_RANK, rank * BYTES_PER_RANK,
+                        loss_before, loss_after, status == "ok")
+
+
+# --------------------------------------------------------------------------------------
+# Every scheduler
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_assignments_stay_within_rank_bounds_and_tier_ceilings(name):
+    defaults = SchedulerDefaults(rank=8, rank_max=32, rank_min=2, bits=16, local_steps=8)
+    scheduler = make(name, defaults)
+    federation = SimulatedFederation(three_tier_clients(4, {"edge": 2.0}), deadline_s=60.0, rank_max=32)
+    for assignments, _, _ in run_rounds(scheduler, federation, 6):
+        assert set(assignments) == {c.node_id for c in federation.clients}
+        for client in federation.clients:
+            a = assignments[client.node_id]
+            assert 2 <= a.rank <= 32
+            assert a.rank <= TIERS[client.tier].max_rank
+            assert 1 <= a.local_steps <= 8
+            assert a.bits in (4, 8, 16, 32)
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_state_round_trips_through_json_and_gives_the_same_next_decision(name):
+    federation = SimulatedFederation(three_tier_clients(3, {"edge": 1.5}), deadline_s=60.0, seed=3)
+    original = make(name)
+    run_rounds(original, federation, 4)
+    restored = make(name)
+    restored.load_state_dict(json.loads(json.dumps(original.state_dict())))
+    infos = federation.infos()
+    assert restored.assign(5, infos, 60.0) == original.assign(5, infos, 60.0)
+    reports, outcome = federation.run_round(5, original.assign(5, infos, 60.0))
+    original.observe(5, reports, outcome)
+    restored.observe(5, reports, outcome)
+    assert restored.assign(6, infos, 60.0) == original.assign(6, infos, 60.0)
+    assert json.dumps(restored.state_dict()) == json.dumps(original.state_dict())
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_no_clients_and_no_reports_are_not_errors(name):
+    scheduler = make(name)
+    assert scheduler.assign(1, [], 30.0) == {}
+    scheduler.observe(1, [], None)
+    scheduler.observe(2, [], RoundOutcome(2, 0.0, None, None, None))
+    json.dumps(scheduler.state_dict())
+
+
+def test_registry_names_the_valid_schedulers_when_the_name_is_unknown():
+    with pytest.raises(ValueError, match="fixed, table, tier, bandit, lite, solver"):
+        build_scheduler("greedy", DEFAULTS)
+
+
+def test_registry_rejects_an_option_the_scheduler_does_not_know():
+    with pytest.raises(TypeError):
+        build_scheduler("bandit", DEFAULTS, no_such_option=1)
+    with pytest.raises(TypeError, match="takes no options"):
+        build_scheduler("fixed", DEFAULTS, confidence=0.9)
+
+
+def test_registry_passes_priors_and_options():
+    scheduler = build_scheduler("bandit", DEFAULTS, **PRIORS, confidence=0.99, stop_on_budget=True)
+    assert isinstance(scheduler, BanditScheduler)
+    assert scheduler.stop_on_budget and scheduler.tiers is TIERS
+    assert isinstance(build_scheduler("solver", DEFAULTS, **PRIORS), SolverScheduler)
+    assert isinstance(build_scheduler("lite", DEFAULTS, r_bar=4), LiteScheduler)
+
+
+# --------------------------------------------------------------------------------------
+# tier
+# --------------------------------------------------------------------------------------
+
+
+def test_tier_uses_the_run_table_then_the_tier_max_rank_then_the_run_rank():
+    defaults = SchedulerDefaults(rank=8, rank_max=32, tier_ranks={"gpu": 24}, tier_bits={"edge": 4})
+    scheduler = TierScheduler(defaults, tiers=TIERS)
+    clients = [ClientInfo(1, "gpu"), ClientInfo(2, "cpu"), ClientInfo(3, "edge"), ClientInfo(4, None)]
+    out = scheduler.assign(1, clients, 30.0)
+    assert [out[n].rank for n in (1, 2, 3, 4)] == [24, 32, 16, 8]
+    assert [out[n].bits for n in (1, 2, 3, 4)] == [16, 16, 4, 16]
+    scheduler.observe(1, [report(1, "late", compute_s=99.0)], RoundOutcome(1, 30.0, 30.0, 1.0, 0.9))
+    assert scheduler.assign(2, clients, 30.0) == out  # never adapts
+
+
+# --------------------------------------------------------------------------------------
+# bandit: client level
+# --------------------------------------------------------------------------------------
+
+
+def bandit(arms=(8,), defaults: SchedulerDefaults = DEFAULTS, **options) -> BanditScheduler:
+    return BanditScheduler(defaults, **PRIORS, arms=arms, **options)
+
+
+def test_bandit_learns_to_meet_the_deadline_when_its_tier_prior_is_wrong():
+    # Edge clients are 2.5x slower than their tier says: the prior over-commits them.
+    federation = SimulatedFederation(three_tier_clients(5, {"edge": 2.5}), deadline_s=60.0, seed=1)
+    history = run_rounds(bandit(arms=(2, 4, 8, 16, 32)), federation, 12)
+    shares = [on_time_share(reports) for _, reports, _ in history]
+    assert shares[0] < 1.0
+    assert min(shares[4:]) > shares[0]
+    assert np.mean(shares[4:]) >= 0.95
+
+
+def test_bandit_gives_a_client_fewer_steps_after_it_misses_the_deadline():
+    scheduler = bandit()
+    clients = [ClientInfo(1, "cpu"), ClientInfo(2, "gpu")]
+    first = scheduler.assign(1, clients, 40.0)
+    missed = report(1, "late", rank=first[1].rank, steps=first[1].local_steps, compute_s=55.0, transfer_s=1.0)
+    on_time = report(2, "ok", rank=first[2].rank, steps=first[2].local_steps, compute_s=4.0, transfer_s=0.5, tier="gpu")
+    scheduler.observe(1, [missed, on_time], RoundOutcome(1, 40.0, 40.0, 1.0, 0.9))
+    second = scheduler.assign(2, clients, 40.0)
+    assert second[1].local_steps < first[1].local_steps
+    assert second[2].local_steps == DEFAULTS.local_steps
+    assert second[2].rank >= first[2].rank  # the fast client keeps (or gains) its rank
+
+
+def test_bandit_pushes_down_a_client_that_failed_and_lets_it_recover():
+    scheduler = bandit()
+    clients = [ClientInfo(1, "cpu")]
+    before = scheduler.assign(1, clients, 40.0)[1]
+    scheduler.observe(1, [report(1, "failed", steps=0, compute_s=0.0, transfer_s=0.0)], None)
+    after_failure = scheduler.assign(2, clients, 40.0)[1]
+    assert after_failure.local_steps < before.local_steps
+    for server_round in range(2, 8):
+        a = scheduler.assign(server_round, clients, 40.0)[1]
+        step_s = STEP_S[16] * TIERS["cpu"].compute_factor
+        scheduler.observe(server_round, [report(1, "ok", rank=a.rank, steps=a.local_steps,
+                                                compute_s=a.local_steps * step_s, transfer_s=0.5)], None)
+    assert scheduler.assign(9, clients, 40.0)[1].local_steps > after_failure.local_steps
+
+
+def test_bandit_cuts_steps_not_rank_for_a_compute_bound_client():
+    # A cpu client 4x slower than its tier on a fast link: steps must go, rank can stay.
+    federation = SimulatedFederation([SimClient(1, "cpu", slowness=4.0), SimClient(2, "gpu")], deadline_s=60.0)
+    history = run_rounds(bandit(arms=(16,)), federation, 6)
+    final, _, _ = history[-1]
+    assert final[1].local_steps < DEFAULTS.local_steps
+    assert final[1].rank == 16 and final[2].rank == 16
+    assert all(r.status == "ok" for r in history[-1][1])
+
+
+def test_bandit_lowers_rank_first_for_a_client_on_a_slow_link():
+    slow_link = dict(TIERS, cpu=StandInTier("cpu", 0.25, 8_000, 0.5, 1.0, 50.0, 0.0, 64))
+    federation = SimulatedFederation([SimClient(1, "cpu"), SimClient(2, "gpu")], deadline_s=30.0, tiers=slow_link)
+    scheduler = BanditScheduler(DEFAULTS, tiers=slow_link, step_time_prior=STEP_S, bytes_per_rank=BYTES_PER_RANK,
+                                arms=(32,))
+    final, reports, _ = run_rounds(scheduler, federation, 5)[-1]
+    assert final[1].rank < 8 < final[2].rank      # transfer-bound: little rank ...
+    assert final[1].local_steps >= DEFAULTS.local_steps // 2   # ... but it keeps its work
+    assert all(r.status == "ok" for r in reports)
+
+
+def test_bandit_gives_a_higher_rank_to_a_client_that_shows_spare_time():
+    # The prior thinks the cpu link is slow; reports show it is fast: its rank goes up.
+    pessimistic = dict(TIERS, cpu=StandInTier("cpu", 1.0, 8_000, 1.0, 2.0, 50.0, 0.0, 64))
+    scheduler = BanditScheduler(DEFAULTS, tiers=pessimistic, step_time_prior=STEP_S, bytes_per_rank=BYTES_PER_RANK,
+                                arms=(32,))
+    clients = [ClientInfo(1, "cpu"), ClientInfo(2, "gpu")]
+    first = scheduler.assign(1, clients, 40.0)[1]
+    for server_round in range(1, 5):
+        a = scheduler.assign(server_round, clients, 40.0)[1]
+        scheduler.observe(server_round, [report(1, "ok", rank=a.rank, steps=a.local_steps,
+                                                compute_s=a.local_steps * 2.2, transfer_s=0.1 + 0.01 * a.rank)], None)
+    assert scheduler.assign(5, clients, 40.0)[1].rank > first.rank
+
+
+def test_bandit_round_average_follows_the_round_level_choice():
+    clients = [ClientInfo(n, tier) for n, tier in enumerate(["gpu", "gpu", "cpu", "cpu", "edge", "edge"])]
+    for arm in (4, 8, 12):
+        out = bandit(arms=(arm,)).assign(1, clients, 600.0)
+        assert np.mean([a.rank for a in out.values()]) == arm
+    # edge clients are capped at 16: the others take up the slack to keep the mean at 24
+    out = bandit(arms=(24,)).assign(1, clients, 600.0)
+    ranks = [out[n].rank for n in range(6)]
+    assert np.mean(ranks) == 24 and ranks[4] == ranks[5] == 16 and min(ranks[:4]) == 28
+
+
+def test_bandit_without_deadline_gives_the_step_cap_and_no_budget():
+    out = bandit(arms=(8,)).assign(1, [ClientInfo(1, "edge"), ClientInfo(2, "gpu")], None)
+    assert {a.local_steps for a in out.values()} == {8}
+    assert {a.budget_s for a in out.values()} == {None}
+    assert {a.rank for a in out.values()} == {8}
+
+
+def test_bandit_under_the_budget_policy_gives_the_cap_and_lets_clients_stop_in_time():
+    federation = SimulatedFederation(three_tier_clients(4, {"edge": 2.0}), deadline_s=60.0, policy="budget", seed=2)
+    history = run_rounds(bandit(arms=(4, 8, 16), stop_on_budget=True), federation, 8)
+    for assignments, reports, _ in history[2:]:
+        assert {a.local_steps for a in assignments.values()} == {8}
+        assert all(0 < a.budget_s <= 60.0 for a in assignments.values())
+        assert on_time_share(reports) == 1.0
+    edge_steps = [r.steps for r in history[-1][1] if r.tier == "edge"]
+    assert max(edge_steps) < 8   # the slow clients stopped themselves
+
+
+def test_bandit_shrinks_the_budget_of_a_client_that_missed():
+    scheduler = bandit(stop_on_budget=True)
+    clients = [ClientInfo(1, "cpu"), ClientInfo(2, "cpu")]
+    scheduler.observe(1, [report(1, "late", compute_s=70.0), report(2, "ok")], None)
+    out = scheduler.assign(2, clients, 60.0)
+    assert out[1].budget_s < out[2].budget_s == 60.0
+
+
+def test_bandit_choices_are_reproducible():
+    def choices():
+        federation = SimulatedFederation(three_tier_clients(3, {"edge": 2.0}), deadline_s=50.0, seed=7)
+        return [a for a, _, _ in run_rounds(bandit(arms=(2, 4, 8, 16, 32)), federation, 8)]
+
+    assert choices() == choices()
+
+
+def test_bandit_learns_a_client_it_first_meets_in_a_report():
+    scheduler = bandit()
+    scheduler.observe(1, [report(9, "late", compute_s=80.0, tier="gpu")], None)
+    fresh = bandit().assign(2, [ClientInfo(9, "gpu")], 40.0)[9]
+    assert scheduler.assign(2, [ClientInfo(9, "gpu")], 40.0)[9].local_steps < fresh.local_steps
+
+
+# --------------------------------------------------------------------------------------
+# bandit: bits and memory
+# --------------------------------------------------------------------------------------
+
+MEMORY = MemoryModel(backbone_mb_16bit=6_000, activation_mb=500, adapter_mb_per_rank=10)
+
+
+def test_bandit_chooses_the_most_bits_that_fit_the_memory_limit():
+    scheduler = bandit(arms=(8,), memory_model=MEMORY)
+    clients = [ClientInfo(1, "gpu", memory_limit_mb=24_000), ClientInfo(2, "cpu", memory_limit_mb=4_000),
+               ClientInfo(3, "edge", memory_limit_mb=2_500), ClientInfo(4, "edge", memory_limit_mb=2_100)]
+    out = scheduler.assign(1, clients, None)
+    assert [out[n].bits for n in (1, 2, 3, 4)] == [16, 8, 4, 4]
+    # 4 bits: 1500 + 500 MB, so 2,100 MB leaves room for rank 10 at most
+    assert out[4].rank == 8 and MEMORY.peak_mb(out[4].bits, out[4].rank) <= 2_100
+    tight = scheduler.assign(2, [ClientInfo(5, "edge", memory_limit_mb=2_050)], None)[5]
+    assert tight.rank == 5
+
+
+def test_bandit_takes_a_lower_bits_option_after_an_out_of_memory_report():
+    scheduler = bandit(memory_model=MEMORY)
+    clients = [ClientInfo(1, "gpu", memory_limit_mb=24_000)]
+    assert scheduler.assign(1, clients, 60.0)[1].bits == 16
+    scheduler.observe(1, [report(1, "oom", bits=16, steps=0, compute_s=0.0, transfer_s=0.0, tier="gpu")], None)
+    assert scheduler.assign(2, clients, 60.0)[1].bits == 8
+
+
+def test_bandit_halves_the_rank_after_an_out_of_memory_report_when_bits_are_fixed():
+    scheduler = bandit(arms=(32,))
+    clients = [ClientInfo(1, "gpu")]
+    a = scheduler.assign(1, clients, None)[1]
+    scheduler.observe(1, [report(1, "oom", rank=a.rank, steps=0, compute_s=0.0, transfer_s=0.0, tier="gpu")], None)
+    assert scheduler.assign(2, clients, None)[1].rank == a.rank // 2
+
+
+# --------------------------------------------------------------------------------------
+# bandit: round level and the pieces
+# --------------------------------------------------------------------------------------
+
+
+def test_round_level_bandit_prefers_the_arm_with_the_better_reward():
+    bandit_ = AverageRankBandit([4, 8, 16, 32], first_arm=8)
+    decay = 1.0
+    chosen = []
+    rng = np.random.default_rng(0)
+    for server_round in range(1, 81):
+        arm = bandit_.choose(server_round)
+        chosen.append(arm)
+        decay *= 0.97  # rewards shrink as training goes on, whatever the arm
+        bandit_.credit(server_round, decay * (2.0 if arm == 16 else 1.0) * rng.uniform(0.9, 1.1))
+    assert max(set(chosen), key=chosen.count) == 16
+    assert chosen[-20:].count(16) >= 14
+
+
+def test_round_level_bandit_tries_every_arm_first_nearest_the_default():
+    bandit_ = AverageRankBandit([2, 4, 8, 16, 32], first_arm=8)
+    order = []
+    for server_round in range(1, 6):
+        order.append(bandit_.choose(server_round))
+        bandit_.credit(server_round, 1.0)
+    assert order == [8, 16, 4, 32, 2]
+
+
+def test_bandit_skips_the_reward_when_no_loss_is_known():
+    scheduler = bandit(arms=(4, 8))
+    scheduler.assign(1, [ClientInfo(1, "cpu")], 40.0)
+    scheduler.observe(1, [report(1, "ok", loss_before=None, loss_after=None)],
+                      RoundOutcome(1, 20.0, 40.0, None, None))
+    assert scheduler.average_rank.counts.sum() == 0
+    # with client losses but no global one, the clients' losses stand in
+    scheduler.assign(2, [ClientInfo(1, "cpu")], 40.0)
+    scheduler.observe(2, [report(1, "ok", loss_before=2.0, loss_after=1.0)], RoundOutcome(2, 20.0, 40.0, None, None))
+    assert scheduler.average_rank.counts.sum() == 1
+
+
+def test_waterfill_meets_the_target_mean_under_ceilings():
+    assert waterfill_ranks(np.array([2, 10, 10]), 1, 6).tolist() == [2, 8, 8]
+    assert waterfill_ranks(np.array([2, 10, 10]), 1, 5).tolist() == [2, 7, 6]
+    assert waterfill_ranks(np.array([2, 3, 4]), 1, 20).tolist() == [2, 3, 4]   # unreachable: ceilings
+    assert waterfill_ranks(np.array([8, 8]), 2, 1).tolist() == [2, 2]          # below the floor
+
+
+def test_largest_fitting_finds_the_last_value_that_fits_per_row():
+    values, found = largest_fitting(np.array([1, 1, 5]), np.array([10, 10, 9]),
+                                    lambda v: v * np.array([3.0, 20.0, 1.0]) <= 20.0)
+    assert values.tolist() == [6, 1, 9] and found.tolist() == [True, True, True]
+    values, found = largest_fitting(np.array([2]), np.array([9]), lambda v: v < 1)
+    assert values.tolist() == [2] and found.tolist() == [False]
+
+
+def test_online_linear_time_recovers_a_line_and_narrows_with_data():
+    table = ClientTable(OnlineLinearTime.column_defaults("t_"))
+    model = OnlineLinearTime(table, "t_", forgetting=0.9)
+    rows = table.rows([1])
+    model.set_prior(rows, 0.0, 5.0, 1.0, 1.0, 0.5)
+    wide = model.line(rows).var(np.array([10.0]))
+    for x in [2.0, 4.0, 8.0, 16.0] * 5:
+        model.update(rows, np.array([x]), np.array([2.0 + 3.0 * x]))
+    line = model.line(rows)
+    mean, narrow = line.mean(np.array([10.0])), line.var(np.array([10.0]))
+    assert mean[0] == pytest.approx(32.0, rel=0.02)
+    assert narrow[0] < wide[0] / 10
+
+
+# --------------------------------------------------------------------------------------
+# lite: FedRankLite-SLM's formula by hand
+# --------------------------------------------------------------------------------------
+
+
+def lite_round_one(scheduler: LiteScheduler, clients):
+    first = scheduler.assign(1, clients, 20.0)
+    assert {a.rank for a in first.values()} == {8}  # no telemetry yet: everyone r_bar
+    reports = [
+        report(1, "ok", rank=8, loss_before=1.0, loss_after=0.5, num_examples=100, compute_s=9.0, transfer_s=1.0),
+        report(2, "ok", rank=8, loss_before=1.0, loss_after=0.8, num_examples=50, compute_s=24.0, transfer_s=1.0),
+        report(3, "late", rank=8, loss_before=1.0, loss_after=0.9, num_examples=20, compute_s=39.0, transfer_s=1.0),
+    ]
+    scheduler.observe(1, reports, RoundOutcome(1, 20.0, 20.0, 1.0, 0.9))
+
+
+def test_lite_scores_allocates_and_caps_as_fedranklite_does():
+    scheduler = LiteScheduler(DEFAULTS)
+    clients = [ClientInfo(n, "cpu") for n in (1, 2, 3)]
+    lite_round_one(scheduler, clients)
+    # gain, samples/s: (0.5, 100/10), (0.2, 50/25), (0.1, 20/40) and client 3 missed
+    expected = [0.6 * 0.5 + 0.4 * 10.0, 0.6 * 0.2 + 0.4 * 2.0, (0.6 * 0.1 + 0.4 * 0.5) * 0.5]
+    rows = scheduler.table.rows([1, 2, 3])
+    assert scheduler.scores(rows).tolist() == pytest.approx(expected)
+    # budget 8 * 3 = 24: raw 19.29, 4.13, 0.58 -> 19, 4, 1 (sum 24); deadline 20 s with
+    # time per rank unit 10/8, 25/8, 40/8: client 1 is capped to floor(20 / 1.25) = 16
+    out = scheduler.assign(2, clients, 20.0)
+    assert [out[n].rank for n in (1, 2, 3)] == [16, 4, 1]
+    assert [out[n].local_steps for n in (1, 2, 3)] == [8, 8, 8]
+    assert out[1].budget_s == 20.0
+
+
+def test_lite_averages_with_factor_0_3_seeded_by_the_first_value():
+    scheduler = LiteScheduler(DEFAULTS)
+    clients = [ClientInfo(n, "cpu") for n in (1, 2, 3)]
+    lite_round_one(scheduler, clients)
+    scheduler.observe(2, [report(1, "ok", rank=16, loss_before=0.5, loss_after=0.2, num_examples=200,
+                                 compute_s=9.0, transfer_s=1.0)], None)
+    ema_gain, ema_throughput = 0.3 * 0.3 + 0.7 * 0.5, 0.3 * 20.0 + 0.7 * 10.0
+    assert scheduler.scores(scheduler.table.rows([1]))[0] == pytest.approx(0.6 * ema_gain + 0.4 * ema_throughput)
+    assert scheduler.table["ema_time_per_rank"][scheduler.table.rows([1])[0]] == pytest.approx(
+        0.3 * 10.0 / 16 + 0.7 * 10.0 / 8)
+
+
+def test_lite_corrects_rounding_to_the_budget_in_score_order():
+    scheduler = LiteScheduler(SchedulerDefaults(rank=8, rank_max=10))
+    clients = [ClientInfo(n, "cpu") for n in (1, 2, 3)]
+    lite_round_one(scheduler, clients)
+    # raw 19.29, 4.13, 0.58 -> clamped 10, 4, 1 (sum 15); 9 more go in score order:
+    # client 1 has no room, client 2 takes 6, client 3 takes 3 (no deadline: no cap)
+    out = scheduler.assign(2, clients, None)
+    assert [out[n].rank for n in (1, 2, 3)] == [10, 10, 4]
+
+
+def test_lite_scores_a_new_client_1_and_halves_a_failed_one():
+    scheduler = LiteScheduler(DEFAULTS)
+    clients = [ClientInfo(n, "cpu") for n in (1, 2, 3)]
+    lite_round_one(scheduler, clients)
+    before = scheduler.scores(scheduler.table.rows([1]))[0]
+    scheduler.observe(2, [report(1, "failed", steps=0, compute_s=0.0, transfer_s=0.0, loss_before=None,
+                                 loss_after=None)], None)
+    assert scheduler.scores(scheduler.table.rows([1, 7])).tolist() == pytest.approx([before / 2, 1.0])
+
+
+def test_lite_reproduces_its_rank_proportional_time_model():
+    # A client took 40 s at rank 8 (compute-bound: its step time does not depend on rank).
+    # FedRankLite reads 5 s per rank unit and caps it at floor(30 / 5) = 6 for a 30 s
+    # deadline, although rank 6 would take as long as rank 8: the documented flaw.
+    scheduler = LiteScheduler(DEFAULTS)
+    scheduler.observe(1, [report(1, "late", rank=8, compute_s=39.0, transfer_s=1.0)], None)
+    assert scheduler.assign(2, [ClientInfo(1, "cpu")], 30.0)[1].rank == 6
+
+
+def test_lite_keeps_tier_ceilings():
+    scheduler = LiteScheduler(DEFAULTS, tiers=TIERS, r_bar=32)
+    out = scheduler.assign(1, [ClientInfo(1, "edge"), ClientInfo(2, "gpu")], None)
+    assert out[1].rank == 16 and out[2].rank == 32
+
+
+# --------------------------------------------------------------------------------------
+# solver: FAH-QLoRA's problem on hand-checkable instances
+# --------------------------------------------------------------------------------------
+
+SOLVER = SolverScheduler(DEFAULTS).solver
+
+
+def test_relaxed_problem_equalises_times_at_the_chosen_average():
+    # min max(10 + r1, 20 + r2) with r1 + r2 = 16: 10 + r1 = 20 + r2 -> r = (13, 3), T = 23
+    solution = solve_relaxed_ranks(np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]),
+                                   8, None, SOLVER)
+    assert solution.problem == "P1"
+    assert solution.ranks.tolist() == pytest.approx([13.0, 3.0], abs=1e-4)
+    assert solution.time_bound_s[0] == pytest.approx(23.0, abs=1e-4)
+    feasible = solve_relaxed_ranks(np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]),
+                                   8, 30.0, SOLVER)
+    assert feasible.ranks.tolist() == pytest.approx([13.0, 3.0], abs=1e-4)
+
+
+def test_relaxed_problem_falls_back_to_the_largest_average_the_deadline_allows():
+    # a 21 s deadline cannot hold the average 8 (T >= 23): max r1 + r2 with 10 + r1 <= 21, 20 + r2 <= 21
+    solution = solve_relaxed_ranks(np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]),
+                                   8, 21.0, SOLVER)
+    assert solution.problem == "P2"
+    assert solution.ranks.tolist() == pytest.approx([11.0, 1.0], abs=1e-4)
+
+
+def test_relaxed_problem_respects_rank_caps():
+    # caps (4, 64): r1 <= 4, so r2 = 12 and T = max(10 + 4, 20 + 12) = 32
+    solution = solve_relaxed_ranks(np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([4.0, 64.0]),
+                                   8, None, SOLVER)
+    assert solution.ranks.tolist() == pytest.approx([4.0, 12.0], abs=1e-4)
+
+
+def test_rounding_gives_units_by_largest_fraction_within_sum_and_time():
+    relaxed = RelaxedRanks(np.array([12.6, 3.4, 5.5]), np.array([23.0, 23.0, 23.0]), 22, "P1")
+    fixed, per_rank = np.array([10.0, 20.0, 17.0]), np.array([1.0, 1.0, 1.0])
+    # floors 12, 3, 5 (sum 20, room 2); by fraction: client 1 (13 -> 23 s fits), client 3
+    # (6 -> 23 s fits); client 2 would not get one anyway (sum reached)
+    assert round_ranks(relaxed, fixed, per_rank, 1, np.array([64, 64, 64])).tolist() == [13, 3, 6]
+    slower = np.array([10.0, 20.0, 17.5])   # client 3 at 6 would take 23.5 s > 23: stays at 5
+    assert round_ranks(relaxed, slower, per_rank, 1, np.array([64, 64, 64])).tolist() == [13, 3, 5]
+
+
+def test_solver_scheduler_meets_the_deadline_in_its_own_time_model():
+    scheduler = SolverScheduler(DEFAULTS, **PRIORS, candidates=(8,))
+    clients = [ClientInfo(n, tier) for n, tier in enumerate(["gpu"] * 3 + ["cpu"] * 3 + ["edge"] * 3)]
+    out = scheduler.assign(1, clients, 90.0)
+    ranks = np.array([out[n].rank for n in range(9)])
+    fixed, per_rank = scheduler.time_model(scheduler.table.rows(list(range(9))))
+    assert np.all(fixed + per_rank * ranks <= 90.0)
+    assert ranks.sum() == 8 * 9
+    assert ranks[6:].max() < ranks[:3].min()   # the slowest tier gets the smallest ranks
+    assert {a.local_steps for a in out.values()} == {8}
+
+
+def test_solver_scheduler_stage_one_keeps_the_average_with_the_best_rate():
+    scheduler = SolverScheduler(DEFAULTS, **PRIORS, candidates=(4, 8))
+    clients = [ClientInfo(1, "gpu"), ClientInfo(2, "cpu")]
+    rates = {8: 0.01, 4: 0.03}
+    for server_round in range(1, 5):
+        out = scheduler.assign(server_round, clients, None)
+        average = round(np.mean([a.rank for a in out.values()]))
+        scheduler.observe(server_round, [], RoundOutcome(server_round, 10.0, None, 1.0, 1.0 - 10.0 * rates[average]))
+    assert scheduler.stage1.choose(5) == 4
+
+
+def test_solver_scheduler_learns_a_slow_client_from_its_report():
+    scheduler = SolverScheduler(DEFAULTS, **PRIORS, candidates=(8,))
+    clients = [ClientInfo(1, "cpu"), ClientInfo(2, "cpu")]
+    first = scheduler.assign(1, clients, None)
+    assert first[1].rank == first[2].rank
+    scheduler.observe(1, [report(1, "late", compute_s=80.0), report(2, "ok", compute_s=17.6)], None)
+    second = scheduler.assign(2, clients, None)
+    assert second[1].rank < second[2].rank

@@ -165,10 +165,16 @@ def _tier_key(tier: str | None) -> str:
 
 
 def peak_memory_per_tier(records: Sequence[RoundRecord]) -> dict[str, float]:
-    """The highest peak memory (MB) any client of the tier reported, in any round."""
+    """The highest peak memory (MB) any client of the tier reported, in any round.
+
+    Clients that measured nothing (failed, out of memory before training) are left out, so a
+    tier that never trained does not appear rather than showing 0 MB.
+    """
     peaks: dict[str, float] = {}
     for r in records:
         for c in r.clients:
+            if c.peak_mem_mb <= 0:
+                continue
             key = _tier_key(c.tier)
             peaks[key] = max(peaks.get(key, 0.0), float(c.peak_mem_mb))
     return dict(sorted(peaks.items()))

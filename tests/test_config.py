@@ -47,3 +47,9 @@ def test_ints_are_accepted_for_floats_and_scaling_is_alpha_over_rank():
 def test_target_list_parsing():
     assert RunConfig(lora_targets="q_proj, v_proj").lora_target_list() == ["q_proj", "v_proj"]
     assert RunConfig(lora_targets="all-linear").lora_target_list() == "all-linear"
+
+
+def test_every_knob_is_documented():
+    documented = (PROJECT / "docs" / "configuration.md").read_text()
+    missing = [key for key in RunConfig().to_dict() if f"`{key}`" not in documented]
+    assert not missing, f"undocumented run-config keys: {missing}"

@@ -49,7 +49,7 @@ def main() -> None:
             label,
             mean_std(column(cells, lambda s: s["final_score"])),
             mean_std(column(cells, lambda s: s["best_score"])),
-            mean_std(column(cells, lambda s: s.get("fairness", {}).get("worst"))),
+            mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("worst"))),
             mean_std(column(cells, lambda s: s["bytes_up_per_round"] / 1e6)),
         ])
     table = markdown_table(["arm", "final accuracy", "best accuracy", "worst client accuracy", "MB up / round"], rows)

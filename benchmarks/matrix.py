@@ -90,11 +90,14 @@ def mean_std(values: Sequence[float | None]) -> str:
 
 
 def summaries(cells: Sequence[Cell]) -> list[dict | None]:
+    """Each cell's summary, rebuilt from its rounds.jsonl (None for a run that failed)."""
+    from flq.metrics.report import ReportError, summarize_run
+
     out = []
     for cell in cells:
         try:
-            out.append(cell.run.summary() if cell.run else None)
-        except RuntimeError:
+            out.append(summarize_run(cell.run.run_dir) if cell.run else None)
+        except ReportError:
             out.append(None)
     return out
 

@@ -75,16 +75,28 @@ def build_reports(
     for label, run_dir in zip(labels, run_dirs):
         records = load_records(run_dir)
         run_target = target if target is not None else configured_target(run_dir)
-        try:
-            higher_is_better = higher_is_better_for(records[-1].score_name)
-        except ValueError as exc:
-            raise ReportError(f"{run_dir}: {exc}") from None
-        summary = summarize(records, run_target, higher_is_better, deadline_s)
+        summary = summarize_records(run_dir, records, run_target, deadline_s)
         fig_dir = figure_dir(run_dir, label, out, several=len(run_dirs) > 1)
         figures = write_run_figures(records, fig_dir, run_target)
         figures.append(write_summary(fig_dir, summary))
         reports.append(RunReport(label, run_dir, records, summary, figures))
     return reports
+
+
+def summarize_run(run_dir: Path, target: float | None = None, deadline_s: float | None = None) -> dict[str, Any]:
+    """A run's summary rebuilt from its rounds.jsonl (target from run.json unless given)."""
+    run_dir = Path(run_dir)
+    records = load_records(run_dir)
+    return summarize_records(run_dir, records, target if target is not None else configured_target(run_dir), deadline_s)
+
+
+def summarize_records(run_dir: Path, records: Sequence[RoundRecord], target: float | None,
+                      deadline_s: float | None) -> dict[str, Any]:
+    try:
+        higher_is_better = higher_is_better_for(records[-1].score_name)
+    except ValueError as exc:
+        raise ReportError(f"{run_dir}: {exc}") from None
+    return summarize(records, target, higher_is_better, deadline_s)
 
 
 def load_records(run_dir: Path) -> list[RoundRecord]:

@@ -30,7 +30,7 @@ from .sim.clock import comm_seconds
 from .sim.tiers import TierProfile, assign_tiers, load_tiers
 from .strategy import wire
 from .task.lora import get_lora_model
-from .task.memory import estimate_train_memory_mb, model_shape
+from .task.cost import estimate_train_memory_mb, model_shape
 from .task.model_cache import resolve_model
 from .task.partition import client_split
 from .task.specs import backbone_spec, data_spec, lora_spec

@@ -23,7 +23,7 @@ QUANT_TYPES = ("nf4", "fp4")
 POLICIES = ("wait", "drop", "budget")
 AGGREGATIONS = ("zero-pad", "rank-wise", "svd")
 CODECS = ("fp32", "fp16", "int8", "int4")
-SCHEDULERS = ("fixed", "table")
+SCHEDULERS = ("fixed", "table", "tier", "bandit", "lite", "solver")
 CLOCKS = ("auto", "virtual", "real")
 TRANSPORTS = tuple(HANDSHAKE_RTTS)
 
@@ -71,6 +71,7 @@ class RunConfig:
     aggregation: str = "rank-wise"
     # who gets which rank and bits
     scheduler: str = "fixed"
+    base_rank: int = 0
     client_ranks: str = ""
     client_bits: str = ""
     # tiers, clock and deadline (docs/clock.md)
@@ -95,6 +96,11 @@ class RunConfig:
     def lora_scaling(self) -> float:
         """alpha / r at the global rank; kept for every client rank (see docs/architecture.md)."""
         return self.lora_alpha / self.lora_rank
+
+    @property
+    def start_rank(self) -> int:
+        """The rank ``fixed`` gives everyone, and adaptive schedulers' starting average."""
+        return self.base_rank or self.lora_rank
 
     @property
     def deadline(self) -> float | None:
@@ -151,6 +157,7 @@ class RunConfig:
         check(self.quant_type in QUANT_TYPES, f"quant-type must be one of {QUANT_TYPES}")
         check(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
         check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}")
+        check(0 <= self.base_rank <= self.lora_rank, "base-rank must be in [0, lora-rank] (0 = lora-rank)")
         check(self.clock in CLOCKS, f"clock must be one of {CLOCKS}")
         check(self.policy in POLICIES, f"policy must be one of {POLICIES}")
         check(self.deadline_s >= 0, "deadline-s must be >= 0 (0 = no deadline)")

@@ -19,20 +19,24 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from . import __version__
-from .adapter import AdapterState, adapter_rank, nbytes, num_parameters
+from .adapter import AdapterState, adapter_rank, lora_pairs, nbytes, num_parameters
 from .config import ConfigError, NodeConfigError, RunConfig
 from .metrics.plots import write_run_figures
 from .metrics.records import read_rounds
 from .metrics.summary import summarize, write_summary
 from .logs import log, quiet_libraries
 from .run_recorder import RunRecorder, load_checkpoint, restore_rng
-from .scheduler.base import FixedRankScheduler, RankScheduler, SchedulerDefaults, TableScheduler
+from .scheduler.base import RankScheduler, SchedulerDefaults
+from .scheduler.priors import MemoryModel
+from .scheduler.registry import build_scheduler as registry_build
+from .scheduler.spread import parse_spread
 from .sim.clock import ClockModel
 from .sim.tiers import TierError, load_tiers
 from .strategy.fedavg import FLQFedAvg, NoClientsError
 from .task.data import DataError
 from .task.lora import LoraModel
-from .task.model_cache import ModelNotFoundError
+from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape
+from .task.model_cache import ModelNotFoundError, resolve_model
 from .task.partition import server_test_data
 from .task.specs import backbone_spec, data_spec, lora_spec
 from .task.train import evaluate
@@ -71,13 +75,50 @@ class ServerEvaluator:
         return out_dir
 
 
-def build_scheduler(cfg: RunConfig) -> RankScheduler:
+def build_scheduler(cfg: RunConfig, tiers, initial: AdapterState) -> RankScheduler:
+    """The configured scheduler, with priors from the model's size and the update codec."""
     defaults = SchedulerDefaults(
-        rank=cfg.lora_rank, rank_max=cfg.lora_rank, bits=cfg.backbone_bits, local_steps=cfg.local_steps,
+        rank=cfg.start_rank, rank_max=cfg.lora_rank, bits=cfg.backbone_bits, local_steps=cfg.local_steps,
+        tier_ranks=_tier_table(cfg.client_ranks), tier_bits=_tier_table(cfg.client_bits),
     )
+    options: dict = {}
     if cfg.scheduler == "table":
-        return TableScheduler(defaults, ranks=cfg.client_ranks, bits=cfg.client_bits)
-    return FixedRankScheduler(defaults)
+        options = {"ranks": cfg.client_ranks, "bits": cfg.client_bits}
+    priors = scheduler_priors(cfg, initial)
+    memory_model = priors.pop("memory_model", None)
+    if cfg.scheduler == "bandit":
+        options["stop_on_budget"] = cfg.policy == "budget"
+        if memory_model is not None:
+            options["memory_model"] = memory_model
+    return registry_build(cfg.scheduler, defaults, tiers=tiers, seed=cfg.seed, **priors, **options)
+
+
+def _tier_table(spec: str) -> dict[str, int]:
+    """``tier:NAME=VALUE,...`` as a dict (the ``tier`` scheduler's table); {} for other specs."""
+    if not spec.startswith("tier:"):
+        return {}
+    return {name: int(value) for name, value in parse_spread(spec).by_tier}
+
+
+def scheduler_priors(cfg: RunConfig, initial: AdapterState) -> dict:
+    """Per-step time by bits, wire bytes per rank unit, and a memory model, from estimates."""
+    per_rank = sum(initial[a].shape[1] + initial[b].shape[0] for a, b in lora_pairs(initial).values())
+    wire_bytes = {"fp32": 4.0, "fp16": 2.0, "int8": 1.02, "int4": 0.54}[cfg.update_codec]
+    priors: dict = {"bytes_per_rank": per_rank * wire_bytes}
+    try:
+        shape = model_shape(resolve_model(cfg.model))
+    except (OSError, ValueError):
+        return priors  # a hub model not on disk: schedulers start from their own defaults
+    priors["step_time_prior"] = {
+        bits: estimate_step_seconds(shape, bits, cfg.batch_size, cfg.max_seq_length) for bits in (4, 8, 16, 32)
+    }
+    activations = estimate_train_memory_mb(shape, 16, 0, cfg.batch_size, cfg.max_seq_length) - shape.linear_params * 2 / 2**20
+    priors["memory_model"] = MemoryModel(
+        backbone_mb_16bit=shape.linear_params * 2 / 2**20,
+        activation_mb=activations,
+        adapter_mb_per_rank=per_rank * 16 / 2**20,  # weights, grads, two AdamW moments in float32
+    )
+    return priors
 
 
 def resolve_run_dir(cfg: RunConfig) -> Path:
@@ -109,8 +150,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         "global adapter: rank %d, %d tensors, %.2fM parameters, %.2f MB in float32",
         adapter_rank(initial), len(initial), num_parameters(initial) / 1e6, nbytes(initial) / 1e6,
     )
-    scheduler = build_scheduler(cfg)
     tiers = load_tiers(cfg.tier_file or None)
+    scheduler = build_scheduler(cfg, tiers, initial)
     strategy = FLQFedAvg(
         scheduler=scheduler,
         rank_max=cfg.lora_rank,

@@ -10,9 +10,12 @@ rank, seeded by its tier's prior, forgetting old rounds) predicts to finish befo
 deadline with high probability; ranks are then water-filled so the round's mean meets the
 aim where the deadline allows. A compute-bound client loses steps, not just rank; a client
 that misses a deadline or fails is pushed down at once and recovers over on-time rounds.
-Cost per round: O(n log n) for n clients (a sort to water-fill, a few vectorised binary
-searches), no solver; measured ~X ms at 10,000 clients (see
-benchmarks/results/scheduler_decision_time.md).
+Cost per round, n clients: O(n log n), no solver: whole-column numpy work (about 15
+evaluations of the time models inside binary searches over steps and rank, a histogram
+water-fill) plus one sort that groups identical assignments. Measured on the shared 2-core
+machine (benchmarks/results/scheduler_decision_time.md, assign + observe, median): 1.2 ms at
+10 clients, 3.3 ms at 1,000, 15.8 ms at 10,000 (assign 6.6 ms; observe 8.5 ms, half of it
+reading the 10,000 report objects); 5-9x less than ``solver``.
 """
 
 from __future__ import annotations

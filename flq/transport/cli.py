@@ -36,8 +36,9 @@ def _add_quic_tuning_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--quic-max-message-mib", type=int, default=defaults.limits.max_body >> 20, metavar="MIB",
                        help="largest request or response body accepted over QUIC "
                             f"(default {defaults.limits.max_body >> 20})")
-    group.add_argument("--quic-congestion-control", choices=("reno", "cubic"), default=defaults.congestion_control,
-                       help=f"QUIC congestion controller (default {defaults.congestion_control})")
+    group.add_argument("--quic-congestion-control", choices=("westwood", "reno", "cubic"), default=defaults.congestion_control,
+                       help=f"QUIC congestion controller (default {defaults.congestion_control}: "
+                            "keeps its window on random loss, see flq/transport/congestion.py)")
 
 
 def _quic_settings(args: argparse.Namespace) -> QuicSettings:

@@ -26,7 +26,8 @@ from .session_tickets import TicketFile
 log = logging.getLogger("flq.transport.quic")
 
 STREAM_CANCELLED = 0x101  # application error code when the client gives up on a stream
-ICMP_RECHECK_S = 1.0  # after an ICMP error, how long a live server has to answer our PING
+ICMP_RECHECK_S = 1.0
+TICKET_WAIT_S = 2.0  # how long disconnect() waits for the server's next session ticket  # after an ICMP error, how long a live server has to answer our PING
 
 
 class QuicTransportError(Exception):
@@ -91,6 +92,7 @@ class _ClientConnection(QuicConnectionProtocol):
         self.terminated = False
         self.last_received = self._loop.time()
         self.has_early_keys = False
+        self.ticket_arrived = asyncio.Event()
 
     def datagram_received(self, data, addr) -> None:
         self.last_received = self._loop.time()
@@ -275,11 +277,14 @@ class FleetQuicClient:
         family, _, _, _, addr = infos[0]
         config = client_configuration(self.server_name, self.settings, cafile=self._cafile, cadata=self._cadata,
                                       session_ticket=self._ticket, alpn=self._alpn)
-        quic = QuicConnection(configuration=config, session_ticket_handler=self._on_ticket)
+        ticket_arrived = asyncio.Event()
+        quic = QuicConnection(configuration=config,
+                              session_ticket_handler=lambda ticket: self._on_ticket(ticket, ticket_arrived))
         addr = addr[:2] if family == socket.AF_INET else addr
         self._transport, conn = await loop.create_datagram_endpoint(
             lambda: _ClientConnection(quic, client=self), sock=self._connected_socket(family, addr))
         conn.connect(addr)
+        conn.ticket_arrived = ticket_arrived
         ticket = self._ticket
         # aioquic sends early data exactly when it resumes with a ticket that allows it.
         conn.has_early_keys = bool(ticket is not None and ticket.is_valid and ticket.max_early_data_size
@@ -309,7 +314,8 @@ class FleetQuicClient:
             conn._quic.send_ping(uid)
             conn.transmit()
 
-    def _on_ticket(self, ticket: SessionTicket) -> None:
+    def _on_ticket(self, ticket: SessionTicket, arrived: asyncio.Event) -> None:
+        arrived.set()
         self._ticket = ticket
         if self._ticket_file is not None:
             try:
@@ -389,7 +395,18 @@ class FleetQuicClient:
 
     async def disconnect(self) -> None:
         """Close the current connection but keep the session ticket: the next request
-        reconnects and resumes with 0-RTT (what an intermittent node does)."""
+        reconnects and resumes with 0-RTT (what an intermittent node does).
+
+        Tickets are single-use and the server sends the next one only after the handshake
+        is confirmed, so on a connection that has not had its ticket yet this waits (at most
+        `TICKET_WAIT_S`) for it; otherwise the next connection could not resume.
+        """
+        conn = self._conn
+        if conn is not None and not conn.terminated and conn.handshake.done() and not conn.handshake.exception():
+            try:
+                await asyncio.wait_for(conn.ticket_arrived.wait(), TICKET_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
         self._drop_connection("client disconnecting")  # the socket closes once drained
 
     async def close(self) -> None:

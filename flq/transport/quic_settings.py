@@ -31,7 +31,7 @@ class QuicSettings:
     # Measured here: default ~208 KiB buffers drop packets at QUIC speeds and cut throughput by a third.
     socket_buffer: int = 4 << 20
     max_datagram_size: int = 1350  # fits a 1500-byte MTU with IPv6 + UDP headers to spare
-    congestion_control: str = "reno"
+    congestion_control: str = "westwood"  # loss-tolerant, see congestion.py; "reno" and "cubic" also work
     limits: Limits = field(default_factory=Limits)
 
 

@@ -1,0 +1,91 @@
+"""The loss-tolerant congestion controller, driven with synthetic packets (pure logic, no network)."""
+
+from __future__ import annotations
+
+from aioquic.quic.congestion.base import K_MINIMUM_WINDOW, create_congestion_control
+from aioquic.quic.packet import QuicPacketType
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.tls import Epoch
+
+from flq.transport import congestion  # noqa: F401  (registers "westwood")
+from flq.transport.congestion import WestwoodCongestionControl
+
+MDS = 1200
+
+
+def packet(number: int, sent: float, size: int = MDS) -> QuicSentPacket:
+    return QuicSentPacket(epoch=Epoch.ONE_RTT, in_flight=True, is_ack_eliciting=True, is_crypto_packet=False,
+                          packet_number=number, packet_type=QuicPacketType.ONE_RTT, sent_time=sent, sent_bytes=size)
+
+
+def warmed(rtt_min: float, rtt_now: float, window_packets: int = 50, rounds: int = 6) -> WestwoodCongestionControl:
+    """A controller that has sent `rounds` full windows over a path with the given RTTs."""
+    cc = create_congestion_control("westwood", max_datagram_size=MDS)
+    assert isinstance(cc, WestwoodCongestionControl)
+    cc.congestion_window = window_packets * MDS
+    cc.ssthresh = cc.congestion_window  # congestion avoidance, so growth is slow and predictable
+    cc.on_rtt_measurement(now=0.0, rtt=rtt_min)
+    now, number = 0.0, 0
+    for _ in range(rounds):
+        sent = [packet(number + i, now) for i in range(window_packets)]
+        number += window_packets
+        for p in sent:
+            cc.on_packet_sent(packet=p)
+        now += rtt_now
+        for p in sent:
+            cc.on_packet_acked(now=now, packet=p)
+        for _ in range(8):  # enough samples to move the smoothed RTT
+            cc.on_rtt_measurement(now=now, rtt=rtt_now)
+    return cc
+
+
+def lose_one(cc: WestwoodCongestionControl, now: float = 100.0) -> None:
+    lost = packet(10_000, now - 0.01)
+    cc.on_packet_sent(packet=lost)
+    cc.on_packets_lost(now=now, packets=[lost])
+
+
+def test_random_loss_keeps_the_window():
+    cc = warmed(rtt_min=0.05, rtt_now=0.05)  # no queueing delay
+    before = cc.congestion_window
+    lose_one(cc)
+    assert cc.congestion_window == before and cc.random_losses == 1
+    assert cc.bytes_in_flight == 0
+
+
+def test_loss_with_queueing_falls_to_the_measured_pipe():
+    cc = warmed(rtt_min=0.05, rtt_now=0.1)  # the RTT doubled: a queue is building
+    before = cc.congestion_window
+    pipe = cc.pipe_size()
+    assert 0 < pipe < before  # delivered ~window/RTT_now, so the pipe at RTT_min is about half
+    lose_one(cc)
+    assert cc.random_losses == 0
+    assert cc.congestion_window == max(pipe, K_MINIMUM_WINDOW * MDS) == cc.ssthresh
+
+
+def test_one_congestion_event_per_recovery_period():
+    cc = warmed(rtt_min=0.05, rtt_now=0.1)
+    lose_one(cc, now=100.0)
+    after_first = cc.congestion_window
+    old = packet(20_000, 99.0)  # sent before recovery started: same event
+    cc.on_packet_sent(packet=old)
+    cc.on_packets_lost(now=100.05, packets=[old])
+    assert cc.congestion_window == after_first
+
+
+def test_without_an_estimate_it_halves_like_reno():
+    cc = create_congestion_control("westwood", max_datagram_size=MDS)
+    before = cc.congestion_window
+    lose_one(cc, now=1.0)
+    assert cc.congestion_window == max(before // 2, K_MINIMUM_WINDOW * MDS)
+
+
+def test_slow_start_then_persistent_congestion():
+    cc = create_congestion_control("westwood", max_datagram_size=MDS)
+    start = cc.congestion_window
+    p = packet(1, 0.01)
+    cc.on_packet_sent(packet=p)
+    cc.on_packet_acked(now=0.05, packet=p)
+    assert cc.congestion_window == start + MDS  # slow start: +1 datagram per datagram acked
+    cc.on_persistent_congestion()
+    assert cc.congestion_window == K_MINIMUM_WINDOW * MDS

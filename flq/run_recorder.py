@@ -78,6 +78,8 @@ class RunRecorder(RoundRecorder):
             clients=result.clients,
             client_eval=list(client_eval),
             rejected=[{"node_id": c.node_id, "reason": c.reason} for c in result.clients if c.status == "rejected"],
+            scheduler=strategy.scheduler.name,
+            scheduler_ms=result.scheduler_ms,
         )
         append_round(self.run_dir, record)
         self.records.append(record)

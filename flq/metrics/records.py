@@ -82,6 +82,8 @@ class RoundRecord:
     clients: list[ClientRoundRecord] = field(default_factory=list)
     client_eval: list[ClientEvalRecord] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {node_id, reason}
+    scheduler: str | None = None       # the scheduler's name
+    scheduler_ms: float | None = None  # its assign + observe time this round (real milliseconds)
 
     def to_json(self) -> str:
         return json.dumps(_finite(asdict(self)), sort_keys=True)

@@ -89,6 +89,7 @@ class RoundResult:
     reports: list[ClientReport] = field(default_factory=list)
     round_s: float = 0.0
     train_loss: float | None = None
+    scheduler_ms: float | None = None
 
 
 class FLQFedAvg(FedAvg):
@@ -146,6 +147,7 @@ class FLQFedAvg(FedAvg):
         self.global_state: AdapterState = {}
         self.plans: dict[int, ClientPlan] = {}
         self.last_round = RoundResult(0)
+        self._assign_s = 0.0
         self.last_client_eval: list[ClientEvalRecord] = []
 
     def encode(self, state: AdapterState, codec: str | None = None) -> ArrayRecord:
@@ -227,7 +229,9 @@ class FLQFedAvg(FedAvg):
     ) -> Iterable[Message]:
         node_ids = self.sample(grid)
         clients = [self.nodes[n].info() for n in node_ids]
+        started = time.perf_counter()
         assignments = self.scheduler.assign(server_round, clients, self.deadline_s)
+        self._assign_s = time.perf_counter() - started
         self.plans = {}
         messages = []
         for node in node_ids:
@@ -529,7 +533,9 @@ class FLQFedAvg(FedAvg):
             outcome = self.round_outcome(
                 server_round, _metric(previous, "loss"), _metric(metrics, "loss"), _metric(metrics, "score")
             )
+            started = time.perf_counter()
             self.scheduler.observe(server_round, self.last_round.reports, outcome)
+            self.last_round.scheduler_ms = 1000 * (self._assign_s + time.perf_counter() - started)
             if recorder is not None:
                 recorder.on_round(self, server_round, metrics, self.last_client_eval if client_eval else [])
             previous = metrics

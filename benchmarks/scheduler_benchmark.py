@@ -1,0 +1,120 @@
+"""Issue 5 benchmark: the rank schedulers on tiered clients under a deadline, SmolLM2 on BBC News.
+
+Protocol (default size; every size is a flag): 6 clients in thirds over gpu-24g, gpu-32g and
+cpu-edge (``--tiers`` for the jetson-nano variant), Dirichlet alpha=0.1 by label, all 6 clients
+every round, 5 rounds, at most 4 local steps of batch 8 x 64 tokens, LoRA r_max=16 starting
+at rank 8, rank-wise aggregation, int8 updates with error feedback, a round deadline on the
+virtual clock, the same seeds for every arm. Arms:
+
+* ``fixed`` with ``wait``: FedAvg, everyone rank 8, the server waits for the slowest client;
+* ``fixed``, ``tier``, ``lite``, ``solver`` and ``bandit`` with ``drop``: late updates are discarded.
+
+Per arm: time-to-target on the virtual clock and rounds-to-target, share of rounds within
+the deadline, bytes per round, worst-client and p10 accuracy on the clients' own test splits,
+peak memory per tier, final score, and the scheduler's own decision time in the run.
+
+    .venv/bin/python benchmarks/scheduler_benchmark.py [--seeds 0 1 2] [--deadline 30] [--target 0.8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from matrix import Matrix, column, dump_cells, markdown_table, mean_std, summaries, write_report
+
+RESULTS = Path(__file__).parent / "results"
+
+ARMS = {
+    "fixed-wait": {"scheduler": "fixed", "policy": "wait"},
+    "fixed-drop": {"scheduler": "fixed", "policy": "drop"},
+    "tier-drop": {"scheduler": "tier", "policy": "drop"},
+    "lite-drop": {"scheduler": "lite", "policy": "drop"},
+    "solver-drop": {"scheduler": "solver", "policy": "drop"},
+    "bandit-drop": {"scheduler": "bandit", "policy": "drop"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--deadline", type=float, default=30.0, help="seconds on the virtual clock")
+    parser.add_argument("--target", type=float, default=0.8)
+    parser.add_argument("--tiers", default="thirds:gpu-24g,gpu-32g,cpu-edge")
+    parser.add_argument("--out", type=Path, default=RESULTS / "tmp" / "scheduler_benchmark")
+    parser.add_argument("--report", type=Path, default=RESULTS / "scheduler_benchmark.md")
+    args = parser.parse_args()
+
+    base = {
+        "num-server-rounds": args.rounds, "clients-per-round": args.clients, "local-steps": args.steps,
+        "partitioner": "dirichlet", "dirichlet-alpha": 0.1, "lora-rank": 16, "base-rank": 8,
+        "backbone-bits": 16, "aggregation": "rank-wise", "update-codec": "int8", "broadcast-codec": "int8",
+        "error-feedback": True, "server-test-size": 150, "tiers": args.tiers, "deadline-s": args.deadline,
+        "target-score": args.target, "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
+    }
+    matrix = Matrix("schedulers", args.out, num_supernodes=args.clients)
+    for label in args.arms:
+        matrix.add(label, {**base, **ARMS[label]}, args.seeds)
+    matrix.run()
+    dump_cells(args.out / "cells.json", matrix)
+
+    rows = []
+    for label, cells in matrix.by_label().items():
+        sums = summaries(cells)
+        rows.append([
+            label,
+            mean_std(column(cells, lambda s: s["clock_s_to_target"])),
+            mean_std(column(cells, lambda s: s["rounds_to_target"])),
+            mean_std(column(cells, lambda s: s["within_deadline_share"])),
+            mean_std(column(cells, lambda s: (s["bytes_up_per_round"] + s["bytes_down_per_round"]) / 1e6)),
+            mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("worst"))),
+            mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("p10"))),
+            _peaks(sums),
+            mean_std(column(cells, lambda s: s["final_score"])),
+            mean_std([_decision_ms(c.run.run_dir) if c.run else None for c in cells]),
+        ])
+    table = markdown_table(
+        ["arm", "time to target (clock s)", "rounds to target", "rounds within deadline", "MB / round",
+         "worst client acc.", "p10 client acc.", "peak MB per tier", "final accuracy", "decision ms / round"], rows)
+    protocol = (
+        f"SmolLM2-135M (bf16) + LoRA (r_max 16, start 8), BBC News, {args.clients} clients ({args.tiers}), "
+        f"Dirichlet alpha=0.1, all clients every round, {args.rounds} rounds, <= {args.steps} local steps of 8 x 64 "
+        f"tokens, int8+EF updates, deadline {args.deadline:g} s on the virtual clock (docs/clock.md), target "
+        f"accuracy {args.target:g} on 150 held-out articles, seeds {args.seeds}. `fixed` and `tier` use "
+        "client-ranks tier table (gpu 16, cpu-edge 4, jetson 2) where applicable; mean ± std over seeds; "
+        "'(k/n)' = only k of n seeds reached the target.\n\n"
+        f"Command: `.venv/bin/python benchmarks/scheduler_benchmark.py --deadline {args.deadline:g} "
+        f"--target {args.target:g} --tiers {args.tiers}`"
+    )
+    write_report(args.report, "Rank schedulers under a deadline", protocol, table)
+
+
+def _peaks(sums: list) -> str:
+    tiers: dict[str, list[float]] = {}
+    for s in sums:
+        for tier, mb in (s or {}).get("peak_mem_mb_per_tier", {}).items():
+            tiers.setdefault(tier, []).append(mb)
+    return ", ".join(f"{t} {max(v):.0f}" for t, v in sorted(tiers.items())) or "n/a"
+
+
+def _decision_ms(run_dir: Path) -> float | None:
+    """Mean scheduler decision time per round the ServerApp logged in rounds.jsonl (ms)."""
+    values = []
+    path = Path(run_dir) / "rounds.jsonl"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("scheduler_ms") is not None:
+            values.append(record["scheduler_ms"])
+    return statistics.fmean(values) if values else None
+
+
+if __name__ == "__main__":
+    main()

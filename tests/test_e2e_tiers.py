@@ -127,11 +127,13 @@ def test_the_bandit_gives_the_slow_tier_less_work_and_keeps_rounds_on_time(tier_
         assert all(1 <= c["rank"] <= 16 for c in record["clients"])
         assert max(c["steps"] for c in tiers["slow"]) < min(c["steps"] for c in tiers["fast"])
     # Round 1 runs on priors (a tiny model's real step time is all overhead, far from the
-    # prior); from what it observed, the bandit fits the slow tier into the deadline.
+    # prior); from what it observed, the bandit fits the slow tier into the deadline by
+    # cutting its steps. Which rank it picks is a trade it may make either way (rank costs
+    # little compute), depending on how fast this machine runs a step, so it is not asserted.
     for record in rounds[1:]:
         assert all(c["on_time"] for c in record["clients"])
         slow = by_tier(record)["slow"]
-        assert all(c["rank"] < 8 for c in slow)
+        assert all(1 <= c["steps"] < 40 and c["status"] == "ok" for c in slow)
     _, meta = load_checkpoint(tier_runs["bandit"].run_dir)
     assert meta["scheduler"]  # the learned state is checkpointed (JSON)
     json.dumps(meta["scheduler"])

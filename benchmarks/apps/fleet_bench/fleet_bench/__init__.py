@@ -1,0 +1,1 @@
+"""FLQ transport benchmark app."""

@@ -1,0 +1,568 @@
+"""Fleet transport: QUIC (flq-supernode) vs Flower's stock HTTP/1.1 + TLS, side by side in one run.
+
+What runs: one real `flq-superlink`, which serves Flower's one SuperLink app both ways (its Fleet
+API over HTTPS on TCP, as Flower does, and over QUIC on UDP), and four real SuperNodes, one per
+transport and connection mode:
+
+* ``quic`` / ``http``: one connection kept for the whole run (the QUIC node resumes nothing);
+* ``quic-reconnect`` / ``http-reconnect``: the node opens a new connection for every poll, so
+  each round starts on a new connection, as for an intermittent node; QUIC resumes its TLS
+  session and sends its first request as 0-RTT data, HTTP pays TCP + a full TLS 1.3 handshake
+  (httpx does not resume TLS sessions).
+
+The ServerApp (benchmarks/apps/fleet_bench) sends one node at a time an adapter of 0.1, 1 or
+4 MB (random float32: LZ4 cannot shrink it, so this measures the transport, not compression) and
+waits for a reply of the same size; node order rotates every repetition. Each SuperNode wraps its
+Fleet httpx transport in a timer, so a round's Fleet time is the sum of that node's Fleet requests
+for the round (pull-messages with the task, pull-object, confirm, push-messages, push-object),
+without Flower's 3 s poll sleeps or the ClientApp's start-up. Throughput is adapter bytes moved
+(down + up) over the time spent in pull-object + push-object. Medians over the repetitions.
+
+Links: ``loopback`` is 127.0.0.1. The WAN profiles put the SuperNodes and the SuperLink in two
+network namespaces made here (``ip netns``), joined by two TUN devices and a forwarder in this
+process that delays every packet by RTT/2 each way and drops it with the given probability
+(independent per packet and direction), which is what ``tc netem delay/loss`` would do; this
+kernel has no netem qdisc, hence the forwarder. No bandwidth cap is set. Needs root; traffic stays
+inside the namespaces, which are removed afterwards.
+
+    sudo .venv/bin/python benchmarks/transport_throughput.py            # all profiles -> results/transport_throughput.md
+    .venv/bin/python benchmarks/transport_throughput.py --quick          # loopback only, 1 rep -> results/tmp/
+    sudo .venv/bin/python benchmarks/transport_throughput.py --profiles loopback,50ms-1%
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+APP = ROOT / "benchmarks" / "apps" / "fleet_bench"
+RESULTS = ROOT / "benchmarks" / "results"
+LABELS = ("http", "http-reconnect", "quic", "quic-reconnect")
+SIZES = (100_000, 1_000_000, 4_000_000)
+ADDR_A, ADDR_B = "10.201.0.1", "10.201.0.2"  # SuperNodes' side, SuperLink's side
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    rtt_ms: float = 0.0
+    loss: float = 0.0
+    emulated: bool = True
+    sizes: tuple[int, ...] = SIZES
+
+
+PROFILES = {p.name: p for p in [
+    Profile("loopback", emulated=False),
+    Profile("50ms-0%", 50, 0.0),
+    Profile("50ms-1%", 50, 0.01),
+    Profile("50ms-5%", 50, 0.05, sizes=(100_000, 1_000_000)),
+    Profile("200ms-0%", 200, 0.0),
+    Profile("200ms-1%", 200, 0.01),
+    Profile("200ms-5%", 200, 0.05, sizes=(100_000, 1_000_000)),
+]}
+
+
+# --- the emulated link ---------------------------------------------------------------------
+
+_TUNSETIFF, _IFF_TUN, _IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _open_tun(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
+    return fd
+
+
+class EmulatedLink:
+    """Two network namespaces joined through this process: delay and loss per packet."""
+
+    def __init__(self, rtt_ms: float, loss: float, seed: int = 7) -> None:
+        self.ns = (f"flqbench-a{os.getpid()}", f"flqbench-b{os.getpid()}")
+        self.delay = rtt_ms / 2000.0
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.forwarded = self.dropped = 0
+        self._fds: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> EmulatedLink:
+        a, b = self.ns
+        tun_a, tun_b = f"flqta{os.getpid() % 100000}", f"flqtb{os.getpid() % 100000}"
+        try:
+            for ns in self.ns:
+                _sh("ip", "netns", "add", ns)
+            self._fds = [_open_tun(tun_a), _open_tun(tun_b)]
+            for ns, dev, here, there in ((a, tun_a, ADDR_A, ADDR_B), (b, tun_b, ADDR_B, ADDR_A)):
+                _sh("ip", "link", "set", dev, "netns", ns)
+                _sh("ip", "-n", ns, "addr", "add", here, "peer", there, "dev", dev)
+                _sh("ip", "-n", ns, "link", "set", dev, "up")
+                _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        fa, fb = self._fds
+        self._loop.call_soon(self._loop.add_reader, fa, self._pump, fa, fb)
+        self._loop.call_soon(self._loop.add_reader, fb, self._pump, fb, fa)
+        self._thread.start()
+        return self
+
+    def _pump(self, src: int, dst: int) -> None:
+        while True:
+            try:
+                packet = os.read(src, 65536)
+            except BlockingIOError:
+                return
+            if self.rng.random() < self.loss:
+                self.dropped += 1
+                continue
+            self.forwarded += 1
+            self._loop.call_later(self.delay, self._deliver, dst, packet)
+
+    def _deliver(self, dst: int, packet: bytes) -> None:
+        try:
+            os.write(dst, packet)
+        except OSError:
+            self.dropped += 1
+
+    def prefix(self, side: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns[0 if side == "nodes" else 1]]
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        for fd in self._fds:
+            os.close(fd)
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+
+
+class Loopback:
+    def prefix(self, side: str) -> list[str]:
+        return []
+
+
+# --- processes -------------------------------------------------------------------------------
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class Proc:
+    """A process we start in its own session; stopped by its pid, its group and its descendants."""
+
+    def __init__(self, cmd: list[str], env: dict, log: Path) -> None:
+        self.log = log
+        self._fh = open(log, "ab")
+        self.popen = subprocess.Popen(cmd, env=env, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        known = _descendants(self.popen.pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in [self.popen.pid, *known]:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            known += _descendants(self.popen.pid) if self.popen.poll() is None else []
+        self._fh.close()
+
+
+def _wait(predicate, what: str, proc: Proc, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.log.name} exited while waiting for {what}:\n{proc.text()[-2000:]}")
+        time.sleep(0.3)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _free_port() -> int:
+    for _ in range(100):
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+# --- one profile: a deployment, a run, the timings --------------------------------------------
+
+@dataclass
+class RoundTiming:
+    label: str
+    size: int
+    fleet_s: float
+    object_s: float
+    object_bytes: int
+    first_s: float
+
+
+@dataclass
+class ProfileResult:
+    profile: Profile
+    rounds: list[RoundTiming] = field(default_factory=list)
+    link: str = ""
+    wall_s: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # 5-minute load average at start and end
+
+
+def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str) -> ProfileResult:
+    from flq.transport.certs import make_certificates
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    certs = make_certificates(workdir / "certs", names=[ADDR_B])
+    home = workdir / "flwr-home"
+    home.mkdir()
+    port = _free_port()
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
+           "PYTHONUNBUFFERED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(ROOT)}
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
+                                      f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs["ca_cert"]}"\n')
+    link = EmulatedLink(profile.rtt_ms, profile.loss) if profile.emulated else None
+    host = ADDR_B if link else "127.0.0.1"
+    procs: list[Proc] = []
+    started = time.monotonic()
+    result = ProfileResult(profile)
+    load_before = os.getloadavg()[1]
+    with (link or _null()) as net:
+        net = net or Loopback()
+        try:
+            superlink = Proc([*net.prefix("link"), str(BIN / "flq-superlink"), "--ssl-certfile", str(certs["server_cert"]),
+                              "--ssl-keyfile", str(certs["server_key"]), "--ssl-ca-certfile", str(certs["ca_cert"]),
+                              "--host", "0.0.0.0" if link else "127.0.0.1", "--port", str(port),
+                              "--quic-congestion-control", congestion, "--disable-runtime-dependency-installation"],
+                             env, workdir / "superlink.log")
+            procs.append(superlink)
+            _wait(lambda: "Fleet QUIC API on" in superlink.text(), "the SuperLink", superlink)
+            nodes = []
+            for i, label in enumerate(LABELS):
+                transport, _, mode = label.partition("-")
+                cmd = [*net.prefix("nodes"), sys.executable, str(Path(__file__).resolve()), "supernode",
+                       "--transport", transport, "--timing-log", str(workdir / f"timing-{label}.jsonl"),
+                       "--congestion", congestion, *(["--reconnect"] if mode else []), "--",
+                       "--superlink", f"{host}:{port}", "--root-certificates", str(certs["ca_cert"]),
+                       "--port", str(_free_port() if not link else 9100 + i), "--node-config", f'label="{label}"']
+                nodes.append(Proc(cmd, env, workdir / f"supernode-{label}.log"))
+            procs.extend(nodes)
+            for node in nodes:
+                _wait(lambda: "SuperNode ID:" in node.text(), f"SuperNode {node.log.name}", node)
+            result_file = workdir / "result.json"
+            sizes = ",".join(str(s) for s in profile.sizes)
+            flwr = subprocess.run(
+                [*net.prefix("link"), str(BIN / "flwr"), "run", str(APP), "bench", "--stream",
+                 "-c", f'sizes-bytes="{sizes}" reps={reps} result-file="{result_file}"'],
+                env=env, cwd=APP, stdout=open(workdir / "flwr-run.log", "wb"), stderr=subprocess.STDOUT,
+                timeout=6 * 3600)
+            if flwr.returncode != 0 or not result_file.is_file():
+                raise RuntimeError(f"flwr run failed, see {workdir / 'flwr-run.log'}")
+            record = json.loads(result_file.read_text())
+            if record.get("status") != "ok" or not all(r["ok"] for r in record["rounds"]):
+                raise RuntimeError(f"benchmark run incomplete: {result_file}")
+            result.rounds = _timings(record, workdir)
+            if link:
+                result.link = f"{link.forwarded} packets forwarded, {link.dropped} dropped"
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+    result.wall_s = time.monotonic() - started
+    result.load = (load_before, os.getloadavg()[1])
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+_NOT_ROUND = ("/v1/fleet/send-node-heartbeat", "/v1/fleet/get-run", "/v1/fleet/get-fab")
+_OBJECTS = ("/v1/fleet/pull-object", "/v1/fleet/push-object")
+
+
+def _timings(record: dict, workdir: Path) -> list[RoundTiming]:
+    """Split each node's request log into rounds and pair them with the ServerApp's record."""
+    out = []
+    for label in LABELS:
+        requests = [json.loads(line) for line in (workdir / f"timing-{label}.jsonl").read_text().splitlines()]
+        rounds: list[list[dict]] = []
+        for req in requests:
+            if req["path"] == "/v1/fleet/pull-messages" and req["down"] > 0:
+                rounds.append([req])  # a poll that brought a task opens a round
+            elif rounds and req["path"] not in _NOT_ROUND and req["path"] != "/v1/fleet/pull-messages":
+                rounds[-1].append(req)
+        rounds = rounds[1:]  # the first task is the hello query
+        sent = [r for r in record["rounds"] if r["label"] == label]
+        if len(rounds) != len(sent):
+            raise RuntimeError(f"{label}: {len(rounds)} rounds in the timing log, {len(sent)} sent")
+        for reqs, meta in zip(rounds, sent):
+            if label.endswith("reconnect") and not reqs[0].get("fresh"):
+                raise RuntimeError(f"{label}: a round did not start on a new connection")
+            objects = [r for r in reqs if r["path"] in _OBJECTS]
+            out.append(RoundTiming(
+                label=label, size=meta["size"], fleet_s=sum(r["dur"] for r in reqs),
+                object_s=sum(r["dur"] for r in objects),
+                object_bytes=sum(r["down"] if r["path"].endswith("pull-object") else r["up"] for r in objects),
+                first_s=reqs[0]["dur"]))
+    return out
+
+
+# --- the instrumented SuperNode (a subprocess of the benchmark) ----------------------------------
+
+def supernode_main(args: argparse.Namespace, flower_args: list[str]) -> None:
+    import httpx
+
+    from flq.transport.cli import _route_logs_to_flower
+    from flq.transport.flower_pins import (
+        FLEET_CLIENT_GLOBAL,
+        FLEET_CONNECTION_MODULE,
+        FleetHttpClient,
+        check_flower_version,
+        flower_supernode,
+    )
+    from flq.transport.quic_settings import QuicSettings
+    from flq.transport.supernode_quic import QuicClientOptions, make_quic_fleet_client_class
+
+    check_flower_version()
+    timing = TimingLog(Path(args.timing_log))
+    if args.transport == "quic":
+        session = Path(args.timing_log).with_suffix(".ticket.json")
+        base = make_quic_fleet_client_class(QuicClientOptions(QuicSettings(congestion_control=args.congestion),
+                                                              session_file=session))
+    else:
+        base = FleetHttpClient
+
+    class TimedFleetClient(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def from_server_address(cls, server_address, insecure, root_certificates, interceptors, *,
+                                retry_invoker=None):
+            client = super().from_server_address(server_address, insecure, root_certificates, interceptors,
+                                                 retry_invoker=retry_invoker)
+            timeout = client._client.timeout
+            if args.transport == "quic":
+                quic = client.quic_transport
+                inner = TimedTransport(lambda: quic, timing, args.reconnect, reconnect=quic.disconnect)
+            else:
+                # What Flower's ProtobufClient builds (httpx.Client(verify=CA)), with a timer around it.
+                client._client.close()
+                context = ssl.create_default_context(
+                    **({"cadata": root_certificates.decode("ascii")} if isinstance(root_certificates, bytes)
+                       else {"cafile": root_certificates}))
+                inner = TimedTransport(lambda: httpx.HTTPTransport(verify=context), timing, args.reconnect)
+            client._client = httpx.Client(transport=inner, timeout=timeout, follow_redirects=True)
+            return client
+
+    setattr(FLEET_CONNECTION_MODULE, FLEET_CLIENT_GLOBAL, TimedFleetClient)
+    _route_logs_to_flower()
+    sys.argv = [sys.argv[0], *flower_args]
+    flower_supernode()
+
+
+class TimingLog:
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "a", buffering=1)
+        self._lock = threading.Lock()
+
+    def write(self, record: dict) -> None:
+        with self._lock:
+            self._fh.write(json.dumps(record) + "\n")
+
+
+def _timed_transport_class():
+    import httpx
+
+    class TimedTransport(httpx.BaseTransport):
+        """Times each Fleet request; in reconnect mode every poll starts on a new connection."""
+
+        def __init__(self, factory, log: TimingLog, reconnect_when_idle: bool, reconnect=None) -> None:
+            self._factory, self._log = factory, log
+            self._inner = factory()
+            self._reconnect_when_idle = reconnect_when_idle
+            self._reconnect = reconnect or self._replace
+            self._lock = threading.Lock()
+
+        def _replace(self) -> None:
+            with self._lock:
+                old, self._inner = self._inner, self._factory()
+            old.close()
+
+        def handle_request(self, request):
+            up = len(request.read())
+            fresh = self._reconnect_when_idle and request.url.path.endswith("/pull-messages")
+            if fresh:  # an intermittent node: it wakes up, connects, polls
+                self._reconnect()
+            started = time.perf_counter()
+            response = self._inner.handle_request(request)
+            raw = b"".join(response.iter_raw())
+            response.close()
+            duration = time.perf_counter() - started
+            self._log.write({"path": request.url.path, "dur": duration, "up": up, "down": len(raw),
+                             "status": response.status_code, "at": time.time(), "fresh": fresh})
+            return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(raw),
+                                  extensions=response.extensions)
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return TimedTransport
+
+
+def TimedTransport(*args, **kwargs):  # noqa: N802  (httpx is imported only in the SuperNode)
+    return _timed_transport_class()(*args, **kwargs)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def _median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def _fmt_s(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def report(results: list[ProfileResult], reps: int, congestion: str) -> str:
+    import aioquic
+    import flwr
+
+    lines = [
+        "# Fleet transport: QUIC (flq) vs Flower's HTTP/1.1 + TLS, side by side",
+        "",
+        f"Written by `benchmarks/transport_throughput.py` on {time.strftime('%Y-%m-%d %H:%M')}: "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python {platform.python_version()}, "
+        f"flwr {flwr.__version__}, aioquic {aioquic.__version__}, QUIC congestion control `{congestion}`. "
+        f"Medians of {reps} repetitions per cell. One real flq-superlink serving Flower's SuperLink app over "
+        "HTTPS (TCP) and QUIC (UDP); four real SuperNodes (QUIC / HTTP, each with a persistent connection "
+        "or reconnecting every round); adapters of random float32 (LZ4 cannot shrink them). "
+        "Round = the node's Fleet requests for one task (pull-messages, pull-object, confirm, push-messages, "
+        "push-object), poll sleeps and ClientApp start-up excluded. MB/s = adapter bytes down + up over the time "
+        "in pull-object + push-object. *Ratio* = QUIC time / HTTP time (below 1: QUIC faster). "
+        "*First request* = the round's first request, which in reconnect mode includes the handshake "
+        "(QUIC resumes with 0-RTT; HTTP does TCP + full TLS 1.3).",
+        "",
+        "| link | adapter | QUIC round s | HTTP round s | ratio | QUIC MB/s | HTTP MB/s | QUIC reconnect round s "
+        "| HTTP reconnect round s | ratio | first request, reconnecting: QUIC / HTTP ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        profile = result.profile
+        for size in profile.sizes:
+            cell = {label: [r for r in result.rounds if r.label == label and r.size == size] for label in LABELS}
+            t = {label: _median(r.fleet_s for r in rows) for label, rows in cell.items()}
+            mbs = {label: _median(r.object_bytes / r.object_s / 1e6 for r in rows if r.object_s > 0)
+                   for label, rows in cell.items()}
+            first = {label: _median(r.first_s for r in rows) * 1000 for label, rows in cell.items()}
+            rtt = f" ({first['quic-reconnect'] / profile.rtt_ms:.1f} / {first['http-reconnect'] / profile.rtt_ms:.1f} RTT)" \
+                if profile.rtt_ms else ""
+            lines.append(
+                f"| {profile.name} | {size / 1e6:g} MB | {_fmt_s(t['quic'])} | {_fmt_s(t['http'])} | "
+                f"{t['quic'] / t['http']:.2f} | {mbs['quic']:.1f} | {mbs['http']:.1f} | "
+                f"{_fmt_s(t['quic-reconnect'])} | {_fmt_s(t['http-reconnect'])} | "
+                f"{t['quic-reconnect'] / t['http-reconnect']:.2f} | "
+                f"{first['quic-reconnect']:.0f} / {first['http-reconnect']:.0f}{rtt} |")
+    lines += ["", "Not measured: 4 MB adapters at 5% loss (left out to bound the run time; see PROFILES). "
+              "Each cell is a median of few rounds on a shared 2-CPU machine: read ratios, and only "
+              "differences well beyond a few tens of percent."]
+    lines += ["", "Per profile: forwarder counts, wall time, and the machine's 5-minute load average at start/end "
+              f"(it is shared; {os.cpu_count()} CPUs): " + "; ".join(
+                  f"{r.profile.name}: {r.link or 'loopback, no emulation'}, {r.wall_s / 60:.1f} min, "
+                  f"load {r.load[0]:.1f}/{r.load[1]:.1f}" for r in results), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    node = sub.add_parser("supernode", help="(internal) a timed SuperNode; Flower's flags after --")
+    node.add_argument("--transport", choices=("quic", "http"), required=True)
+    node.add_argument("--timing-log", required=True)
+    node.add_argument("--reconnect", action="store_true")
+    node.add_argument("--congestion", default="westwood")
+    parser.add_argument("--profiles", default=",".join(PROFILES), help=f"comma list of {', '.join(PROFILES)}")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="loopback only, 1 repetition, results/tmp/")
+    parser.add_argument("--congestion", choices=("westwood", "reno", "cubic"), default="westwood",
+                        help="QUIC congestion controller (flq-superlink/-supernode --quic-congestion-control)")
+    parser.add_argument("--out", default=None, help="markdown output (default results/transport_throughput.md)")
+    argv = sys.argv[1:]
+    if argv and argv[0] == "supernode":
+        split = argv.index("--")
+        args = parser.parse_args(argv[:split])
+        supernode_main(args, argv[split + 1:])
+        return
+    args = parser.parse_args(argv)
+    names = ["loopback"] if args.quick else [n.strip() for n in args.profiles.split(",") if n.strip()]
+    reps = 1 if args.quick else args.reps
+    out = Path(args.out) if args.out else RESULTS / ("tmp" if args.quick else "") / "transport_throughput.md"
+    if any(PROFILES[n].emulated for n in names) and os.geteuid() != 0:
+        sys.exit("the emulated-WAN profiles need root (ip netns, TUN); use --profiles loopback otherwise")
+    results = []
+    for name in names:
+        print(f"== {name}", flush=True)
+        results.append(run_profile(PROFILES[name], reps, RESULTS / "tmp" / f"transport-{name}", args.congestion))
+        text = report(results, reps, args.congestion)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)  # after every profile, so a long run leaves its partial table
+        print("\n".join(line for line in text.splitlines() if line.startswith(f"| {name} |")), flush=True)
+    print(report(results, reps, args.congestion))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,10 @@ Three handlers:
 
 The backbone never leaves the node; only the adapter's trainable tensors travel. A node's tier
 comes from its ``--node-config tier=...`` (deployment) or the run config's ``tiers`` mix by
-partition id (simulation, where Flower only gives ``partition-id``).
+partition id (simulation, where Flower only gives ``partition-id``). The tier's hints drive
+local training: ``batch_size`` replaces the run's, ``mixed_precision`` trains a 32-bit backbone
+under half-precision autocast (``local_training``); its ``max_rank`` is enforced by the strategy.
+The same handlers serve every task (text or image classification, causal LM).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from .strategy import wire
 from .task.lora import get_lora_model
 from .task.cost import estimate_train_memory_mb, model_shape
 from .task.model_cache import resolve_model
+from .task.models import resolve_device
 from .task.partition import client_split
 from .task.specs import backbone_spec, data_spec, lora_spec
+from .task.train import autocast_dtype, make_batches, set_torch_threads, train_steps
 from .task.train import evaluate as evaluate_adapter
-from .task.train import make_batches, set_torch_threads, train_steps
 from .transport.flower_records import (
     adapter_to_array_record,
     array_record_nbytes,
@@ -87,6 +91,20 @@ def this_node(context: Context, cfg: RunConfig) -> Node:
     return Node(pid, n, tiers[name], simulated)
 
 
+@dataclass(frozen=True)
+class LocalTraining:
+    """How this node trains: its batch size and autocast dtype (None: full precision)."""
+
+    batch_size: int
+    autocast: torch.dtype | None
+
+
+def local_training(cfg: RunConfig, tier: TierProfile, bits: int, device: torch.device | None = None) -> LocalTraining:
+    """The tier's hints applied: a Jetson trains at its own batch size, under fp16/bf16 autocast."""
+    device = resolve_device("auto") if device is None else device
+    return LocalTraining(tier.batch_size or cfg.batch_size, autocast_dtype(tier.mixed_precision, bits, device))
+
+
 def tier_info(node: Node, **extra: str) -> ConfigRecord:
     return ConfigRecord({wire.TIER: node.tier.name, **extra})
 
@@ -99,7 +117,7 @@ def query(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({
         wire.PARTITION_ID: node.partition_id,
         wire.NUM_PARTITIONS: node.num_partitions,
-        wire.NUM_TRAIN: len(split.train.texts),
+        wire.NUM_TRAIN: len(split.train),
         wire.MEMORY_LIMIT_MB: float(node.tier.memory_limit_mb or 0.0),
         wire.SIMULATED: int(node.simulated),
     })
@@ -113,10 +131,10 @@ def train(msg: Message, context: Context) -> Message:
     ask = msg.content[wire.CONFIG]
     server_round = int(ask[wire.SERVER_ROUND])
     rank, bits, max_steps = int(ask[wire.RANK]), int(ask[wire.BITS]), int(ask[wire.LOCAL_STEPS])
-    batch_size = node.tier.batch_size or cfg.batch_size
+    local = local_training(cfg, node.tier, bits)
     received = array_record_to_adapter(msg.content[wire.ARRAYS])
 
-    too_big = memory_problem(cfg, node.tier, bits, num_parameters(received), batch_size)
+    too_big = memory_problem(cfg, node.tier, bits, num_parameters(received), local.batch_size)
     if too_big:
         log.warning("partition %d (%s): %s", node.partition_id, node.tier.name, too_big)
         info = tier_info(node, **{wire.STATUS: "oom", wire.REASON: too_big})
@@ -140,8 +158,9 @@ def train(msg: Message, context: Context) -> Message:
 
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + node.partition_id
     torch.manual_seed(seed)
-    batches = make_batches(cfg.task, split.train, model.tokenizer, batch_size, cfg.max_seq_length, seed)
-    stats = train_steps(model.model, batches, max_steps, cfg.learning_rate, cfg.weight_decay, should_stop)
+    batches = make_batches(cfg.task, split.train, model.processor, local.batch_size, cfg.max_seq_length, seed)
+    stats = train_steps(model.model, batches, max_steps, cfg.learning_rate, cfg.weight_decay, should_stop,
+                        autocast=local.autocast)
     # The delta is taken from what this client actually decoded, so with a quantized
     # broadcast the update still carries exactly what local training changed.
     delta = subtract(model.adapter_state(), received)
@@ -223,7 +242,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = get_lora_model(backbone_spec(cfg, int(ask.get(wire.BITS, cfg.backbone_bits))), lora_spec(cfg))
     model.use_rank(int(ask[wire.RANK]))
     model.load_adapter_state(array_record_to_adapter(msg.content[wire.ARRAYS]))
-    stats = evaluate_adapter(model.model, cfg.task, split.test, model.tokenizer, cfg.eval_batch_size, cfg.max_seq_length)
+    stats = evaluate_adapter(model.model, cfg.task, split.test, model.processor, cfg.eval_batch_size, cfg.max_seq_length)
     metrics = MetricRecord({
         wire.SCORE: stats.score,
         wire.LOSS: stats.loss,

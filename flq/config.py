@@ -16,7 +16,7 @@ from typing import Any
 from .scheduler.spread import SpreadError, parse_int_spread
 from .sim.clock import HANDSHAKE_RTTS
 
-TASKS = ("sequence-classification", "causal-lm")
+TASKS = ("sequence-classification", "causal-lm", "image-classification")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 BITS = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")

@@ -37,6 +37,7 @@ from .task.data import DataError
 from .task.lora import LoraModel
 from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape
 from .task.model_cache import ModelNotFoundError, resolve_model
+from .task.models import ModelTaskError
 from .task.partition import server_test_data
 from .task.specs import backbone_spec, data_spec, lora_spec
 from .task.train import evaluate
@@ -62,7 +63,7 @@ class ServerEvaluator:
     def score(self, state: AdapterState) -> MetricRecord:
         self.model.load_adapter_state(state)
         cfg = self.cfg
-        stats = evaluate(self.model.model, cfg.task, self.test, self.model.tokenizer, cfg.eval_batch_size, cfg.max_seq_length)
+        stats = evaluate(self.model.model, cfg.task, self.test, self.model.processor, cfg.eval_batch_size, cfg.max_seq_length)
         return MetricRecord({"score": stats.score, "loss": stats.loss, "num-examples": stats.num_examples})
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -127,8 +128,8 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
 
 
 # Errors in what the user configured: reported in one line, without a library traceback.
-USER_ERRORS = (ConfigError, DataError, ModelNotFoundError, NodeConfigError, FileExistsError, FileNotFoundError,
-               NoClientsError, TierError)
+USER_ERRORS = (ConfigError, DataError, ModelNotFoundError, ModelTaskError, NodeConfigError, FileExistsError,
+               FileNotFoundError, NoClientsError, TierError)
 
 
 @app.main()

@@ -1,7 +1,8 @@
 """Tiny random models saved as normal Hugging Face folders, for tests and quick checks.
 
 They go through exactly the loading path real models take (``from_pretrained`` on a local
-directory); the tokenizer is the offline MiniLM one, so nothing is downloaded.
+directory); the text models' tokenizer is the offline MiniLM one and the vision model's image
+processor config is saved beside it, so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -44,3 +45,14 @@ def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
+
+
+def make_tiny_mobilevit(path: Path, image_size: int = 32, num_labels: int = 10, seed: int = 0) -> Path:
+    """A tiny (0.4M parameters) random MobileViT classifier and its image processor config, at ``path``.
+
+    The shape of ``mobilevit-tiny-random``: narrower ones learn digits much more slowly on
+    random features and are no faster (32x32 convolutions dominate a step).
+    """
+    from .task.random_models import MobileViTShape, save_random_mobilevit
+
+    return save_random_mobilevit(Path(path), MobileViTShape(image_size=image_size), num_labels=num_labels, seed=seed)

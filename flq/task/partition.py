@@ -4,7 +4,7 @@ Everyone (the ServerApp and every ClientApp, in any process) derives the same sp
 the same source and seed, so no data ever has to travel. The pool is shuffled before
 partitioning (flwr-datasets' IID partitioner takes contiguous shards, and sources are often
 sorted by class). Partitioners are flwr-datasets' own: IID, Dirichlet(alpha) by label and
-pathological (k classes per client).
+pathological (k classes per client). Text and images are split alike: only labels count.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .data import DataError, TextData, load_text_data
+from .data import DataError, TaskData, load_text_data
+from .images import IMAGE_TASK, load_image_data
 
 LABEL_PARTITIONERS = ("dirichlet", "pathological")
 
@@ -36,18 +37,18 @@ class DataSpec:
 @dataclass
 class ClientSplit:
     partition_id: int
-    train: TextData
-    test: TextData
+    train: TaskData
+    test: TaskData
 
 
-def subset(data: TextData, indices) -> TextData:
-    indices = [int(i) for i in indices]
-    labels = None if data.labels is None else [data.labels[i] for i in indices]
-    return TextData([data.texts[i] for i in indices], labels, data.label_names)
+def subset(data: TaskData, indices) -> TaskData:
+    return data.take([int(i) for i in indices])
 
 
 @lru_cache(maxsize=4)
-def load_source(spec: DataSpec) -> TextData:
+def load_source(spec: DataSpec) -> TaskData:
+    if spec.task == IMAGE_TASK:
+        return load_image_data(spec.source)
     return load_text_data(spec.source, spec.task, spec.text_column, spec.label_column)
 
 
@@ -55,7 +56,7 @@ def load_source(spec: DataSpec) -> TextData:
 def server_and_pool_indices(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     """(server test indices, client pool indices), stratified by label when there are labels."""
     data = load_source(spec)
-    n = len(data.texts)
+    n = len(data)
     if spec.server_test_size >= n:
         raise DataError(f"server-test-size={spec.server_test_size} leaves nothing for clients ({n} examples)")
     rng = np.random.default_rng(spec.seed)
@@ -73,7 +74,7 @@ def server_and_pool_indices(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.array(test)), pool
 
 
-def server_test_data(spec: DataSpec) -> TextData:
+def server_test_data(spec: DataSpec) -> TaskData:
     test_idx, _ = server_and_pool_indices(spec)
     return subset(load_source(spec), test_idx)
 
@@ -150,7 +151,7 @@ def partition_sizes(spec: DataSpec, num_partitions: int) -> list[int]:
     return [len(p) for p in _partition_indices(spec, num_partitions)]
 
 
-def label_histogram(data: TextData) -> list[int]:
+def label_histogram(data: TaskData) -> list[int]:
     if data.labels is None:
         return []
     return np.bincount(np.asarray(data.labels), minlength=data.num_labels).tolist()

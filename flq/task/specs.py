@@ -24,7 +24,7 @@ def data_spec(cfg: RunConfig) -> DataSpec:
 
 
 def backbone_spec(cfg: RunConfig, bits: int | None = None) -> BackboneSpec:
-    num_labels = load_source(data_spec(cfg)).num_labels if cfg.task == "sequence-classification" else 0
+    num_labels = load_source(data_spec(cfg)).num_labels if cfg.task != "causal-lm" else 0
     return BackboneSpec(
         model=cfg.model,
         task=cfg.task,

@@ -5,6 +5,12 @@ Training runs a number of optimizer steps (not epochs), optionally stopped earli
 budget on the run's clock. ``loss_before``/``loss_after`` are the loss on the same first
 batch before the first update and after the last one, so their difference is a clean
 per-round learning signal for the scheduler.
+
+Classification batches come from text (tokenizer) or images (the model's image processor);
+the loops themselves do not care which. Frozen BatchNorm layers (vision backbones) keep their
+running statistics while training: they are part of the frozen backbone, which never travels,
+so every client and the server must normalise alike. With ``autocast`` set (a tier's
+``mixed_precision`` hint on a 32-bit backbone) forward passes run in half precision.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import TextData
-from .models import model_device
+from .data import TaskData, TextData
+from .images import ImageData, encode_images
+from .models import half_dtype, model_device
 
 
 @dataclass
@@ -41,18 +48,25 @@ class EvalStats:
 
 
 # -- batches ----------------------------------------------------------------------------
-def classification_batches(data: TextData, tokenizer, batch_size: int, max_len: int, seed: int) -> Iterator[dict]:
-    """Endless shuffled batches (reshuffled every pass) of tokenized texts and labels."""
+def classification_batches(data: TaskData, processor, batch_size: int, max_len: int, seed: int) -> Iterator[dict]:
+    """Endless shuffled batches (reshuffled every pass) of encoded examples and labels."""
     rng = np.random.default_rng(seed)
-    n = len(data.texts)
+    n = len(data)
     while True:
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            yield encode_classification(data, idx, tokenizer, max_len)
+            yield encode_classification(data, idx, processor, max_len)
 
 
-def encode_classification(data: TextData, idx, tokenizer, max_len: int) -> dict:
+def encode_classification(data: TaskData, idx, processor, max_len: int) -> dict:
+    """A labelled batch: tokenized texts, or images through the model's image processor."""
+    if isinstance(data, ImageData):
+        return encode_images(data, idx, processor)
+    return encode_texts(data, idx, processor, max_len)
+
+
+def encode_texts(data: TextData, idx, tokenizer, max_len: int) -> dict:
     batch = tokenizer(
         [data.texts[i] for i in idx], truncation=True, max_length=max_len, padding=True, return_tensors="pt"
     )
@@ -90,10 +104,11 @@ def _lm_batch(input_ids: torch.Tensor, valid: int | None) -> dict:
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
 
 
-def make_batches(task: str, data: TextData, tokenizer, batch_size: int, max_len: int, seed: int) -> Iterator[dict]:
+def make_batches(task: str, data: TaskData, processor, batch_size: int, max_len: int, seed: int) -> Iterator[dict]:
+    """Endless training batches; ``processor`` is the tokenizer or the image processor."""
     if task == "causal-lm":
-        return lm_batches(data, tokenizer, batch_size, max_len, seed)
-    return classification_batches(data, tokenizer, batch_size, max_len, seed)
+        return lm_batches(data, processor, batch_size, max_len, seed)
+    return classification_batches(data, processor, batch_size, max_len, seed)
 
 
 # -- training ---------------------------------------------------------------------------
@@ -104,14 +119,21 @@ def train_steps(
     learning_rate: float,
     weight_decay: float = 0.0,
     should_stop: Callable[[int, float], bool] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> TrainStats:
-    """Run up to ``max_steps`` AdamW steps on the trainable parameters of ``model``."""
+    """Run up to ``max_steps`` AdamW steps on the trainable parameters of ``model``.
+
+    ``autocast``: run forward passes under ``torch.autocast`` in this dtype (None: off).
+    """
     device = model_device(model)
+    inputs_dtype = float_input_dtype(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    model.train()
+    # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
+    scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
+    train_mode(model)
     memory = PeakMemory(device)
     first_batch = None
     loss_before = float("nan")
@@ -121,61 +143,101 @@ def train_steps(
         while steps < max_steps:
             if should_stop is not None and should_stop(steps, time.perf_counter() - start):
                 break
-            batch = _to_device(next(batches), device)
+            batch = _to_device(next(batches), device, inputs_dtype)
             if first_batch is None:
                 first_batch = batch
-            loss = model(**batch).loss
+            with _autocast(device, autocast):
+                loss = model(**batch).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {steps + 1}")
             if steps == 0:
                 loss_before = loss.item()
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-            examples += int(batch["input_ids"].shape[0])
+            examples += int(batch["labels"].shape[0])
         compute_s = time.perf_counter() - start
-        loss_after = _batch_loss(model, first_batch) if first_batch is not None else float("nan")
-    model.train()
+        loss_after = _batch_loss(model, first_batch, autocast) if first_batch is not None else float("nan")
+    train_mode(model)
     return TrainStats(steps, examples, loss_before, loss_after, compute_s, memory.peak_mb)
 
 
-def _batch_loss(model: torch.nn.Module, batch: dict) -> float:
+def train_mode(model: torch.nn.Module) -> None:
+    """``model.train()``, except that frozen BatchNorm layers keep their running statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters(recurse=False)
+        ):
+            module.eval()
+
+
+def autocast_dtype(mixed_precision: bool, bits: int, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a tier's ``mixed_precision`` hint, or None.
+
+    Mixed precision means float32 weights with half-precision compute, so it applies to a
+    32-bit backbone; a 16-bit backbone already computes in half precision and 4/8-bit ones in
+    bitsandbytes' compute dtype. bfloat16 where supported, float16 otherwise (a Jetson's GPU).
+    """
+    return half_dtype(device) if mixed_precision and bits == 32 else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _batch_loss(model: torch.nn.Module, batch: dict, autocast: torch.dtype | None = None) -> float:
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(model_device(model), autocast):
         return float(model(**batch).loss.item())
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+def float_input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype float inputs (pixel values) must have: the frozen backbone's float weights'."""
+    for param in model.parameters():
+        if param.is_floating_point() and not param.requires_grad:
+            return param.dtype
+    return torch.float32
+
+
+def _to_device(batch: dict, device: torch.device, float_dtype: torch.dtype = torch.float32) -> dict:
+    """Move a batch; float tensors (pixel values) take the backbone's dtype, ids stay integers."""
+    return {k: v.to(device, dtype=float_dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
 
 
 # -- evaluation -------------------------------------------------------------------------
-def evaluate(model: torch.nn.Module, task: str, data: TextData, tokenizer, batch_size: int, max_len: int) -> EvalStats:
+def evaluate(model: torch.nn.Module, task: str, data: TaskData, processor, batch_size: int, max_len: int) -> EvalStats:
     """Accuracy and mean loss (classification) or token perplexity (causal LM)."""
     device = model_device(model)
+    inputs_dtype = float_input_dtype(model)
     model.eval()
     total_loss = 0.0
     count = correct = 0
     with torch.no_grad():
         if task == "causal-lm":
-            blocks, valid = lm_blocks(data, tokenizer, max_len)
+            blocks, valid = lm_blocks(data, processor, max_len)
             for start in range(0, len(blocks), batch_size):
                 batch = _to_device(_lm_batch(blocks[start : start + batch_size], valid), device)
                 tokens = int((batch["labels"][:, 1:] != -100).sum())
                 total_loss += float(model(**batch).loss) * tokens
                 count += tokens
-            model.train()
+            train_mode(model)
             mean = total_loss / max(count, 1)
             return EvalStats(mean, math.exp(min(mean, 50.0)), len(data.texts))
-        for start in range(0, len(data.texts), batch_size):
-            idx = range(start, min(start + batch_size, len(data.texts)))
-            batch = _to_device(encode_classification(data, idx, tokenizer, max_len), device)
+        for start in range(0, len(data), batch_size):
+            idx = range(start, min(start + batch_size, len(data)))
+            batch = _to_device(encode_classification(data, idx, processor, max_len), device, inputs_dtype)
             out = model(**batch)
             total_loss += float(out.loss) * len(idx)
             correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
             count += len(idx)
-    model.train()
+    train_mode(model)
     return EvalStats(total_loss / count, correct / count, count)
 
 

@@ -3,17 +3,26 @@
 Protocol (default size; every size is a flag): 6 clients in thirds over gpu-24g, gpu-32g and
 cpu-edge (``--tiers`` for the jetson-nano variant), Dirichlet alpha=0.1 by label, all 6 clients
 every round, 5 rounds, at most 4 local steps of batch 8 x 64 tokens, LoRA r_max=16 starting
-at rank 8, rank-wise aggregation, int8 updates with error feedback, a round deadline on the
-virtual clock, the same seeds for every arm. Arms:
+at rank 8, svd aggregation (the best mixed-rank rule in results/hetero_rank_accuracy.md), int8
+updates with error feedback, a round deadline on the virtual clock, the same seeds for every
+arm. Arms:
 
-* ``fixed`` with ``wait``: FedAvg, everyone rank 8, the server waits for the slowest client;
-* ``fixed``, ``tier``, ``lite``, ``solver`` and ``bandit`` with ``drop``: late updates are discarded.
+* ``fixed-wait``: FedAvg, everyone rank 8, the server waits for the slowest client;
+* ``fixed-drop``, ``tier-drop``, ``solver-drop``: late updates are discarded (``solver`` is the
+  FAH-QLoRA rank-only baseline, ``tier`` the static HetLoRA-style table);
+* ``fixed-budget``: everyone rank 8 and every client stops its local steps when its time
+  budget (the deadline less its predicted transfer) runs out: the strongest simple baseline;
+* ``bandit``: FLQ's scheduler, which chooses rank, steps and budget per client (policy budget);
+* ``lite`` (not in the default set): the lighter online scheduler, policy budget.
+
+The deadline (10 s by default) sits between the tiers: a GPU client's round takes about a
+second, a ``cpu-edge`` client's 4 steps about 21 s of compute on the clock plus its transfers.
 
 Per arm: time-to-target on the virtual clock and rounds-to-target, share of rounds within
 the deadline, bytes per round, worst-client and p10 accuracy on the clients' own test splits,
 peak memory per tier, final score, and the scheduler's own decision time in the run.
 
-    .venv/bin/python benchmarks/scheduler_benchmark.py [--seeds 0 1 2] [--deadline 30] [--target 0.8]
+    .venv/bin/python benchmarks/scheduler_benchmark.py [--seeds 0 1 2] [--deadline 10] [--target 0.8]
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import json
 import statistics
 from pathlib import Path
 
+from flq.metrics.plots import plot_comparison
+from flq.metrics.report import load_records
 from matrix import Matrix, column, dump_cells, markdown_table, mean_std, summaries, write_report
 
 RESULTS = Path(__file__).parent / "results"
@@ -30,21 +41,23 @@ RESULTS = Path(__file__).parent / "results"
 ARMS = {
     "fixed-wait": {"scheduler": "fixed", "policy": "wait"},
     "fixed-drop": {"scheduler": "fixed", "policy": "drop"},
+    "fixed-budget": {"scheduler": "fixed", "policy": "budget"},
     "tier-drop": {"scheduler": "tier", "policy": "drop"},
-    "lite-drop": {"scheduler": "lite", "policy": "drop"},
     "solver-drop": {"scheduler": "solver", "policy": "drop"},
-    "bandit-drop": {"scheduler": "bandit", "policy": "drop"},
+    "bandit": {"scheduler": "bandit", "policy": "budget"},
+    "lite": {"scheduler": "lite", "policy": "budget"},
 }
+DEFAULT_ARMS = [arm for arm in ARMS if arm != "lite"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--deadline", type=float, default=30.0, help="seconds on the virtual clock")
+    parser.add_argument("--deadline", type=float, default=10.0, help="seconds on the virtual clock")
     parser.add_argument("--target", type=float, default=0.8)
     parser.add_argument("--tiers", default="thirds:gpu-24g,gpu-32g,cpu-edge")
     parser.add_argument("--out", type=Path, default=RESULTS / "tmp" / "scheduler_benchmark")
@@ -54,7 +67,7 @@ def main() -> None:
     base = {
         "num-server-rounds": args.rounds, "clients-per-round": args.clients, "local-steps": args.steps,
         "partitioner": "dirichlet", "dirichlet-alpha": 0.1, "lora-rank": 16, "base-rank": 8,
-        "backbone-bits": 16, "aggregation": "rank-wise", "update-codec": "int8", "broadcast-codec": "int8",
+        "backbone-bits": 16, "aggregation": "svd", "update-codec": "int8", "broadcast-codec": "int8",
         "error-feedback": True, "server-test-size": 150, "tiers": args.tiers, "deadline-s": args.deadline,
         "target-score": args.target, "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
     }
@@ -65,11 +78,15 @@ def main() -> None:
     dump_cells(args.out / "cells.json", matrix)
 
     rows = []
-    for label, cells in matrix.by_label().items():
+    groups = matrix.by_label()
+    reference = _mean_time_to_target(groups.get("fixed-wait", []))
+    for label, cells in groups.items():
         sums = summaries(cells)
+        mine = _mean_time_to_target(cells)
         rows.append([
             label,
             mean_std(column(cells, lambda s: s["clock_s_to_target"])),
+            f"{reference / mine:.2f}x" if reference and mine else "n/a",
             mean_std(column(cells, lambda s: s["rounds_to_target"])),
             mean_std(column(cells, lambda s: s["within_deadline_share"])),
             mean_std(column(cells, lambda s: (s["bytes_up_per_round"] + s["bytes_down_per_round"]) / 1e6)),
@@ -80,19 +97,32 @@ def main() -> None:
             mean_std([_decision_ms(c.run.run_dir) if c.run else None for c in cells]),
         ])
     table = markdown_table(
-        ["arm", "time to target (clock s)", "rounds to target", "rounds within deadline", "MB / round",
+        ["arm", "time to target (clock s)", "vs fixed-wait", "rounds to target", "rounds within deadline", "MB / round",
          "worst client acc.", "p10 client acc.", "peak MB per tier", "final accuracy", "decision ms / round"], rows)
     protocol = (
-        f"SmolLM2-135M (bf16) + LoRA (r_max 16, start 8), BBC News, {args.clients} clients ({args.tiers}), "
+        f"SmolLM2-135M (bf16) + LoRA (r_max 16, start 8, svd aggregation), BBC News, {args.clients} clients ({args.tiers}), "
         f"Dirichlet alpha=0.1, all clients every round, {args.rounds} rounds, <= {args.steps} local steps of 8 x 64 "
         f"tokens, int8+EF updates, deadline {args.deadline:g} s on the virtual clock (docs/clock.md), target "
         f"accuracy {args.target:g} on 150 held-out articles, seeds {args.seeds}. `fixed` and `tier` use "
         "client-ranks tier table (gpu 16, cpu-edge 4, jetson 2) where applicable; mean ± std over seeds; "
-        "'(k/n)' = only k of n seeds reached the target.\n\n"
+        "'(k/n)' = only k of n seeds reached the target; 'vs fixed-wait' = fixed-wait's mean time to target "
+        "over this arm's (shown only when every seed of both reached it). Figure: "
+        f"`{args.report.with_suffix('.png').name}` (accuracy vs clock, every arm, seed {args.seeds[0]}).\n\n"
         f"Command: `.venv/bin/python benchmarks/scheduler_benchmark.py --deadline {args.deadline:g} "
         f"--target {args.target:g} --tiers {args.tiers}`"
     )
     write_report(args.report, "Rank schedulers under a deadline", protocol, table)
+    curves = [(label, load_records(c.run.run_dir)) for label, cells in groups.items()
+              for c in cells[:1] if c.run and not c.error]
+    plot_comparison(curves, args.report.with_suffix(".png"), target=args.target)
+
+
+def _mean_time_to_target(cells: list) -> float | None:
+    """Mean clock seconds to the target over the seeds, or None unless every seed reached it."""
+    times = column(cells, lambda s: s["clock_s_to_target"])
+    if not times or any(t is None for t in times):
+        return None
+    return statistics.fmean(times)
 
 
 def _peaks(sums: list) -> str:

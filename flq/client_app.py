@@ -173,6 +173,7 @@ def train(msg: Message, context: Context) -> Message:
         wire.LOSS_AFTER: stats.loss_after,
         wire.COMPUTE_S: stats.compute_s,
         wire.PEAK_MEM_MB: stats.peak_mem_mb,
+        wire.TORCH_THREADS: torch.get_num_threads(),
         wire.PARTITION_ID: node.partition_id,
     })
     content = RecordDict({wire.ARRAYS: update, wire.METRICS: metrics, wire.INFO: tier_info(node, **{wire.STATUS: "ok"})})

@@ -138,6 +138,40 @@ def test_a_silent_node_is_recorded_as_failed():
     assert statuses[messages[1].metadata.dst_node_id] == ("failed", "no reply before the timeout")
 
 
+def test_on_the_real_clock_a_node_silent_at_the_deadline_is_late_and_the_round_ends_there():
+    # In a deployment the Grid stops waiting at the deadline (its timeout is the deadline), so a
+    # node that has not replied by then missed it: late, dropped, counted as such in summaries.
+    strategy = make_strategy(deadline_s=5.0, policy="drop", clock="real")
+    messages = list(strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12])))
+    fast, slow = (m.metadata.dst_node_id for m in messages)
+    strategy.arrival_s = {fast: 2.5}  # what send_and_receive notes for each reply
+    strategy.aggregate_train(1, [reply(messages[0], client_delta(messages[0]), compute_s=2.0)])
+    records = {c.node_id: c for c in strategy.last_round.clients}
+    assert records[fast].status == "ok" and records[fast].round_s == 2.5 and records[fast].on_time
+    late = records[slow]
+    assert late.status == "late" and not late.on_time and late.reason == "no reply by the deadline (5.0s)"
+    assert late.round_s == 0.0 and late.compute_s == 0.0 and late.steps == 0  # nothing was measured
+    assert strategy.last_round.round_s == 5.0  # the server waited until the deadline
+
+
+def test_on_the_real_clock_without_a_deadline_a_silent_node_has_failed():
+    strategy = make_strategy(clock="real")
+    messages = list(strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12])))
+    strategy.arrival_s = {messages[0].metadata.dst_node_id: 2.5}
+    strategy.aggregate_train(1, [reply(messages[0], client_delta(messages[0]), compute_s=2.0)])
+    assert [c.status for c in strategy.last_round.clients] == ["ok", "failed"]
+    assert strategy.last_round.round_s == 2.5
+
+
+def test_the_torch_threads_a_client_reports_are_recorded():
+    strategy = make_strategy()
+    messages = list(strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12])))
+    with_threads = reply(messages[0], client_delta(messages[0]))
+    with_threads.content[wire.METRICS][wire.TORCH_THREADS] = 3
+    strategy.aggregate_train(1, [with_threads, reply(messages[1], client_delta(messages[1]))])
+    assert [c.threads for c in strategy.last_round.clients] == [3, 0]  # 0: not reported
+
+
 def test_deadline_drop_discards_late_updates():
     strategy = make_strategy(deadline_s=5.0, policy="drop")
     messages = list(strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12])))

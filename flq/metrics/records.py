@@ -46,6 +46,7 @@ class ClientRoundRecord:
     bytes_up: int = 0                  # bytes of the update the client sent
     bytes_down: int = 0                # bytes of the adapter the client received
     peak_mem_mb: float = 0.0
+    threads: int = 0                   # torch threads the client trained with (0: not reported)
     on_time: bool = True
     reason: str = ""                   # why it was rejected / failed / late
 

@@ -320,8 +320,8 @@ class FLQFedAvg(FedAvg):
                     weighted_losses.append((record.loss_after, record.num_examples))
         for node, plan in self.plans.items():  # sampled but silent: the grid timed out
             if node not in seen:
-                result.clients.append(self._client_record(plan, STATUS_FAILED, reason="no reply before the timeout"))
-        result.round_s = self._round_time(result.clients)
+                result.clients.append(self._silent_record(plan))
+        result.round_s = self._round_time(result.clients, seen)
         result.reports = [self._report(r) for r in result.clients]
         if aggregator.num_clients:
             self.global_state = aggregator.result()
@@ -388,6 +388,7 @@ class FLQFedAvg(FedAvg):
             bytes_up=bytes_up,
             bytes_down=plan.bytes_down,
             peak_mem_mb=float(metrics.get(wire.PEAK_MEM_MB, 0.0)),
+            threads=int(metrics.get(wire.TORCH_THREADS, 0)),
             on_time=True,
             reason=reason,
         )
@@ -420,9 +421,23 @@ class FLQFedAvg(FedAvg):
             record.status = STATUS_LATE
             record.reason = f"finished at {record.round_s:.1f}s > deadline {self.deadline_s:.1f}s"
 
-    def _round_time(self, clients: list[ClientRoundRecord]) -> float:
+    def _silent_record(self, plan: ClientPlan) -> ClientRoundRecord:
+        """A sampled node that sent nothing before the Grid stopped waiting.
+
+        On the real clock with a deadline the Grid's timeout IS the deadline: the node missed it,
+        so it is late (dropped by the policy), with no times (none were measured). Otherwise the
+        timeout is only a hang guard and a silent node has failed.
+        """
+        if self.clock == "real" and self.deadline_s is not None:
+            record = self._client_record(plan, STATUS_LATE,
+                                         reason=f"no reply by the deadline ({self.deadline_s:.1f}s)")
+            record.on_time = False
+            return record
+        return self._client_record(plan, STATUS_FAILED, reason="no reply before the timeout")
+
+    def _round_time(self, clients: list[ClientRoundRecord], replied: set[int]) -> float:
         """The slowest reply; under drop/budget capped at the deadline a late or silent client causes."""
-        finish = [None if c.status == STATUS_FAILED else c.round_s for c in clients]
+        finish = [None if c.status == STATUS_FAILED or c.node_id not in replied else c.round_s for c in clients]
         return round_time(finish, self.deadline_s, self.policy)
 
     def _report(self, r: ClientRoundRecord) -> ClientReport:

@@ -29,6 +29,7 @@ LOSS_BEFORE = "loss-before"
 LOSS_AFTER = "loss-after"
 COMPUTE_S = "compute-s"          # measured on the client's own machine
 PEAK_MEM_MB = "peak-mem-mb"
+TORCH_THREADS = "torch-threads"  # intra-op threads torch trained with (a CPU tier's `threads`)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 NUM_TRAIN = "num-train"

@@ -2,7 +2,7 @@
 
 Protocol (default size; every size is a flag): 6 clients in thirds over gpu-24g, gpu-32g and
 cpu-edge (``--tiers`` for the jetson-nano variant), Dirichlet alpha=0.1 by label, all 6 clients
-every round, 5 rounds, at most 4 local steps of batch 8 x 64 tokens, LoRA r_max=16 starting
+every round, 6 rounds, at most 4 local steps (lr 0.005) of batch 8 x 64 tokens, LoRA r_max=16 starting
 at rank 8, svd aggregation (the best mixed-rank rule in results/hetero_rank_accuracy.md), int8
 updates with error feedback, a round deadline on the virtual clock, the same seeds for every
 arm. Arms:
@@ -22,7 +22,7 @@ Per arm: time-to-target on the virtual clock and rounds-to-target, share of roun
 the deadline, bytes per round, worst-client and p10 accuracy on the clients' own test splits,
 peak memory per tier, final score, and the scheduler's own decision time in the run.
 
-    .venv/bin/python benchmarks/scheduler_benchmark.py [--seeds 0 1 2] [--deadline 10] [--target 0.8]
+    .venv/bin/python benchmarks/scheduler_benchmark.py [--seeds 0 1 2] [--deadline 10] [--target 0.6]
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds on the virtual clock")
-    parser.add_argument("--target", type=float, default=0.8)
+    parser.add_argument("--target", type=float, default=0.6)
+    parser.add_argument("--lr", type=float, default=0.005,
+                        help="local learning rate (higher than the run default: few steps per round here)")
     parser.add_argument("--tiers", default="thirds:gpu-24g,gpu-32g,cpu-edge")
     parser.add_argument("--out", type=Path, default=RESULTS / "tmp" / "scheduler_benchmark")
     parser.add_argument("--report", type=Path, default=RESULTS / "scheduler_benchmark.md")
@@ -66,6 +68,7 @@ def main() -> None:
 
     base = {
         "num-server-rounds": args.rounds, "clients-per-round": args.clients, "local-steps": args.steps,
+        "learning-rate": args.lr,
         "partitioner": "dirichlet", "dirichlet-alpha": 0.1, "lora-rank": 16, "base-rank": 8,
         "backbone-bits": 16, "aggregation": "svd", "update-codec": "int8", "broadcast-codec": "int8",
         "error-feedback": True, "server-test-size": 150, "tiers": args.tiers, "deadline-s": args.deadline,
@@ -102,14 +105,14 @@ def main() -> None:
     protocol = (
         f"SmolLM2-135M (bf16) + LoRA (r_max 16, start 8, svd aggregation), BBC News, {args.clients} clients ({args.tiers}), "
         f"Dirichlet alpha=0.1, all clients every round, {args.rounds} rounds, <= {args.steps} local steps of 8 x 64 "
-        f"tokens, int8+EF updates, deadline {args.deadline:g} s on the virtual clock (docs/clock.md), target "
+        f"tokens at lr {args.lr:g}, int8+EF updates, deadline {args.deadline:g} s on the virtual clock (docs/clock.md), target "
         f"accuracy {args.target:g} on 150 held-out articles, seeds {args.seeds}. `fixed` and `tier` use "
         "client-ranks tier table (gpu 16, cpu-edge 4, jetson 2) where applicable; mean ± std over seeds; "
         "'(k/n)' = only k of n seeds reached the target; 'vs fixed-wait' = fixed-wait's mean time to target "
         "over this arm's (shown only when every seed of both reached it). Figure: "
         f"`{args.report.with_suffix('.png').name}` (accuracy vs clock, every arm, seed {args.seeds[0]}).\n\n"
-        f"Command: `.venv/bin/python benchmarks/scheduler_benchmark.py --deadline {args.deadline:g} "
-        f"--target {args.target:g} --tiers {args.tiers}`"
+        f"Command: `.venv/bin/python benchmarks/scheduler_benchmark.py --seeds {' '.join(map(str, args.seeds))} "
+        f"--arms {' '.join(args.arms)} --deadline {args.deadline:g} --target {args.target:g} --tiers {args.tiers}`"
     )
     write_report(args.report, "Rank schedulers under a deadline", protocol, table)
     curves = [(label, load_records(c.run.run_dir)) for label, cells in groups.items()

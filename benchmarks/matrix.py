@@ -81,9 +81,9 @@ def mean_std(values: Sequence[float | None]) -> str:
     present = [v for v in values if v is not None]
     if not present:
         return "n/a"
-    text = f"{statistics.fmean(present):.4f}"
+    text = f"{statistics.fmean(present):.4g}"  # 4 significant figures
     if len(present) > 1:
-        text += f" ± {statistics.stdev(present):.4f}"
+        text += f" ± {statistics.stdev(present):.2g}"
     if len(present) < len(values):
         text += f" ({len(present)}/{len(values)})"
     return text

@@ -26,8 +26,8 @@ from .session_tickets import TicketFile
 log = logging.getLogger("flq.transport.quic")
 
 STREAM_CANCELLED = 0x101  # application error code when the client gives up on a stream
-ICMP_RECHECK_S = 1.0
-TICKET_WAIT_S = 2.0  # how long disconnect() waits for the server's next session ticket  # after an ICMP error, how long a live server has to answer our PING
+ICMP_RECHECK_S = 1.0  # after an ICMP error, how long a live server has to answer our PING
+TICKET_WAIT_S = 2.0  # how long disconnect() waits for the server's next session ticket
 
 
 class QuicTransportError(Exception):

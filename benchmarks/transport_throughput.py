@@ -13,10 +13,12 @@ transport and connection mode:
 The ServerApp (benchmarks/apps/fleet_bench) sends one node at a time an adapter of 0.1, 1 or
 4 MB (random float32: LZ4 cannot shrink it, so this measures the transport, not compression) and
 waits for a reply of the same size; node order rotates every repetition. Each SuperNode wraps its
-Fleet httpx transport in a timer, so a round's Fleet time is the sum of that node's Fleet requests
-for the round (pull-messages with the task, pull-object, confirm, push-messages, push-object),
-without Flower's 3 s poll sleeps or the ClientApp's start-up. Throughput is adapter bytes moved
-(down + up) over the time spent in pull-object + push-object. Medians over the repetitions.
+Fleet httpx transport in a timer, so a round's Fleet time is the time during which at least one
+of that node's Fleet requests for the round was in flight (pull-messages with the task, pull-object,
+confirm, push-messages, push-object; the SuperNode pulls objects from several threads at once, so
+overlapping requests count once), without Flower's 3 s poll sleeps or the ClientApp's start-up.
+Throughput is adapter bytes moved (down + up) over the time pull-object + push-object requests were
+in flight. Medians over the repetitions.
 
 Links: ``loopback`` is 127.0.0.1. The WAN profiles put the SuperNodes and the SuperLink in two
 network namespaces made here (``ip netns``), joined by two TUN devices and a forwarder in this
@@ -34,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import fcntl
 import json
+import math
 import os
 import platform
 import random
@@ -51,6 +55,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -335,6 +340,20 @@ _NOT_ROUND = ("/v1/fleet/send-node-heartbeat", "/v1/fleet/get-run", "/v1/fleet/g
 _OBJECTS = ("/v1/fleet/pull-object", "/v1/fleet/push-object")
 
 
+def busy_s(requests: list[dict]) -> float:
+    """Seconds during which at least one of `requests` was in flight (the union of their intervals).
+
+    Flower's SuperNode pulls a message's objects from several threads at once: summing the
+    durations of overlapping requests would count the same wall time more than once.
+    """
+    total, busy_until = 0.0, -math.inf
+    for start, end in sorted((r["at"] - r["dur"], r["at"]) for r in requests):
+        if end > busy_until:
+            total += end - max(start, busy_until)
+            busy_until = end
+    return total
+
+
 def _timings(record: dict, workdir: Path) -> list[RoundTiming]:
     """Split each node's request log into rounds and pair them with the ServerApp's record."""
     out = []
@@ -355,8 +374,7 @@ def _timings(record: dict, workdir: Path) -> list[RoundTiming]:
                 raise RuntimeError(f"{label}: a round did not start on a new connection")
             objects = [r for r in reqs if r["path"] in _OBJECTS]
             out.append(RoundTiming(
-                label=label, size=meta["size"], fleet_s=sum(r["dur"] for r in reqs),
-                object_s=sum(r["dur"] for r in objects),
+                label=label, size=meta["size"], fleet_s=busy_s(reqs), object_s=busy_s(objects),
                 object_bytes=sum(r["down"] if r["path"].endswith("pull-object") else r["up"] for r in objects),
                 first_s=reqs[0]["dur"]))
     return out
@@ -435,22 +453,47 @@ def _timed_transport_class():
             self._reconnect_when_idle = reconnect_when_idle
             self._reconnect = reconnect or self._replace
             self._lock = threading.Lock()
+            self._in_flight: dict[int, int] = {}  # id(transport) -> requests using it
+            self._retired: dict[int, Any] = {}  # replaced transports, closed once idle
 
         def _replace(self) -> None:
+            # The heartbeat thread may be mid-request on the old transport: closing it under that
+            # request broke its TLS record stream (measured: "bad record mac", and Flower's
+            # SuperNode exits on TLS errors), so it is closed when its last request ends.
             with self._lock:
                 old, self._inner = self._inner, self._factory()
+                if self._in_flight.get(id(old)):
+                    self._retired[id(old)] = old
+                    return
             old.close()
+
+        def _acquire(self):
+            with self._lock:
+                inner = self._inner
+                self._in_flight[id(inner)] = self._in_flight.get(id(inner), 0) + 1
+                return inner
+
+        def _release(self, inner) -> None:
+            with self._lock:
+                left = self._in_flight[id(inner)] = self._in_flight[id(inner)] - 1
+                retired = self._retired.pop(id(inner), None) if left == 0 else None
+            if retired is not None:
+                retired.close()
 
         def handle_request(self, request):
             up = len(request.read())
             fresh = self._reconnect_when_idle and request.url.path.endswith("/pull-messages")
             if fresh:  # an intermittent node: it wakes up, connects, polls
                 self._reconnect()
-            started = time.perf_counter()
-            response = self._inner.handle_request(request)
-            raw = b"".join(response.iter_raw())
-            response.close()
-            duration = time.perf_counter() - started
+            inner = self._acquire()
+            try:
+                started = time.perf_counter()
+                response = inner.handle_request(request)
+                raw = b"".join(response.iter_raw())
+                response.close()
+                duration = time.perf_counter() - started
+            finally:
+                self._release(inner)
             self._log.write({"path": request.url.path, "dur": duration, "up": up, "down": len(raw),
                              "status": response.status_code, "at": time.time(), "fresh": fresh})
             return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(raw),
@@ -490,9 +533,10 @@ def report(results: list[ProfileResult], reps: int, congestion: str) -> str:
         f"Medians of {reps} repetitions per cell. One real flq-superlink serving Flower's SuperLink app over "
         "HTTPS (TCP) and QUIC (UDP); four real SuperNodes (QUIC / HTTP, each with a persistent connection "
         "or reconnecting every round); adapters of random float32 (LZ4 cannot shrink them). "
-        "Round = the node's Fleet requests for one task (pull-messages, pull-object, confirm, push-messages, "
-        "push-object), poll sleeps and ClientApp start-up excluded. MB/s = adapter bytes down + up over the time "
-        "in pull-object + push-object. *Ratio* = QUIC time / HTTP time (below 1: QUIC faster). "
+        "Round = the time the node's Fleet requests for one task were in flight (pull-messages, pull-object, "
+        "confirm, push-messages, push-object; overlapping requests count once), poll sleeps and ClientApp "
+        "start-up excluded. MB/s = adapter bytes down + up over the time pull-object / push-object requests "
+        "were in flight. *Ratio* = QUIC time / HTTP time (below 1: QUIC faster). "
         "*First request* = the round's first request, which in reconnect mode includes the handshake "
         "(QUIC resumes with 0-RTT; HTTP does TCP + full TLS 1.3).",
         "",
@@ -516,8 +560,9 @@ def report(results: list[ProfileResult], reps: int, congestion: str) -> str:
                 f"{_fmt_s(t['quic-reconnect'])} | {_fmt_s(t['http-reconnect'])} | "
                 f"{t['quic-reconnect'] / t['http-reconnect']:.2f} | "
                 f"{first['quic-reconnect']:.0f} / {first['http-reconnect']:.0f}{rtt} |")
-    lines += ["", "Not measured: 4 MB adapters at 5% loss (left out to bound the run time; see PROFILES). "
-              "Each cell is a median of few rounds on a shared 2-CPU machine: read ratios, and only "
+    skipped = [r.profile.name for r in results if 4_000_000 not in r.profile.sizes]
+    lines += ["", (f"Not measured: 4 MB adapters on {', '.join(skipped)} (left out to bound the run time; see "
+                   "PROFILES). " if skipped else "") + "Each cell is a median of few rounds on a shared 2-CPU machine: read ratios, and only "
               "differences well beyond a few tens of percent."]
     lines += ["", "Per profile: forwarder counts, wall time, and the machine's 5-minute load average at start/end "
               f"(it is shared; {os.cpu_count()} CPUs): " + "; ".join(
@@ -539,6 +584,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="loopback only, 1 repetition, results/tmp/")
     parser.add_argument("--congestion", choices=("westwood", "reno", "cubic"), default="westwood",
                         help="QUIC congestion controller (flq-superlink/-supernode --quic-congestion-control)")
+    parser.add_argument("--sizes-mb", type=float, nargs="+", default=None,
+                        help="adapter sizes in MB (default: each profile's, 0.1 1 4)")
     parser.add_argument("--out", default=None, help="markdown output (default results/transport_throughput.md)")
     argv = sys.argv[1:]
     if argv and argv[0] == "supernode":
@@ -555,7 +602,10 @@ def main() -> None:
     results = []
     for name in names:
         print(f"== {name}", flush=True)
-        results.append(run_profile(PROFILES[name], reps, RESULTS / "tmp" / f"transport-{name}", args.congestion))
+        profile = PROFILES[name]
+        if args.sizes_mb:
+            profile = dataclasses.replace(profile, sizes=tuple(int(mb * 1_000_000) for mb in args.sizes_mb))
+        results.append(run_profile(profile, reps, RESULTS / "tmp" / f"transport-{name}", args.congestion))
         text = report(results, reps, args.congestion)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)  # after every profile, so a long run leaves its partial table

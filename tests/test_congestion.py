@@ -73,9 +73,16 @@ def test_one_congestion_event_per_recovery_period():
     assert cc.congestion_window == after_first
 
 
+def fill_window(cc: WestwoodCongestionControl, now: float) -> None:
+    """Put a whole window in flight (the sender is not application-limited)."""
+    for i in range(cc.congestion_window // MDS):
+        cc.on_packet_sent(packet=packet(5_000 + i, now))
+
+
 def test_without_an_estimate_it_halves_like_reno():
     cc = create_congestion_control("westwood", max_datagram_size=MDS)
     before = cc.congestion_window
+    fill_window(cc, now=0.9)
     lose_one(cc, now=1.0)
     assert cc.congestion_window == max(before // 2, K_MINIMUM_WINDOW * MDS)
 
@@ -89,3 +96,46 @@ def test_slow_start_then_persistent_congestion():
     assert cc.congestion_window == start + MDS  # slow start: +1 datagram per datagram acked
     cc.on_persistent_congestion()
     assert cc.congestion_window == K_MINIMUM_WINDOW * MDS
+
+
+def test_polls_on_an_idle_connection_do_not_set_the_rate():
+    """Small requests far apart deliver little: that is the application's pace, not the path's.
+
+    A window cut to that rate times the RTT would leave a fresh connection crawling for seconds
+    (measured at 50 ms / 1% loss: a 4 MB upload took 4.5 s instead of 0.8 s).
+    """
+    cc = create_congestion_control("westwood", max_datagram_size=MDS)
+    cc.on_rtt_measurement(now=0.0, rtt=0.05)
+    for i in range(12):  # one small request per second, each acknowledged one RTT later
+        poll = packet(i, float(i), size=200)
+        cc.on_packet_sent(packet=poll)
+        cc.on_packet_acked(now=i + 0.05, packet=poll)
+    assert cc.app_limited() and cc.bandwidth == 0.0  # no sample from the polls
+    for _ in range(8):
+        cc.on_rtt_measurement(now=12.0, rtt=0.15)  # the RTT grew: a full window's loss would be congestion
+    before = cc.congestion_window
+    lose_one(cc, now=13.0)  # a poll lost: the window was never used, so it is kept
+    assert cc.congestion_window == before and cc.ssthresh is None and cc.random_losses == 1
+    fill_window(cc, now=13.5)
+    lose_one(cc, now=14.0)  # now the window is in use: congestion, and Reno's answer, not the poll rate
+    assert cc.random_losses == 1
+    assert cc.congestion_window == max(before // 2, K_MINIMUM_WINDOW * MDS) == cc.ssthresh
+
+
+def test_a_window_kept_full_still_measures_the_path():
+    cc = warmed(rtt_min=0.05, rtt_now=0.1)
+    assert not cc.app_limited() and cc.bandwidth > 0
+
+
+def test_rtt_jitter_on_polls_does_not_end_slow_start_but_a_queue_under_load_does():
+    cc = create_congestion_control("westwood", max_datagram_size=MDS)
+    for i in range(20):  # polls whose RTT grows (host load): the window is not in use
+        poll = packet(i, float(i), size=200)
+        cc.on_packet_sent(packet=poll)
+        cc.on_rtt_measurement(now=i + 0.05, rtt=0.05 + 0.01 * i)
+        cc.on_packet_acked(now=i + 0.05, packet=poll)
+    assert cc.ssthresh is None  # still in slow start
+    fill_window(cc, now=30.0)
+    for i in range(20):  # a full window and a growing RTT: a queue, HyStart ends slow start
+        cc.on_rtt_measurement(now=30.0 + 0.01 * (i + 1), rtt=0.05 + 0.01 * i)
+    assert cc.ssthresh == cc.congestion_window

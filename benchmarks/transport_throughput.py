@@ -475,8 +475,11 @@ def _timed_transport_class():
 
         def _release(self, inner) -> None:
             with self._lock:
-                left = self._in_flight[id(inner)] = self._in_flight[id(inner)] - 1
-                retired = self._retired.pop(id(inner), None) if left == 0 else None
+                self._in_flight[id(inner)] -= 1
+                retired = None
+                if not self._in_flight[id(inner)]:
+                    del self._in_flight[id(inner)]  # an id may be reused once the transport is gone
+                    retired = self._retired.pop(id(inner), None)
             if retired is not None:
                 retired.close()
 

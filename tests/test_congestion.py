@@ -98,6 +98,16 @@ def test_slow_start_then_persistent_congestion():
     assert cc.congestion_window == K_MINIMUM_WINDOW * MDS
 
 
+def send_polls(cc: WestwoodCongestionControl, count: int, rtt) -> None:
+    """One small request per second, each acknowledged 50 ms later; `rtt(i)` is measured if not None."""
+    for i in range(count):
+        poll = packet(i, float(i), size=200)
+        cc.on_packet_sent(packet=poll)
+        if rtt(i) is not None:
+            cc.on_rtt_measurement(now=i + 0.05, rtt=rtt(i))
+        cc.on_packet_acked(now=i + 0.05, packet=poll)
+
+
 def test_polls_on_an_idle_connection_do_not_set_the_rate():
     """Small requests far apart deliver little: that is the application's pace, not the path's.
 
@@ -106,10 +116,7 @@ def test_polls_on_an_idle_connection_do_not_set_the_rate():
     """
     cc = create_congestion_control("westwood", max_datagram_size=MDS)
     cc.on_rtt_measurement(now=0.0, rtt=0.05)
-    for i in range(12):  # one small request per second, each acknowledged one RTT later
-        poll = packet(i, float(i), size=200)
-        cc.on_packet_sent(packet=poll)
-        cc.on_packet_acked(now=i + 0.05, packet=poll)
+    send_polls(cc, 12, rtt=lambda i: None)
     assert cc.app_limited() and cc.bandwidth == 0.0  # no sample from the polls
     for _ in range(8):
         cc.on_rtt_measurement(now=12.0, rtt=0.15)  # the RTT grew: a full window's loss would be congestion
@@ -129,11 +136,7 @@ def test_a_window_kept_full_still_measures_the_path():
 
 def test_rtt_jitter_on_polls_does_not_end_slow_start_but_a_queue_under_load_does():
     cc = create_congestion_control("westwood", max_datagram_size=MDS)
-    for i in range(20):  # polls whose RTT grows (host load): the window is not in use
-        poll = packet(i, float(i), size=200)
-        cc.on_packet_sent(packet=poll)
-        cc.on_rtt_measurement(now=i + 0.05, rtt=0.05 + 0.01 * i)
-        cc.on_packet_acked(now=i + 0.05, packet=poll)
+    send_polls(cc, 20, rtt=lambda i: 0.05 + 0.01 * i)  # RTT grows with host load, window not in use
     assert cc.ssthresh is None  # still in slow start
     fill_window(cc, now=30.0)
     for i in range(20):  # a full window and a growing RTT: a queue, HyStart ends slow start

@@ -263,7 +263,7 @@ class ProfileResult:
     load: tuple[float, float] = (0.0, 0.0)  # 5-minute load average at start and end
 
 
-def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str) -> ProfileResult:
+def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, resume_paths: bool) -> ProfileResult:
     from flq.transport.certs import make_certificates
 
     shutil.rmtree(workdir, ignore_errors=True)
@@ -274,7 +274,7 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str) -> 
     port = _free_port()
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
            "PYTHONUNBUFFERED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     (home / "config.toml").write_text(f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
                                       f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs["ca_cert"]}"\n')
     link = EmulatedLink(profile.rtt_ms, profile.loss) if profile.emulated else None
@@ -289,7 +289,9 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str) -> 
             superlink = Proc([*net.prefix("link"), str(BIN / "flq-superlink"), "--ssl-certfile", str(certs["server_cert"]),
                               "--ssl-keyfile", str(certs["server_key"]), "--ssl-ca-certfile", str(certs["ca_cert"]),
                               "--host", "0.0.0.0" if link else "127.0.0.1", "--port", str(port),
-                              "--quic-congestion-control", congestion, "--disable-runtime-dependency-installation"],
+                              "--quic-congestion-control", congestion,
+                              "--quic-resume-paths" if resume_paths else "--no-quic-resume-paths",
+                              "--disable-runtime-dependency-installation"],
                              env, workdir / "superlink.log")
             procs.append(superlink)
             _wait(lambda: "Fleet QUIC API on" in superlink.text(), "the SuperLink", superlink)
@@ -298,7 +300,8 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str) -> 
                 transport, _, mode = label.partition("-")
                 cmd = [*net.prefix("nodes"), sys.executable, str(Path(__file__).resolve()), "supernode",
                        "--transport", transport, "--timing-log", str(workdir / f"timing-{label}.jsonl"),
-                       "--congestion", congestion, *(["--reconnect"] if mode else []), "--",
+                       "--congestion", congestion, *(["--reconnect"] if mode else []),
+                       *([] if resume_paths else ["--no-resume-paths"]), "--",
                        "--superlink", f"{host}:{port}", "--root-certificates", str(certs["ca_cert"]),
                        "--port", str(_free_port() if not link else 9100 + i), "--node-config", f'label="{label}"']
                 nodes.append(Proc(cmd, env, workdir / f"supernode-{label}.log"))
@@ -400,7 +403,8 @@ def supernode_main(args: argparse.Namespace, flower_args: list[str]) -> None:
     timing = TimingLog(Path(args.timing_log))
     if args.transport == "quic":
         session = Path(args.timing_log).with_suffix(".ticket.json")
-        base = make_quic_fleet_client_class(QuicClientOptions(QuicSettings(congestion_control=args.congestion),
+        base = make_quic_fleet_client_class(QuicClientOptions(QuicSettings(congestion_control=args.congestion,
+                                                                           resume_paths=args.resume_paths),
                                                               session_file=session))
     else:
         base = FleetHttpClient
@@ -523,7 +527,7 @@ def _fmt_s(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-def report(results: list[ProfileResult], reps: int, congestion: str) -> str:
+def report(results: list[ProfileResult], reps: int, congestion: str, resume_paths: bool) -> str:
     import aioquic
     import flwr
 
@@ -532,7 +536,8 @@ def report(results: list[ProfileResult], reps: int, congestion: str) -> str:
         "",
         f"Written by `benchmarks/transport_throughput.py` on {time.strftime('%Y-%m-%d %H:%M')}: "
         f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python {platform.python_version()}, "
-        f"flwr {flwr.__version__}, aioquic {aioquic.__version__}, QUIC congestion control `{congestion}`. "
+        f"flwr {flwr.__version__}, aioquic {aioquic.__version__}, QUIC congestion control `{congestion}`, "
+        f"path resumption {'on' if resume_paths else 'off'}. "
         f"Medians of {reps} repetitions per cell. One real flq-superlink serving Flower's SuperLink app over "
         "HTTPS (TCP) and QUIC (UDP); four real SuperNodes (QUIC / HTTP, each with a persistent connection "
         "or reconnecting every round); adapters of random float32 (LZ4 cannot shrink them). "
@@ -582,11 +587,14 @@ def main() -> None:
     node.add_argument("--timing-log", required=True)
     node.add_argument("--reconnect", action="store_true")
     node.add_argument("--congestion", default="westwood")
-    parser.add_argument("--profiles", default=",".join(PROFILES), help=f"comma list of {', '.join(PROFILES)}")
+    node.add_argument("--resume-paths", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma list of " + ", ".join(PROFILES).replace("%", "%%"))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="loopback only, 1 repetition, results/tmp/")
     parser.add_argument("--congestion", choices=("westwood", "reno", "cubic"), default="westwood",
                         help="QUIC congestion controller (flq-superlink/-supernode --quic-congestion-control)")
+    parser.add_argument("--resume-paths", action=argparse.BooleanOptionalAction, default=True,
+                        help="QUIC careful resumption from the last pipe measured to the peer (--quic-resume-paths)")
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=None,
                         help="adapter sizes in MB (default: each profile's, 0.1 1 4)")
     parser.add_argument("--out", default=None, help="markdown output (default results/transport_throughput.md)")
@@ -608,12 +616,13 @@ def main() -> None:
         profile = PROFILES[name]
         if args.sizes_mb:
             profile = dataclasses.replace(profile, sizes=tuple(int(mb * 1_000_000) for mb in args.sizes_mb))
-        results.append(run_profile(profile, reps, RESULTS / "tmp" / f"transport-{name}", args.congestion))
-        text = report(results, reps, args.congestion)
+        results.append(run_profile(profile, reps, RESULTS / "tmp" / f"transport-{name}", args.congestion,
+                                   args.resume_paths))
+        text = report(results, reps, args.congestion, args.resume_paths)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)  # after every profile, so a long run leaves its partial table
         print("\n".join(line for line in text.splitlines() if line.startswith(f"| {name} |")), flush=True)
-    print(report(results, reps, args.congestion))
+    print(report(results, reps, args.congestion, args.resume_paths))
     print(f"\nwritten to {out}")
 
 

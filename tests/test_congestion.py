@@ -90,9 +90,8 @@ def test_without_an_estimate_it_halves_like_reno():
 def test_slow_start_then_persistent_congestion():
     cc = create_congestion_control("westwood", max_datagram_size=MDS)
     start = cc.congestion_window
-    p = packet(1, 0.01)
-    cc.on_packet_sent(packet=p)
-    cc.on_packet_acked(now=0.05, packet=p)
+    fill_window(cc, now=0.01)
+    cc.on_packet_acked(now=0.05, packet=packet(0, 0.01))
     assert cc.congestion_window == start + MDS  # slow start: +1 datagram per datagram acked
     cc.on_persistent_congestion()
     assert cc.congestion_window == K_MINIMUM_WINDOW * MDS
@@ -142,3 +141,119 @@ def test_rtt_jitter_on_polls_does_not_end_slow_start_but_a_queue_under_load_does
     for i in range(20):  # a full window and a growing RTT: a queue, HyStart ends slow start
         cc.on_rtt_measurement(now=30.0 + 0.01 * (i + 1), rtt=0.05 + 0.01 * i)
     assert cc.ssthresh == cc.congestion_window
+
+
+# --- careful resumption: a new connection starts from the pipe last measured to its peer -------
+
+
+def fresh(memories: congestion.PathMemories, peer: str = "10.0.0.2") -> WestwoodCongestionControl:
+    cc = create_congestion_control("westwood", max_datagram_size=MDS)
+    cc.memories, cc.peer_host = memories, peer
+    return cc
+
+
+def fill_window(cc: WestwoodCongestionControl, start: int = 0, now: float = 0.0) -> int:
+    """Send until the window holds the sender back; returns how many packets went out."""
+    sent = 0
+    while cc.bytes_in_flight < cc.congestion_window:
+        cc.on_packet_sent(packet=packet(start + sent, now))
+        sent += 1
+    return sent
+
+
+def test_a_used_window_is_remembered_and_a_new_connection_jumps_to_half_of_it():
+    memories = congestion.PathMemories()
+    first = warmed(rtt_min=0.05, rtt_now=0.05)
+    first.memories, first.peer_host = memories, "10.0.0.2"
+    first_pipe_before = first.pipe_size()
+    sent = fill_window(first, now=1.0)  # one more full window, now with a peer to remember
+    for i in range(sent):
+        first.on_packet_acked(now=1.05 + i * 1e-4, packet=packet(i, 1.0))
+    memory = memories.recall("10.0.0.2", now=2.0)
+    assert memory is not None and memory.pipe >= first_pipe_before > 0 and memory.min_rtt == 0.05
+
+    second = fresh(memories)
+    initial = second.congestion_window
+    second.on_rtt_measurement(now=2.0, rtt=0.06)  # the same kind of path
+    assert second.congestion_window == initial  # no jump before the window limits the sender
+    fill_window(second, now=2.0)
+    assert second.congestion_window == memory.pipe // 2 > initial
+    assert second.resumed_from == memory.pipe // 2
+
+
+def test_no_jump_on_another_path_another_host_or_an_old_memory():
+    memories = congestion.PathMemories()
+    memories.remember("10.0.0.2", congestion.PathMemory(pipe=500 * MDS, min_rtt=0.05, saved_at=0.0))
+    for peer, rtt, now in [("10.0.0.2", 0.6, 1.0),    # 12x the remembered RTT: another path
+                           ("10.0.0.2", 0.02, 1.0),   # under half of it: another path
+                           ("10.0.0.3", 0.05, 1.0),   # another host
+                           ("10.0.0.2", 0.05, congestion.RESUME_LIFETIME_S + 1)]:  # too old
+        cc = fresh(memories, peer)
+        initial = cc.congestion_window
+        cc.on_rtt_measurement(now=now, rtt=rtt)
+        fill_window(cc, now=now)
+        assert cc.congestion_window == initial and cc.resumed_from is None, (peer, rtt, now)
+
+
+def test_without_a_peer_nothing_is_remembered():
+    memories = congestion.PathMemories()
+    cc = warmed(rtt_min=0.05, rtt_now=0.05)
+    cc.memories = memories
+    assert cc.peer_host is None and memories.recall("10.0.0.2", now=1.0) is None
+
+
+def test_a_congestion_loss_after_the_jump_falls_back_to_this_connections_pipe():
+    memories = congestion.PathMemories()
+    memories.remember("10.0.0.2", congestion.PathMemory(pipe=400 * MDS, min_rtt=0.05, saved_at=0.0))
+    cc = fresh(memories)
+    cc.on_rtt_measurement(now=1.0, rtt=0.05)
+    sent = fill_window(cc, now=1.0)
+    assert cc.congestion_window == 200 * MDS
+    # The path is narrower than remembered: acks come back at 500 packets/s, the RTT doubles,
+    # and the sender keeps its window full.
+    for i in range(100):
+        now = 1.1 + i * 2e-3
+        cc.on_packet_acked(now=now, packet=packet(i, 1.0))
+        cc.on_rtt_measurement(now=now, rtt=0.1)
+        sent += fill_window(cc, start=sent, now=now)
+    cc.on_packets_lost(now=1.31, packets=[packet(i, 1.0) for i in range(100, 110)])
+    assert cc.random_losses == 0
+    # delivered ~600 KB/s x 0.05 s minimum RTT: a ~25-packet pipe, far below the jump
+    assert K_MINIMUM_WINDOW * MDS <= cc.congestion_window <= 40 * MDS
+
+
+def test_remember_paths_reaches_aioquics_controller():
+    """Pins aioquic's private QuicConnection._loss._cc, through which the peer is set."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    config = QuicConfiguration(is_client=True, congestion_control_algorithm="westwood")
+    quic = QuicConnection(configuration=config)
+    assert congestion.remember_paths(quic, "10.0.0.2")
+    assert quic._loss._cc.peer_host == "10.0.0.2"
+    reno = QuicConnection(configuration=QuicConfiguration(is_client=True, congestion_control_algorithm="reno"))
+    assert not congestion.remember_paths(reno, "10.0.0.2")
+
+
+def test_an_unused_window_does_not_grow():
+    cc = create_congestion_control("westwood", max_datagram_size=MDS)
+    start = cc.congestion_window
+    send_polls(cc, 200, rtt=lambda i: 0.05)
+    assert cc.congestion_window == start
+
+
+def test_after_a_congestion_loss_growth_is_reno_with_a_queue_and_slow_start_without():
+    by_rtt = {}
+    for rtt_now in (0.05, 0.1):  # RTT at its minimum (no queue) / doubled (a queue)
+        cc = warmed(rtt_min=0.05, rtt_now=0.1)
+        lose_one(cc)  # a congestion loss: window to the measured pipe, congestion avoidance
+        assert cc.random_losses == 0 and cc.ssthresh is not None
+        for _ in range(20):  # the smoothed RTT settles
+            cc.on_rtt_measurement(now=101.0, rtt=rtt_now)
+        window = cc.congestion_window
+        sent = fill_window(cc, start=20_000, now=101.0)
+        for i in range(sent):
+            cc.on_packet_acked(now=101.0 + rtt_now, packet=packet(20_000 + i, 101.0))
+        by_rtt[rtt_now] = cc.congestion_window - window
+    assert by_rtt[0.1] <= 2 * MDS  # about one datagram per window acknowledged (plus what was stashed)
+    assert by_rtt[0.05] > 10 * MDS  # a datagram per datagram acknowledged: agile probing

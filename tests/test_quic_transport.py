@@ -8,6 +8,7 @@ Timeouts here are hang guards only; nothing asserts on elapsed time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import struct
@@ -19,7 +20,7 @@ import pytest
 from aioquic.asyncio.client import connect as aioquic_connect
 from aioquic.quic import events as quic_events
 
-from flq.transport import frames
+from flq.transport import congestion, frames
 from flq.transport.certs import make_certificates
 from flq.transport.frames import ErrorCode, FrameType
 from flq.transport.quic_client import FleetQuicClient, QuicConnectFailed
@@ -229,6 +230,35 @@ def test_disconnect_then_request_resumes_with_0rtt(server, certs):
             transport.disconnect()
     stats = transport.client.stats
     assert stats.connections == 3 and stats.resumed == 2 and stats.early_requests == 2
+
+
+def test_a_reconnecting_client_carries_what_it_measured_of_the_path_over(server, certs):
+    """Both ends remember the pipe they measured per peer host; a new connection is wired to it
+    (whether it jumps depends on loopback RTT noise, so the jump itself is tested in test_congestion)."""
+    congestion.PATHS.clear()
+
+    async def scenario():
+        client = client_for(server, certs)
+        body = os.urandom(900_000)
+        for _ in range(3):  # enough window-limited data for a few delivery-rate samples
+            assert (await client.request("POST", "/v1/fleet/echo", [], body)).body == body[::-1]
+        first = client._conn._quic._loss._cc
+        await client.disconnect()
+        assert (await client.request("POST", "/v1/fleet/echo", [], b"poll")).body == b"llop"
+        second = client._conn._quic._loss._cc
+        await client.close()
+        opted_out = FleetQuicClient("127.0.0.1", server.port, cafile=str(certs["ca_cert"]),
+                                    settings=dataclasses.replace(SMALL, resume_paths=False))
+        assert (await opted_out.request("POST", "/v1/fleet/echo", [], b"poll")).body == b"llop"
+        third = opted_out._conn._quic._loss._cc
+        await opted_out.close()
+        return first, second, third, asyncio.get_running_loop().time()
+
+    first, second, third, now = run(scenario())
+    assert first is not second and first.peer_host == second.peer_host == "127.0.0.1"
+    assert third.peer_host is None
+    memory = congestion.PATHS.recall("127.0.0.1", now)
+    assert memory is not None and memory.pipe > 0 and memory.min_rtt > 0
 
 
 def test_early_request_with_side_effects_waits_for_the_handshake(server, certs, tmp_path):

@@ -25,7 +25,7 @@ from flq.scheduler import (
     build_scheduler,
 )
 from flq.scheduler.bandit import AverageRankBandit, largest_fitting, waterfill_ranks
-from flq.scheduler.client_table import ClientTable
+from flq.scheduler.client_table import ClientTable, ReportColumns
 from flq.scheduler.solver import RelaxedRanks, SolverScheduler, round_ranks, solve_relaxed_ranks
 from flq.scheduler.time_model import OnlineLinearTime
 
@@ -541,3 +541,15 @@ def test_solver_scheduler_learns_a_slow_client_from_its_report():
     scheduler.observe(1, [report(1, "late", compute_s=80.0), report(2, "ok", compute_s=17.6)], None)
     second = scheduler.assign(2, clients, None)
     assert second[1].rank < second[2].rank
+
+
+def test_report_columns_charge_all_but_compute_to_transfer():
+    reports = [
+        ClientReport(1, "ok", 8, 16, compute_s=3.0, transfer_s=1.0, round_s=4.5),  # round known: 4.5 - 3
+        ClientReport(2, "failed", 8, 16, transfer_s=2.0),                         # no round time: its transfer
+        ClientReport(3, "late", 8, 16, compute_s=1.0, transfer_s=float("nan")),    # neither: nothing
+        ClientReport(4, "ok", 8, 16, compute_s=1.0, transfer_s=-1.0, round_s=-2.0),
+    ]
+    columns = ReportColumns(reports)
+    assert columns.non_compute_s.tolist() == [1.5, 2.0, 0.0, 0.0]
+    assert columns.timed.tolist() == [True, False, True, True]

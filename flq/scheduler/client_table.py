@@ -194,11 +194,14 @@ class ReportColumns:
     @cached_property
     def non_compute_s(self) -> np.ndarray:
         """Everything but compute (transfers, handshakes): round minus compute when the round
-        time is known, else the transfer time."""
-        timed_round = self.round_s > 0
-        if timed_round.all():
-            return self.round_s - self.compute_s
-        return np.where(timed_round, self.round_s - self.compute_s, self.transfer_s)
+        time is known, else the transfer time (read only from those reports: failed clients)."""
+        out = self.round_s - self.compute_s
+        untimed = np.flatnonzero(self.round_s <= 0)
+        if untimed.size:
+            transfer = np.fromiter((self.reports[i].transfer_s for i in untimed.tolist()), dtype=np.float64,
+                                   count=untimed.size)
+            out[untimed] = np.where(np.isfinite(transfer) & (transfer > 0), transfer, 0.0)
+        return out
 
     @cached_property
     def timed(self) -> np.ndarray:

@@ -39,6 +39,9 @@ def _add_quic_tuning_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--quic-congestion-control", choices=("westwood", "reno", "cubic"), default=defaults.congestion_control,
                        help=f"QUIC congestion controller (default {defaults.congestion_control}: "
                             "keeps its window on random loss, see flq/transport/congestion.py)")
+    group.add_argument("--quic-resume-paths", action=argparse.BooleanOptionalAction, default=defaults.resume_paths,
+                       help="with westwood, a new connection starts from half the pipe this process last measured "
+                            "to the same peer host (careful resumption; default on)")
 
 
 def _quic_settings(args: argparse.Namespace) -> QuicSettings:
@@ -49,6 +52,7 @@ def _quic_settings(args: argparse.Namespace) -> QuicSettings:
         idle_timeout=args.quic_idle_timeout,
         keepalive_interval=min(defaults.keepalive_interval, args.quic_idle_timeout / 3),
         congestion_control=args.quic_congestion_control,
+        resume_paths=args.quic_resume_paths,
         limits=Limits(max_body=args.quic_max_message_mib << 20),
     )
 

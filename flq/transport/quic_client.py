@@ -20,6 +20,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
 from . import frames
+from .congestion import remember_paths
 from .quic_settings import QuicSettings, client_configuration, udp_socket
 from .session_tickets import TicketFile
 
@@ -281,6 +282,8 @@ class FleetQuicClient:
         quic = QuicConnection(configuration=config,
                               session_ticket_handler=lambda ticket: self._on_ticket(ticket, ticket_arrived))
         addr = addr[:2] if family == socket.AF_INET else addr
+        if self.settings.resume_paths:
+            remember_paths(quic, addr[0])
         self._transport, conn = await loop.create_datagram_endpoint(
             lambda: _ClientConnection(quic, client=self), sock=self._connected_socket(family, addr))
         conn.connect(addr)

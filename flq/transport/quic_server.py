@@ -25,6 +25,7 @@ from aioquic.quic.connection import QuicConnection
 
 from . import frames
 from .asgi_bridge import ASGIApp, call_asgi, http_scope
+from .congestion import remember_paths
 from .quic_settings import QuicSettings, server_configuration, udp_socket
 from .session_tickets import ServerTicketStore
 
@@ -111,6 +112,8 @@ class _FleetServerConnection(QuicConnectionProtocol):
 
     def datagram_received(self, data, addr) -> None:
         key = _addr_key(addr)
+        if not self._seen_addresses and self._server.settings.resume_paths:
+            remember_paths(self._quic, key[0])
         if key not in self._seen_addresses:
             if self._seen_addresses and self._handshake_done.is_set():
                 # aioquic validates the new path itself; this only makes migration observable.

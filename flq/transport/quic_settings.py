@@ -32,6 +32,7 @@ class QuicSettings:
     socket_buffer: int = 4 << 20
     max_datagram_size: int = 1350  # fits a 1500-byte MTU with IPv6 + UDP headers to spare
     congestion_control: str = "westwood"  # loss-tolerant, see congestion.py; "reno" and "cubic" also work
+    resume_paths: bool = True  # westwood only: a new connection may start from the pipe last measured to its peer host
     limits: Limits = field(default_factory=Limits)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import select
 import socket
 import struct
 import threading
@@ -26,7 +27,7 @@ from flq.transport.frames import ErrorCode, FrameType
 from flq.transport.quic_client import FleetQuicClient, QuicConnectFailed
 from flq.transport.quic_httpx import QuicHttpTransport
 from flq.transport.quic_server import FleetQuicServer
-from flq.transport.quic_settings import QuicSettings, client_configuration
+from flq.transport.quic_settings import QuicSettings, client_configuration, pending_datagrams
 from flq.transport.session_tickets import TicketFile, ticket_from_bytes, ticket_to_bytes
 
 GUARD = 30.0  # hang guard for any single wait
@@ -480,6 +481,29 @@ def test_nothing_listening_is_a_connect_error(certs):
     with httpx.Client(transport=transport, timeout=httpx.Timeout(GUARD)) as client:
         with pytest.raises(httpx.ConnectError, match="refused"):
             client.post(f"https://127.0.0.1:{port}/v1/fleet/echo", content=b"")
+
+
+def test_pending_datagrams_reads_what_is_queued_up_to_a_limit_without_waiting():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        for i in range(5):
+            tx.sendto(bytes([i]) * (i + 1), rx.getsockname())
+        assert select.select([rx], [], [], GUARD)[0]
+        assert [data for data, _ in pending_datagrams(rx, 3)] == [b"\x00", b"\x01" * 2, b"\x02" * 3]
+        assert [data for data, _ in pending_datagrams(rx, 10)] == [b"\x03" * 4, b"\x04" * 5]
+        assert list(pending_datagrams(rx, 10)) == []  # nothing queued: returns at once
+
+
+def test_pending_datagrams_surfaces_icmp_errors_of_a_connected_socket():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", free_udp_port()))
+        sock.setblocking(False)
+        sock.send(b"anyone?")
+        assert select.select([sock], [], [], GUARD)[0]
+        with pytest.raises(ConnectionRefusedError):
+            list(pending_datagrams(sock, 10))
 
 
 @pytest.mark.parametrize("graceful", [True, False], ids=["server-closes", "server-crashes"])

@@ -21,7 +21,7 @@ from aioquic.tls import SessionTicket
 
 from . import frames
 from .congestion import remember_paths
-from .quic_settings import QuicSettings, client_configuration, udp_socket
+from .quic_settings import QuicSettings, client_configuration, pending_datagrams, udp_socket
 from .session_tickets import TicketFile
 
 log = logging.getLogger("flq.transport.quic")
@@ -85,9 +85,11 @@ class _PendingResponse:
 
 
 class _ClientConnection(QuicConnectionProtocol):
-    def __init__(self, quic: QuicConnection, stream_handler=None, *, client: FleetQuicClient) -> None:
+    def __init__(self, quic: QuicConnection, stream_handler=None, *, client: FleetQuicClient,
+                 sock: socket.socket) -> None:
         super().__init__(quic, stream_handler)
         self._client = client
+        self.sock = sock  # the socket its transport reads, drained directly on each wake-up
         self.pending: dict[int, _PendingResponse] = {}
         self.handshake: asyncio.Future[events.HandshakeCompleted] = self._loop.create_future()
         self.terminated = False
@@ -96,8 +98,20 @@ class _ClientConnection(QuicConnectionProtocol):
         self.ticket_arrived = asyncio.Event()
 
     def datagram_received(self, data, addr) -> None:
+        # Read everything already queued before answering: asyncio hands over one datagram
+        # per event-loop pass, and aioquic would otherwise try to build a reply to each.
         self.last_received = self._loop.time()
-        super().datagram_received(data, addr)
+        self._quic.receive_datagram(data, addr, now=self.last_received)
+        error = None
+        try:
+            for data, addr in pending_datagrams(self.sock, self._client.settings.receive_batch - 1):
+                self._quic.receive_datagram(data, addr, now=self._loop.time())
+        except OSError as exc:
+            error = exc
+        self._process_events()
+        self.transmit()
+        if error is not None:
+            self.error_received(error)
 
     def error_received(self, exc: Exception) -> None:
         """An ICMP error for our connected socket, e.g. nothing listens on the server's port.
@@ -284,8 +298,9 @@ class FleetQuicClient:
         addr = addr[:2] if family == socket.AF_INET else addr
         if self.settings.resume_paths:
             remember_paths(quic, addr[0])
+        sock = self._connected_socket(family, addr)
         self._transport, conn = await loop.create_datagram_endpoint(
-            lambda: _ClientConnection(quic, client=self), sock=self._connected_socket(family, addr))
+            lambda: _ClientConnection(quic, client=self, sock=sock), sock=sock)
         conn.connect(addr)
         conn.ticket_arrived = ticket_arrived
         ticket = self._ticket
@@ -388,6 +403,7 @@ class FleetQuicClient:
         old = self._transport
         old_sock = old.get_extra_info("socket")
         sock = self._connected_socket(old_sock.family, old_sock.getpeername())
+        conn.sock = sock
         self._transport, _ = await loop.create_datagram_endpoint(lambda: conn, sock=sock)
         old.close()
         conn.change_connection_id()  # a new path gets a new connection ID (RFC 9000 section 9.5)

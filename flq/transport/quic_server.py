@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from aioquic.quic.connection import QuicConnection
 from . import frames
 from .asgi_bridge import ASGIApp, call_asgi, http_scope
 from .congestion import remember_paths
-from .quic_settings import QuicSettings, server_configuration, udp_socket
+from .quic_settings import QuicSettings, pending_datagrams, server_configuration, udp_socket
 from .session_tickets import ServerTicketStore
 
 log = logging.getLogger("flq.transport.quic")
@@ -121,7 +122,17 @@ class _FleetServerConnection(QuicConnectionProtocol):
                 log.info("QUIC client %s now sends from %s (connection migration)", self._peer_text(), _fmt(key))
             self._seen_addresses.add(key)
             self._peer = key
-        super().datagram_received(data, addr)
+        self._quic.receive_datagram(data, addr, now=self._loop.time())
+        receiving = self._server.receiving
+        if receiving is None:
+            self.answer()
+        else:
+            receiving[self] = None  # answers once the socket is drained
+
+    def answer(self) -> None:
+        """Act on what was received and send what it calls for (ACKs, responses, window updates)."""
+        self._process_events()
+        self.transmit()
 
     def _on_handshake(self, event: events.HandshakeCompleted) -> None:
         stats = self._server.stats
@@ -268,6 +279,28 @@ def _fmt(addr) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _DrainingQuicServer(QuicServer):
+    """aioquic's QuicServer, except that every datagram already queued on the socket is read
+    before any connection answers: one reply per wake-up instead of one per datagram."""
+
+    def __init__(self, *, fleet: FleetQuicServer, sock: socket.socket, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._fleet, self._sock = fleet, sock
+
+    def datagram_received(self, data, addr) -> None:
+        receiving = self._fleet.receiving = {}  # connections that received, in order
+        try:
+            super().datagram_received(data, addr)
+            for data, addr in pending_datagrams(self._sock, self._fleet.settings.receive_batch - 1):
+                super().datagram_received(data, addr)
+        except OSError as exc:  # what asyncio would hand to error_received: logged, reading goes on
+            log.debug("QUIC socket error: %s", exc)
+        finally:
+            self._fleet.receiving = None
+        for connection in receiving:
+            connection.answer()
+
+
 class FleetQuicServer:
     """Serves `app`'s Fleet routes over QUIC on one UDP socket, in the running event loop."""
 
@@ -287,13 +320,16 @@ class FleetQuicServer:
         self.address: tuple[str, int] | None = None
         self._configuration = server_configuration(certfile, keyfile, self.settings)
         self._protocol: QuicServer | None = None
+        self.receiving: dict[_FleetServerConnection, None] | None = None  # set while a batch is read
         self._transport: asyncio.DatagramTransport | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         sock = udp_socket(host, port, self.settings.socket_buffer)
         self._transport, self._protocol = await loop.create_datagram_endpoint(
-            lambda: QuicServer(
+            lambda: _DrainingQuicServer(
+                fleet=self,
+                sock=sock,
                 configuration=self._configuration,
                 create_protocol=functools.partial(_FleetServerConnection, server=self),
                 session_ticket_fetcher=self.tickets.pop,

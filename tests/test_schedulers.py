@@ -373,6 +373,23 @@ def test_largest_fitting_finds_the_last_value_that_fits_per_row():
     assert values.tolist() == [2] and found.tolist() == [False]
 
 
+def test_client_table_rows_stay_right_when_the_same_list_is_asked_again_or_changes():
+    table = ClientTable({"x": 0.0})
+    ids = [30, 10, 20]
+    assert table.rows(ids).tolist() == [0, 1, 2]
+    assert table.rows(list(ids)).tolist() == [0, 1, 2]       # same clients, same order
+    ids.append(40)                                           # the caller's list grew
+    assert table.rows(ids).tolist() == [0, 1, 2, 3]
+    assert table.rows([40, 30]).tolist() == [3, 0]
+    assert table.rows((30, 10)).tolist() == [0, 1]           # any sequence, not only lists
+    with pytest.raises(ValueError):
+        table.rows([30, 10, 20, 40])[0] = 5                  # a shared answer cannot be edited
+    restored = ClientTable({"x": 0.0})
+    restored.rows([99])
+    restored.load_state_dict(table.state_dict())
+    assert restored.rows([99]).tolist() == [4]               # a load forgets the last lookup
+
+
 def test_online_linear_time_recovers_a_line_and_narrows_with_data():
     table = ClientTable(OnlineLinearTime.column_defaults("t_"))
     model = OnlineLinearTime(table, "t_", forgetting=0.9)

@@ -32,6 +32,10 @@ class ClientTable:
         self.columns: dict[str, np.ndarray] = {
             name: np.empty(0, dtype=np.float64) for name in self.column_defaults
         }
+        # The last list of node ids looked up and its rows: a federation asks about the same
+        # clients in the same order round after round, and comparing two lists is ~20x cheaper
+        # than 10,000 dict lookups. Rows never move, so a cached answer stays right.
+        self._last_lookup: tuple[list[int], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.node_ids)
@@ -45,12 +49,19 @@ class ClientTable:
         ``init_new(new_rows, positions)`` fills the new rows (``positions`` index into
         ``node_ids``), e.g. with tier priors; it runs once per call, not once per client.
         """
+        last = self._last_lookup
+        if last is not None and type(node_ids) is list and node_ids == last[0]:
+            return last[1]
         rows = list(map(self.row_of.get, node_ids))
         if None in rows:
             positions = self._add_missing(node_ids, rows)
             if init_new is not None:
                 init_new(np.asarray([rows[p] for p in positions], dtype=np.intp), positions)
-        return np.fromiter(rows, dtype=np.intp, count=len(rows))
+        found = np.fromiter(rows, dtype=np.intp, count=len(rows))
+        if type(node_ids) is list:
+            found.setflags(write=False)  # shared with later calls
+            self._last_lookup = (list(node_ids), found)
+        return found
 
     def _add_missing(self, node_ids: Sequence[int], rows: list[int | None]) -> np.ndarray:
         positions = []
@@ -78,6 +89,7 @@ class ClientTable:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.node_ids = [int(n) for n in state["node_ids"]]
         self.row_of = {n: row for row, n in enumerate(self.node_ids)}
+        self._last_lookup = None
         n = len(self.node_ids)
         for name, default in self.column_defaults.items():
             values = state["columns"].get(name)

@@ -137,6 +137,11 @@ class _StatusCodes(dict):
 STATUS_CODES = _StatusCodes(ok=OK, late=LATE, rejected=REJECTED, failed=FAILED, oom=OOM)
 
 
+def _valid_times(values: np.ndarray) -> np.ndarray:
+    """Missing, negative or non-finite times as 0."""
+    return np.where(np.isfinite(values) & (values > 0), values, 0.0)
+
+
 class ReportColumns:
     """A round's reports as numpy columns, each read from the objects only when first used.
 
@@ -157,8 +162,7 @@ class ReportColumns:
         return np.fromiter(map(attrgetter(name), self.reports), dtype=dtype, count=len(self.reports))
 
     def _time(self, name: str) -> np.ndarray:
-        values = self._read(name, np.float64)
-        return np.where(np.isfinite(values) & (values > 0), values, 0.0)
+        return _valid_times(self._read(name, np.float64))
 
     def _loss(self, name: str) -> np.ndarray:
         return np.asarray(list(map(attrgetter(name), self.reports)), dtype=np.float64)  # None -> NaN
@@ -188,10 +192,6 @@ class ReportColumns:
         return self._time("compute_s")
 
     @cached_property
-    def transfer_s(self) -> np.ndarray:
-        return self._time("transfer_s")
-
-    @cached_property
     def round_s(self) -> np.ndarray:
         return self._time("round_s")
 
@@ -210,9 +210,8 @@ class ReportColumns:
         out = self.round_s - self.compute_s
         untimed = np.flatnonzero(self.round_s <= 0)
         if untimed.size:
-            transfer = np.fromiter((self.reports[i].transfer_s for i in untimed.tolist()), dtype=np.float64,
-                                   count=untimed.size)
-            out[untimed] = np.where(np.isfinite(transfer) & (transfer > 0), transfer, 0.0)
+            out[untimed] = _valid_times(np.fromiter((self.reports[i].transfer_s for i in untimed.tolist()),
+                                                    dtype=np.float64, count=untimed.size))
         return out
 
     @cached_property

@@ -3,8 +3,9 @@
 Protocol (default size; every size is a flag): 6 clients in thirds over gpu-24g, gpu-32g and
 cpu-edge (``--tiers`` for the jetson-nano variant), Dirichlet alpha=0.1 by label, all 6 clients
 every round, 6 rounds, at most 4 local steps (lr 0.005) of batch 8 x 64 tokens, LoRA r_max=16 starting
-at rank 8, svd aggregation (the best mixed-rank rule in results/hetero_rank_accuracy.md), int8
-updates with error feedback, a round deadline on the virtual clock, the same seeds for every
+at rank 8, svd aggregation (the best mixed-rank rule in results/hetero_rank_accuracy.md) with
+clients weighted by examples per local step (``--aggregation-weight``; arms whose clients all take
+the same steps aggregate exactly as FedAvg would), int8 updates with error feedback, a round deadline on the virtual clock, the same seeds for every
 arm. Arms:
 
 * ``fixed-wait``: FedAvg, everyone rank 8, the server waits for the slowest client;
@@ -32,6 +33,7 @@ import json
 import statistics
 from pathlib import Path
 
+from flq.config import AGGREGATION_WEIGHTS
 from flq.metrics.plots import plot_comparison
 from flq.metrics.report import load_records
 from matrix import Matrix, column, dump_cells, markdown_table, mean_std, summaries, write_report
@@ -62,6 +64,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.005,
                         help="local learning rate (higher than the run default: few steps per round here)")
     parser.add_argument("--tiers", default="thirds:gpu-24g,gpu-32g,cpu-edge")
+    parser.add_argument("--aggregation-weight", default="examples-per-step", choices=AGGREGATION_WEIGHTS,
+                        help="how clients count in the average; arms whose clients all take the same steps "
+                             "get the same aggregate either way")
     parser.add_argument("--out", type=Path, default=RESULTS / "tmp" / "scheduler_benchmark")
     parser.add_argument("--report", type=Path, default=RESULTS / "scheduler_benchmark.md")
     args = parser.parse_args()
@@ -70,7 +75,8 @@ def main() -> None:
         "num-server-rounds": args.rounds, "clients-per-round": args.clients, "local-steps": args.steps,
         "learning-rate": args.lr,
         "partitioner": "dirichlet", "dirichlet-alpha": 0.1, "lora-rank": 16, "base-rank": 8,
-        "backbone-bits": 16, "aggregation": "svd", "update-codec": "int8", "broadcast-codec": "int8",
+        "backbone-bits": 16, "aggregation": "svd", "aggregation-weight": args.aggregation_weight,
+        "update-codec": "int8", "broadcast-codec": "int8",
         "error-feedback": True, "server-test-size": 150, "tiers": args.tiers, "deadline-s": args.deadline,
         "target-score": args.target, "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
     }
@@ -103,7 +109,7 @@ def main() -> None:
         ["arm", "time to target (clock s)", "vs fixed-wait", "rounds to target", "rounds within deadline", "MB / round",
          "worst client acc.", "p10 client acc.", "peak MB per tier", "final accuracy", "decision ms / round"], rows)
     protocol = (
-        f"SmolLM2-135M (bf16) + LoRA (r_max 16, start 8, svd aggregation), BBC News, {args.clients} clients ({args.tiers}), "
+        f"SmolLM2-135M (bf16) + LoRA (r_max 16, start 8, svd aggregation weighted by {args.aggregation_weight}), BBC News, {args.clients} clients ({args.tiers}), "
         f"Dirichlet alpha=0.1, all clients every round, {args.rounds} rounds, <= {args.steps} local steps of 8 x 64 "
         f"tokens at lr {args.lr:g}, int8+EF updates, deadline {args.deadline:g} s on the virtual clock (docs/clock.md), target "
         f"accuracy {args.target:g} on 150 held-out articles, seeds {args.seeds}. `fixed` and `tier` use "
@@ -112,7 +118,7 @@ def main() -> None:
         "over this arm's (shown only when every seed of both reached it). Figure: "
         f"`{args.report.with_suffix('.png').name}` (accuracy vs clock, every arm, seed {args.seeds[0]}).\n\n"
         f"Command: `.venv/bin/python benchmarks/scheduler_benchmark.py --seeds {' '.join(map(str, args.seeds))} "
-        f"--arms {' '.join(args.arms)} --deadline {args.deadline:g} --target {args.target:g} --tiers {args.tiers}`"
+        f"--arms {' '.join(args.arms)} --rounds {args.rounds} --aggregation-weight {args.aggregation_weight} --deadline {args.deadline:g} --target {args.target:g} --tiers {args.tiers}`"
     )
     write_report(args.report, "Rank schedulers under a deadline", protocol, table)
     curves = [(label, load_records(c.run.run_dir)) for label, cells in groups.items()

@@ -15,13 +15,14 @@ from typing import Any
 
 from .scheduler.spread import SpreadError, parse_int_spread
 from .sim.clock import HANDSHAKE_RTTS
+from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS
 
 TASKS = ("sequence-classification", "causal-lm", "image-classification")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 BITS = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")
 POLICIES = ("wait", "drop", "budget")
-AGGREGATIONS = ("zero-pad", "rank-wise", "svd")
+AGGREGATIONS = AGGREGATION_RULES
 CODECS = ("fp32", "fp16", "int8", "int4")
 SCHEDULERS = ("fixed", "table", "tier", "bandit", "lite", "solver")
 CLOCKS = ("auto", "virtual", "real")
@@ -69,6 +70,7 @@ class RunConfig:
     backbone_bits: int = 16
     quant_type: str = "nf4"
     aggregation: str = "rank-wise"
+    aggregation_weight: str = "examples-per-step"
     # who gets which rank and bits
     scheduler: str = "fixed"
     base_rank: int = 0
@@ -156,6 +158,8 @@ class RunConfig:
         check(self.backbone_bits in BITS, f"backbone-bits must be one of {BITS}")
         check(self.quant_type in QUANT_TYPES, f"quant-type must be one of {QUANT_TYPES}")
         check(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
+        check(self.aggregation_weight in AGGREGATION_WEIGHTS,
+              f"aggregation-weight must be one of {AGGREGATION_WEIGHTS}, got {self.aggregation_weight!r}")
         check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}")
         check(0 <= self.base_rank <= self.lora_rank, "base-rank must be in [0, lora-rank] (0 = lora-rank)")
         check(self.clock in CLOCKS, f"clock must be one of {CLOCKS}")

@@ -164,6 +164,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         clock=cfg.clock,
         client_eval_every=cfg.client_eval_every,
         aggregation=cfg.aggregation,
+        aggregation_weight=cfg.aggregation_weight,
         update_codec=cfg.update_codec,
         broadcast_codec=cfg.broadcast_codec,
         error_feedback=cfg.error_feedback,

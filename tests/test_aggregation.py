@@ -18,6 +18,7 @@ from flq.strategy.aggregation import (
     SvdAggregator,
     aggregate,
     client_adapter_from_delta,
+    client_weight,
     make_aggregator,
     split_by_svd,
 )
@@ -46,6 +47,29 @@ CLIENT_RANK_1 = {A: f32([[1, 2]]), B: f32([[1], [0]]), HEAD: f32([[1, 2]])}
 CLIENT_RANK_2 = {A: f32([[3, 0], [0, 4]]), B: f32([[1, 0], [2, 1]]), HEAD: f32([[5, 6]])}
 HAND_CLIENTS = [CLIENT_RANK_1, CLIENT_RANK_2]
 HAND_WEIGHTS = [1, 3]
+
+
+def test_client_weight_by_examples_or_per_step():
+    assert client_weight("examples", 40, 4) == 40.0
+    assert client_weight("examples-per-step", 40, 4) == 10.0
+    assert client_weight("examples-per-step", 40, 0) == 40.0  # no step taken: a zero delta, counted as one
+    with pytest.raises(ValueError, match="examples-per-step"):
+        client_weight("steps", 40, 4)
+
+
+def test_equal_steps_give_fedavg_weights_under_either_mode():
+    # Under equal steps the per-step weights are FedAvg's scaled by one constant, so every
+    # rule (which divides by the total weight) returns the same average.
+    rng = np.random.default_rng(3)
+    previous = {A: rng.normal(size=(4, 6)).astype(np.float32), B: rng.normal(size=(5, 4)).astype(np.float32)}
+    states = [{A: rng.normal(size=(r, 6)).astype(np.float32), B: rng.normal(size=(5, r)).astype(np.float32)}
+              for r in (2, 4, 3)]
+    examples = [30, 50, 20]
+    for rule in AGGREGATION_RULES:
+        by_examples = aggregate(rule, states, [client_weight("examples", n, 4) for n in examples], previous, 4)
+        per_step = aggregate(rule, states, [client_weight("examples-per-step", n, 4) for n in examples], previous, 4)
+        for key in previous:
+            np.testing.assert_array_equal(by_examples[key], per_step[key])
 
 
 def test_zero_pad_hand_checked():

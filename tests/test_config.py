@@ -39,6 +39,13 @@ def test_every_error_is_reported_at_once():
     assert "backbone-bits" in message and "task" in message and "learning-rate" in message
 
 
+def test_aggregation_weight_is_checked():
+    assert RunConfig().aggregation_weight == "examples-per-step"
+    assert RunConfig.from_flower({"aggregation-weight": "examples"}).aggregation_weight == "examples"
+    with pytest.raises(ConfigError, match="aggregation-weight must be one of"):
+        RunConfig.from_flower({"aggregation-weight": "steps"})
+
+
 def test_ints_are_accepted_for_floats_and_scaling_is_alpha_over_rank():
     cfg = RunConfig.from_flower({"learning-rate": 1, "lora-alpha": 32, "lora-rank": 16})
     assert cfg.learning_rate == 1.0 and cfg.lora_scaling == 2.0

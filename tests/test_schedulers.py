@@ -159,8 +159,8 @@ def bandit(arms=(8,), defaults: SchedulerDefaults = DEFAULTS, **options) -> Band
 
 
 def test_bandit_learns_to_meet_the_deadline_when_its_tier_prior_is_wrong():
-    # Edge clients are 2.5x slower than their tier says: the prior over-commits them.
-    federation = SimulatedFederation(three_tier_clients(5, {"edge": 2.5}), deadline_s=60.0, seed=1)
+    # Edge clients are 8x slower than their tier says: the prior over-commits them.
+    federation = SimulatedFederation(three_tier_clients(5, {"edge": 8.0}), deadline_s=60.0, seed=1)
     history = run_rounds(bandit(arms=(2, 4, 8, 16, 32)), federation, 12)
     shares = [on_time_share(reports) for _, reports, _ in history]
     assert shares[0] < 1.0
@@ -229,6 +229,19 @@ def test_bandit_gives_a_higher_rank_to_a_client_that_shows_spare_time():
         scheduler.observe(server_round, [report(1, "ok", rank=a.rank, steps=a.local_steps,
                                                 compute_s=a.local_steps * 2.2, transfer_s=0.1 + 0.01 * a.rank)], None)
     assert scheduler.assign(5, clients, 40.0)[1].rank > first.rank
+
+
+def test_bandit_shares_the_round_miss_probability_among_its_deadline_bound_clients():
+    # A round is on time only if every client is: four cpu clients that cannot do the full
+    # work by the deadline each get a quarter of the miss budget, so less work than alone.
+    four = [ClientInfo(n, "cpu") for n in range(1, 5)] + [ClientInfo(9, "gpu")]
+    per_round = bandit(round_confidence=True).assign(1, four, 20.0)
+    per_client = bandit(round_confidence=False).assign(1, four, 20.0)
+    assert all(per_round[n].local_steps < per_client[n].local_steps for n in range(1, 5))
+    assert per_round[9] == per_client[9]  # the gpu client has slack either way
+    # With one bound client the round's probability is that client's: the same choice.
+    one = [ClientInfo(1, "cpu"), ClientInfo(9, "gpu")]
+    assert bandit(round_confidence=True).assign(1, one, 20.0) == bandit(round_confidence=False).assign(1, one, 20.0)
 
 
 def test_bandit_round_average_follows_the_round_level_choice():

@@ -53,8 +53,8 @@ def make_strategy(**kwargs):
     return strategy
 
 
-def reply(msg, delta, codec="fp32", examples=40, compute_s=1.0):
-    metrics = MetricRecord({wire.NUM_EXAMPLES: examples, wire.STEPS: 5, wire.COMPUTE_S: compute_s,
+def reply(msg, delta, codec="fp32", examples=40, compute_s=1.0, steps=5):
+    metrics = MetricRecord({wire.NUM_EXAMPLES: examples, wire.STEPS: steps, wire.COMPUTE_S: compute_s,
                             wire.LOSS_BEFORE: 1.0, wire.LOSS_AFTER: 0.5})
     if codec == "raw":  # a client not using FLQ's codec: plain numpy arrays, whatever they hold
         arrays = ArrayRecord({k: Array(v) for k, v in delta.items()})
@@ -118,6 +118,25 @@ def test_bad_replies_are_rejected_with_reasons_and_the_round_goes_on():
         np.testing.assert_allclose(strategy.global_state[key], expected[key], rtol=1e-6)
     assert any(not np.array_equal(before[k], strategy.global_state[k]) for k in before)
     assert set(array_record_to_adapter(arrays)) == set(before)
+
+
+@pytest.mark.parametrize("mode, weights", [("examples", [40.0, 20.0]), ("examples-per-step", [10.0, 20.0])])
+def test_clients_count_by_examples_or_by_examples_per_step_they_took(mode, weights):
+    # Node 11 (40 examples) took 4 steps, node 13 (20 examples) 1 step, as a budget cuts a slow client short.
+    strategy = make_strategy(aggregation_weight=mode)
+    messages = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 13]))}
+    deltas = [client_delta(messages[11], seed=1), client_delta(messages[13], seed=2)]
+    before = {k: v.copy() for k, v in strategy.global_state.items()}
+    strategy.aggregate_train(1, [reply(messages[11], deltas[0], examples=40, steps=4),
+                                 reply(messages[13], deltas[1], examples=20, steps=1)])
+    expected = aggregate("rank-wise", [client_adapter_from_delta(before, d) for d in deltas], weights, before, R_MAX)
+    for key in before:
+        np.testing.assert_allclose(strategy.global_state[key], expected[key], rtol=1e-6)
+
+
+def test_an_unknown_aggregation_weight_is_refused():
+    with pytest.raises(ValueError, match="aggregation weight 'steps'"):
+        make_strategy(aggregation_weight="steps")
 
 
 def test_a_round_with_no_acceptable_reply_keeps_the_global():

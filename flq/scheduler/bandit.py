@@ -7,7 +7,8 @@ few arms, rewarded by the relative global-loss decrease per second of round time
 client, the rank, backbone bits, local steps and time budget that its own learned time
 model (Bayesian linear regressions of compute seconds on steps and of transfer seconds on
 rank, seeded by its tier's prior, forgetting old rounds) predicts to finish before the
-deadline with high probability; ranks are then water-filled so the round's mean meets the
+deadline with high probability (the round's miss probability, 5% by default, shared among
+the clients the deadline binds, since a round is on time only if all of them are); ranks are then water-filled so the round's mean meets the
 aim where the deadline allows. A compute-bound client loses steps, not just rank; a client
 that misses a deadline or fails is pushed down at once and recovers over on-time rounds.
 Cost per round, n clients: O(n log n), no solver: whole-column numpy work (about 15
@@ -223,7 +224,11 @@ def waterfill_ranks(ceilings: np.ndarray, rank_min: int, target_mean: float) -> 
 class BanditScheduler(RankScheduler):
     """FLQ's online scheduler; see the module docstring. Options:
 
-    ``confidence``: probability with which a client's predicted time must meet the deadline.
+    ``confidence``: probability with which the round must meet the deadline: with
+    ``round_confidence`` (default) the miss probability 1 - confidence is shared among the
+    round's deadline-bound clients (those whose full work at their ceiling rank does not fit;
+    Bonferroni: each gets (1 - confidence) / k), since a round is on time only if all of
+    them are; without it, each client's own probability.
     ``min_work_fraction``: share of the step cap a client keeps before its rank may crowd out
     steps (rank costs transfer time; below this share, rank gives way first).
     ``stop_on_budget``: True when the run's policy is ``budget`` (a client stops before its
@@ -249,6 +254,7 @@ class BanditScheduler(RankScheduler):
         step_time_prior: Mapping[int, float] | None = None,
         bytes_per_rank: float | None = None,
         confidence: float = 0.95,
+        round_confidence: bool = True,
         min_work_fraction: float = 0.5,
         stop_on_budget: bool = False,
         memory_model: MemoryModel | None = None,
@@ -273,7 +279,8 @@ class BanditScheduler(RankScheduler):
         self.tiers = tiers
         self.step_time_prior = dict(step_time_prior) if step_time_prior else None
         self.bytes_per_rank = bytes_per_rank
-        self.z = NormalDist().inv_cdf(confidence)
+        self.confidence = confidence
+        self.round_confidence = round_confidence
         self.min_work_fraction = min_work_fraction
         self.stop_on_budget = stop_on_budget
         self.memory_model = memory_model
@@ -400,10 +407,11 @@ class BanditScheduler(RankScheduler):
         A client fits when mean + z * std of its compute + transfer time is within its
         deadline (the run's, divided by its caution); compute and transfer are independent.
         """
-        d, z = self.defaults, self.z
+        d = self.defaults
         limit = deadline_s / self.table["caution"][rows]
         step_x = self._ref_step_column(bits)
         compute, transfer = self.compute_time.line(rows), self.transfer_time.line(rows)
+        z = NormalDist().inv_cdf(self.confidence)
 
         def fits_steps(ranks: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
             r = ranks.astype(np.float64)
@@ -420,6 +428,10 @@ class BanditScheduler(RankScheduler):
         n = len(rows)
         rank_low = np.full(n, d.rank_min, dtype=np.int64)
         one, cap = np.ones(n, dtype=np.int64), np.full(n, d.local_steps, dtype=np.int64)
+        if self.round_confidence:
+            # The closures above read z when called: from here on they use the round's share.
+            bound = int(np.count_nonzero(~fits_steps(ceilings)(cap)))
+            z = NormalDist().inv_cdf(1.0 - (1.0 - self.confidence) / max(bound, 1))
         # Rank costs transfer time only: it may not push a client below the steps it could
         # do at the lowest rank, nor below min_work_fraction of the cap.
         steps_at_low_rank, _ = largest_fitting(one, cap, fits_steps(rank_low))

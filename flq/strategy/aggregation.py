@@ -256,6 +256,25 @@ _AGGREGATORS: dict[str, type[Aggregator]] = {
 }
 AGGREGATION_RULES: tuple[str, ...] = tuple(_AGGREGATORS)
 
+# How much each accepted client counts in the average (``aggregation-weight``):
+# "examples": its example count (FedAvg). With unequal local steps FedAvg drifts toward the
+# clients that took more steps: it optimises a surrogate objective that weights client i by
+# n_i * steps_i, not n_i (Wang et al., 2020, "Tackling the objective inconsistency problem").
+# "examples-per-step": n_i / steps_i, FedNova's normalised averaging with the harmonic mean
+# of the steps as the effective step count: every client pulls in proportion to its data,
+# however much of the round it could spend training. Equal steps give FedAvg's weights.
+AGGREGATION_WEIGHTS: tuple[str, ...] = ("examples", "examples-per-step")
+
+
+def client_weight(mode: str, num_examples: int, steps: int) -> float:
+    """One accepted client's weight in the average under ``mode`` (see AGGREGATION_WEIGHTS)."""
+    if mode == "examples":
+        return float(num_examples)
+    if mode == "examples-per-step":
+        # A reply that trained no step carries a zero delta: it counts as one step.
+        return float(num_examples) / max(int(steps), 1)
+    raise ValueError(f"unknown aggregation weight {mode!r}; choose one of {', '.join(AGGREGATION_WEIGHTS)}")
+
 
 def make_aggregator(rule: str, previous_global: Mapping[str, np.ndarray], r_max: int) -> Aggregator:
     """A fresh streaming aggregator for ``rule`` ("zero-pad", "rank-wise" or "svd").

@@ -44,7 +44,7 @@ from ..sim.tiers import REFERENCE_TIER, TierError
 from ..transport.array_codec import DEFAULT_LIMITS, CodecError, DecodeLimits
 from ..transport.flower_records import adapter_to_array_record, array_record_nbytes, array_record_to_adapter
 from . import wire
-from .aggregation import AGGREGATION_RULES, make_aggregator
+from .aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS, client_weight, make_aggregator
 from .validation import validate_update
 
 from ..logs import log
@@ -107,6 +107,7 @@ class FLQFedAvg(FedAvg):
         error_feedback: bool = False,
         decode_limits: DecodeLimits = DEFAULT_LIMITS,
         aggregation: str = "rank-wise",
+        aggregation_weight: str = "examples-per-step",
         clock_model: ClockModel | None = None,
         clock: str = "auto",
         seed: int = 0,
@@ -135,6 +136,9 @@ class FLQFedAvg(FedAvg):
         if aggregation not in AGGREGATION_RULES:
             raise ValueError(f"unknown aggregation rule {aggregation!r}; choose one of {AGGREGATION_RULES}")
         self.aggregation = aggregation
+        if aggregation_weight not in AGGREGATION_WEIGHTS:
+            raise ValueError(f"unknown aggregation weight {aggregation_weight!r}; choose one of {AGGREGATION_WEIGHTS}")
+        self.aggregation_weight = aggregation_weight
         if clock not in ("auto", "virtual", "real"):
             raise ValueError(f"clock must be auto, virtual or real, got {clock!r}")
         self.clock_model = clock_model or ClockModel.for_transport({})
@@ -315,7 +319,7 @@ class FLQFedAvg(FedAvg):
             self._apply_deadline(record)
             result.clients.append(record)
             if state is not None and record.status == STATUS_OK:
-                aggregator.add(state, float(record.num_examples))
+                aggregator.add(state, client_weight(self.aggregation_weight, record.num_examples, record.steps))
                 if record.loss_after is not None:
                     weighted_losses.append((record.loss_after, record.num_examples))
         for node, plan in self.plans.items():  # sampled but silent: the grid timed out

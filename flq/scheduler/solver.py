@@ -9,7 +9,7 @@ linear program (continuous ranks) solved with cvxpy, then rounding. Cost per rou
 building and solving an LP with n + 1 variables and ~3n constraints (cvxpy's
 canonicalisation plus an interior-point solve, CLARABEL here; roughly linear in n at these
 sizes, with a ~5 ms floor); measured (assign + observe, median, shared 2-core machine):
-5.7 ms at 10 clients, 21 ms at 1,000, 138 ms at 10,000
+7.9 ms at 10 clients, 21 ms at 1,000, 148 ms at 10,000
 (benchmarks/results/scheduler_decision_time.md).
 
 What is solved, exactly. Client i at rank r takes FAH-QLoRA's time

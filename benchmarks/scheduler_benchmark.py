@@ -5,8 +5,8 @@ cpu-edge (``--tiers`` for the jetson-nano variant), Dirichlet alpha=0.1 by label
 every round, 6 rounds, at most 4 local steps (lr 0.005) of batch 8 x 64 tokens, LoRA r_max=16 starting
 at rank 8, svd aggregation (the best mixed-rank rule in results/hetero_rank_accuracy.md) with
 clients weighted by examples per local step (``--aggregation-weight``; arms whose clients all take
-the same steps aggregate exactly as FedAvg would), int8 updates with error feedback, a round deadline on the virtual clock, the same seeds for every
-arm. Arms:
+the same steps aggregate exactly as FedAvg would), int8 updates with error feedback, a round
+deadline on the virtual clock, the same seeds for every arm. Arms:
 
 * ``fixed-wait``: FedAvg, everyone rank 8, the server waits for the slowest client;
 * ``fixed-drop``, ``tier-drop``, ``solver-drop``: late updates are discarded (``solver`` is the

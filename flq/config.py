@@ -22,7 +22,6 @@ PARTITIONERS = ("iid", "dirichlet", "pathological")
 BITS = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")
 POLICIES = ("wait", "drop", "budget")
-AGGREGATIONS = AGGREGATION_RULES
 CODECS = ("fp32", "fp16", "int8", "int4")
 SCHEDULERS = ("fixed", "table", "tier", "bandit", "lite", "solver")
 CLOCKS = ("auto", "virtual", "real")
@@ -157,7 +156,7 @@ class RunConfig:
         check(self.partitioner in PARTITIONERS, f"partitioner must be one of {PARTITIONERS}")
         check(self.backbone_bits in BITS, f"backbone-bits must be one of {BITS}")
         check(self.quant_type in QUANT_TYPES, f"quant-type must be one of {QUANT_TYPES}")
-        check(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
+        check(self.aggregation in AGGREGATION_RULES, f"aggregation must be one of {AGGREGATION_RULES}")
         check(self.aggregation_weight in AGGREGATION_WEIGHTS,
               f"aggregation-weight must be one of {AGGREGATION_WEIGHTS}, got {self.aggregation_weight!r}")
         check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}")

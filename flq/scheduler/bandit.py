@@ -8,9 +8,10 @@ client, the rank, backbone bits, local steps and time budget that its own learne
 model (Bayesian linear regressions of compute seconds on steps and of transfer seconds on
 rank, seeded by its tier's prior, forgetting old rounds) predicts to finish before the
 deadline with high probability (the round's miss probability, 5% by default, shared among
-the clients the deadline binds, since a round is on time only if all of them are); ranks are then water-filled so the round's mean meets the
-aim where the deadline allows. A compute-bound client loses steps, not just rank; a client
-that misses a deadline or fails is pushed down at once and recovers over on-time rounds.
+the clients the deadline binds, since a round is on time only if all of them are); ranks
+are then water-filled so the round's mean meets the aim where the deadline allows. A
+compute-bound client loses steps, not just rank; a client that misses a deadline or fails
+is pushed down at once and recovers over on-time rounds.
 Cost per round, n clients: O(n log n), no solver: whole-column numpy work (about 16
 evaluations of the time models inside binary searches over steps and rank, a histogram
 water-fill) plus one sort that groups identical assignments. Measured on the shared 2-core
@@ -280,6 +281,7 @@ class BanditScheduler(RankScheduler):
         self.step_time_prior = dict(step_time_prior) if step_time_prior else None
         self.bytes_per_rank = bytes_per_rank
         self.confidence = confidence
+        self.z = NormalDist().inv_cdf(confidence)
         self.round_confidence = round_confidence
         self.min_work_fraction = min_work_fraction
         self.stop_on_budget = stop_on_budget
@@ -411,15 +413,14 @@ class BanditScheduler(RankScheduler):
         limit = deadline_s / self.table["caution"][rows]
         step_x = self._ref_step_column(bits)
         compute, transfer = self.compute_time.line(rows), self.transfer_time.line(rows)
-        z = NormalDist().inv_cdf(self.confidence)
 
-        def fits_steps(ranks: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        def fits_steps(ranks: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
             r = ranks.astype(np.float64)
             base, spread = transfer.mean(r) + compute.m0, transfer.var(r) + compute.v0
             return lambda s: base + compute.m1 * (x := s * step_x) + z * np.sqrt(
                 np.maximum(spread + x * (compute.v1 + compute.v2 * x), 0.0)) <= limit
 
-        def fits_ranks(steps: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        def fits_ranks(steps: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
             x = steps * step_x
             base, spread = compute.mean(x) + transfer.m0, compute.var(x) + transfer.v0
             return lambda r: base + transfer.m1 * r + z * np.sqrt(
@@ -428,17 +429,17 @@ class BanditScheduler(RankScheduler):
         n = len(rows)
         rank_low = np.full(n, d.rank_min, dtype=np.int64)
         one, cap = np.ones(n, dtype=np.int64), np.full(n, d.local_steps, dtype=np.int64)
-        if self.round_confidence:
-            # The closures above read z when called: from here on they use the round's share.
-            bound = int(np.count_nonzero(~fits_steps(ceilings)(cap)))
+        z = self.z
+        if self.round_confidence:  # the round's miss probability, shared by the clients the deadline binds
+            bound = int(np.count_nonzero(~fits_steps(ceilings, z)(cap)))
             z = NormalDist().inv_cdf(1.0 - (1.0 - self.confidence) / max(bound, 1))
         # Rank costs transfer time only: it may not push a client below the steps it could
         # do at the lowest rank, nor below min_work_fraction of the cap.
-        steps_at_low_rank, _ = largest_fitting(one, cap, fits_steps(rank_low))
+        steps_at_low_rank, _ = largest_fitting(one, cap, fits_steps(rank_low, z))
         kept_steps = np.minimum(max(1, math.ceil(self.min_work_fraction * d.local_steps)), steps_at_low_rank)
-        rank_fit, _ = largest_fitting(rank_low, ceilings, fits_ranks(kept_steps))
+        rank_fit, _ = largest_fitting(rank_low, ceilings, fits_ranks(kept_steps, z))
         ranks = waterfill_ranks(rank_fit, d.rank_min, target)
-        steps, _ = largest_fitting(one, cap, fits_steps(ranks))
+        steps, _ = largest_fitting(one, cap, fits_steps(ranks, z))
         # The ClientApp takes its own predicted transfers out of the budget: it gets its whole
         # time, the deadline shrunk by its caution.
         resolution = deadline_s / BUDGET_LEVELS

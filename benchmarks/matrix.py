@@ -47,6 +47,10 @@ class Matrix:
                 name = _run_name(cell)
                 run_dir = self.out_dir / "runs" / name
                 if reuse and (run_dir / "summary.json").is_file():
+                    differences = config_differences(run_dir, cell.overrides)
+                    if differences:
+                        raise ValueError(f"{run_dir} was run with another config ({'; '.join(differences)}): "
+                                         "choose another output folder, or delete that run to redo it")
                     cell.run = SimulationRun(run_dir, "")
                     print(f"[{self.name} {i}/{len(self.cells)}] {name}: reused", flush=True)
                     continue
@@ -70,6 +74,20 @@ class Matrix:
         for cell in self.cells:
             groups.setdefault(cell.label, []).append(cell)
         return groups
+
+
+def config_differences(run_dir: Path, overrides: dict) -> list[str]:
+    """The overrides a finished run was not run with ('key: ran X, asked Y').
+
+    A knob the run's config does not list (added to FLQ after the run) counts as its current
+    default, so runs survive new knobs whose default keeps the old behaviour.
+    """
+    from flq.config import RunConfig
+
+    ran = json.loads((run_dir / "run.json").read_text()).get("config", {})
+    defaults = RunConfig().to_dict()
+    return [f"{key}: ran {ran.get(key, defaults.get(key))!r}, asked {wanted!r}"
+            for key, wanted in overrides.items() if ran.get(key, defaults.get(key)) != wanted]
 
 
 def _run_name(cell: Cell) -> str:

@@ -56,7 +56,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds (with --clock-budget: the most rounds)")
+    parser.add_argument("--clock-budget", type=float, default=0.0,
+                        help="give every arm this many seconds of virtual clock (the round that reaches it is "
+                             "its last) instead of a round count: compares arms on equal time (0: off)")
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds on the virtual clock")
@@ -78,7 +81,7 @@ def main() -> None:
         "backbone-bits": 16, "aggregation": "svd", "aggregation-weight": args.aggregation_weight,
         "update-codec": "int8", "broadcast-codec": "int8",
         "error-feedback": True, "server-test-size": 150, "tiers": args.tiers, "deadline-s": args.deadline,
-        "target-score": args.target, "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
+        "target-score": args.target, "clock-budget-s": args.clock_budget, "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
     }
     matrix = Matrix("schedulers", args.out, num_supernodes=args.clients)
     for label in args.arms:
@@ -103,27 +106,41 @@ def main() -> None:
             mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("p10"))),
             _peaks(sums),
             mean_std(column(cells, lambda s: s["final_score"])),
+            mean_std(column(cells, lambda s: s["clock_s"])),
             mean_std([_decision_ms(c.run.run_dir) if c.run else None for c in cells]),
         ])
     table = markdown_table(
         ["arm", "time to target (clock s)", "vs fixed-wait", "rounds to target", "rounds within deadline", "MB / round",
-         "worst client acc.", "p10 client acc.", "peak MB per tier", "final accuracy", "decision ms / round"], rows)
+         "worst client acc.", "p10 client acc.", "peak MB per tier", "final accuracy", "clock s at the end",
+         "decision ms / round"], rows)
     protocol = (
         f"SmolLM2-135M (bf16) + LoRA (r_max 16, start 8, svd aggregation weighted by {args.aggregation_weight}), BBC News, {args.clients} clients ({args.tiers}), "
-        f"Dirichlet alpha=0.1, all clients every round, {args.rounds} rounds, <= {args.steps} local steps of 8 x 64 "
+        f"Dirichlet alpha=0.1, all clients every round, {_length(args)}, <= {args.steps} local steps of 8 x 64 "
         f"tokens at lr {args.lr:g}, int8+EF updates, deadline {args.deadline:g} s on the virtual clock (docs/clock.md), target "
         f"accuracy {args.target:g} on 150 held-out articles, seeds {args.seeds}. `fixed` and `tier` use "
         "client-ranks tier table (gpu 16, cpu-edge 4, jetson 2) where applicable; mean ± std over seeds; "
         "'(k/n)' = only k of n seeds reached the target; 'vs fixed-wait' = fixed-wait's mean time to target "
-        "over this arm's (shown only when every seed of both reached it). Figure: "
+        "over this arm's (shown only when every seed of both reached it); 'clock s at the end': when the last "
+        "round ended (a fixed round count gives arms with short rounds less clock: an arm whose runs end before "
+        "another reached the target cannot be compared with it on time to target). Figure: "
         f"`{args.report.with_suffix('.png').name}` (accuracy vs clock, every arm, seed {args.seeds[0]}).\n\n"
         f"Command: `.venv/bin/python benchmarks/scheduler_benchmark.py --seeds {' '.join(map(str, args.seeds))} "
-        f"--arms {' '.join(args.arms)} --rounds {args.rounds} --aggregation-weight {args.aggregation_weight} --deadline {args.deadline:g} --target {args.target:g} --tiers {args.tiers}`"
+        f"--arms {' '.join(args.arms)} --rounds {args.rounds}{_budget_flag(args)} --aggregation-weight {args.aggregation_weight} --deadline {args.deadline:g} --target {args.target:g} --tiers {args.tiers}`"
     )
     write_report(args.report, "Rank schedulers under a deadline", protocol, table)
     curves = [(label, load_records(c.run.run_dir)) for label, cells in groups.items()
               for c in cells[:1] if c.run and not c.error]
     plot_comparison(curves, args.report.with_suffix(".png"), target=args.target)
+
+
+def _length(args: argparse.Namespace) -> str:
+    if args.clock_budget > 0:
+        return f"until the clock reaches {args.clock_budget:g} s (the round that reaches it is the last; at most {args.rounds} rounds)"
+    return f"{args.rounds} rounds"
+
+
+def _budget_flag(args: argparse.Namespace) -> str:
+    return f" --clock-budget {args.clock_budget:g}" if args.clock_budget > 0 else ""
 
 
 def _mean_time_to_target(cells: list) -> float | None:

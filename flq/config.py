@@ -82,6 +82,7 @@ class RunConfig:
     clock: str = "auto"
     deadline_s: float = 0.0
     policy: str = "wait"
+    clock_budget_s: float = 0.0
     client_eval_every: int = 0
     # what travels
     update_codec: str = "fp32"
@@ -106,6 +107,10 @@ class RunConfig:
     @property
     def deadline(self) -> float | None:
         return self.deadline_s if self.deadline_s > 0 and self.policy != "wait" else None
+
+    @property
+    def clock_budget(self) -> float | None:
+        return self.clock_budget_s if self.clock_budget_s > 0 else None
 
     @property
     def higher_is_better(self) -> bool:
@@ -164,6 +169,7 @@ class RunConfig:
         check(self.clock in CLOCKS, f"clock must be one of {CLOCKS}")
         check(self.policy in POLICIES, f"policy must be one of {POLICIES}")
         check(self.deadline_s >= 0, "deadline-s must be >= 0 (0 = no deadline)")
+        check(self.clock_budget_s >= 0, "clock-budget-s must be >= 0 (0 = no budget: num-server-rounds decides)")
         check(self.policy == "wait" or self.deadline_s > 0, f"policy {self.policy!r} needs deadline-s > 0")
         check(self.transport in TRANSPORTS, f"transport must be one of {TRANSPORTS}")
         check(self.client_eval_every >= 0, "client-eval-every must be >= 0")

@@ -195,7 +195,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     recorder = RunRecorder(run_dir, cfg.score_name, cfg.num_server_rounds, run_info, clock_s, wall_s)
-    if start_round <= cfg.num_server_rounds:
+    budget_left = cfg.clock_budget is None or clock_s < cfg.clock_budget
+    if start_round <= cfg.num_server_rounds and budget_left:
         strategy.start(
             grid,
             adapter_to_array_record(strategy.global_state, "fp32"),
@@ -204,6 +205,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             evaluate_fn=evaluator,
             recorder=recorder,
             start_round=start_round,
+            start_clock_s=clock_s,
+            clock_budget_s=cfg.clock_budget,
         )
     records = read_rounds(run_dir)  # all rounds, also those before a resume
     summary = summarize(records, cfg.target_score, cfg.higher_is_better, cfg.deadline)

@@ -46,6 +46,13 @@ def test_aggregation_weight_is_checked():
         RunConfig.from_flower({"aggregation-weight": "steps"})
 
 
+def test_clock_budget_is_off_by_default_and_checked():
+    assert RunConfig().clock_budget is None
+    assert RunConfig.from_flower({"clock-budget-s": 90}).clock_budget == 90.0
+    with pytest.raises(ConfigError, match="clock-budget-s must be >= 0"):
+        RunConfig.from_flower({"clock-budget-s": -1.0})
+
+
 def test_ints_are_accepted_for_floats_and_scaling_is_alpha_over_rank():
     cfg = RunConfig.from_flower({"learning-rate": 1, "lora-alpha": 32, "lora-rank": 16})
     assert cfg.learning_rate == 1.0 and cfg.lora_scaling == 2.0

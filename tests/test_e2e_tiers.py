@@ -47,8 +47,10 @@ def tier_runs(flower_sim, tiny_llama_dir, tmp_path_factory):
     tier_file.write_text(TIERS)
     base = {**TINY, "model": str(tiny_llama_dir), "num-server-rounds": 2, "clients-per-round": 6,
             "local-steps": 40, "tiers": MIX, "tier-file": str(tier_file), "deadline-s": 1500.0}
-    runs = {policy: flower_sim.run({**base, "policy": policy}, num_supernodes=6, name=f"tiers-{policy}")
-            for policy in ("drop", "budget")}
+    # The drop run asks for 5 rounds on a 3,000 s clock budget: it runs 2 (see the budget test).
+    runs = {"drop": flower_sim.run({**base, "policy": "drop", "num-server-rounds": 5, "clock-budget-s": 3000.0},
+                                   num_supernodes=6, name="tiers-drop"),
+            "budget": flower_sim.run({**base, "policy": "budget"}, num_supernodes=6, name="tiers-budget")}
     runs["bandit"] = flower_sim.run(
         {**base, "policy": "budget", "scheduler": "bandit", "lora-rank": 16, "base-rank": 8,
          "num-server-rounds": 3, "tiers": "list:fast,fast,mid,slow,slow,mid"},
@@ -102,6 +104,16 @@ def test_clock_times_follow_the_tier_model(tier_runs):
             assert client["compute_s"] == pytest.approx(client["measured_compute_s"] * factor)
             assert client["comm_s"] > 0  # RTTs and bytes over the link
             assert client["round_s"] == pytest.approx(client["compute_s"] + client["comm_s"])
+
+
+def test_a_clock_budget_makes_the_round_that_reaches_it_the_last(tier_runs):
+    # Every drop round lasts exactly the 1,500 s deadline (its slow tier is late), so of the
+    # 5 rounds asked for, the second brings the clock to the 3,000 s budget and ends the run.
+    run = tier_runs["drop"]
+    rounds = run.rounds()
+    assert [r["clock_s"] for r in rounds] == pytest.approx([1500.0, 3000.0])
+    assert not rounds[0]["client_eval"] and rounds[-1]["client_eval"]  # fairness: on the final adapter
+    assert run.summary()["rounds"] == 2 and run.summary()["fairness"]
 
 
 def test_summary_reports_deadlines_drops_memory_and_figures(tier_runs):

@@ -505,13 +505,18 @@ class FLQFedAvg(FedAvg):
         *,
         recorder: RoundRecorder | None = None,
         start_round: int = 1,
+        start_clock_s: float = 0.0,
+        clock_budget_s: float | None = None,
     ) -> Result:
-        """Flower's loop, plus: a query round first, per-round records and checkpoints.
+        """Flower's loop, plus: a query round first, per-round records and checkpoints, and an
+        optional time budget on the run's clock.
 
         ``evaluate_fn(round, arrays)`` is the server-side evaluation; its MetricRecord should
         hold ``score`` and ``loss``. ``timeout`` bounds each message exchange in real seconds
         (in a deployment the deadline policy sets it; in simulation the clock is virtual).
-        ``start_round`` > 1 resumes a checkpointed run (``global_state`` already restored).
+        ``start_round`` > 1 resumes a checkpointed run (``global_state`` already restored) whose
+        clock stood at ``start_clock_s``. With ``clock_budget_s``, the round that brings the
+        clock to the budget is the last (clients evaluate on it, as on round ``num_rounds``).
         """
         self.summary()
         train_config = train_config or ConfigRecord()
@@ -530,6 +535,7 @@ class FLQFedAvg(FedAvg):
             result.evaluate_metrics_serverapp[start_round - 1] = previous
             if recorder is not None and start_round == 1:
                 recorder.on_initial(previous)
+        clock_s = start_clock_s
         for server_round in range(start_round, num_rounds + 1):
             replies = self.send_and_receive(
                 grid, self.configure_train(server_round, initial_arrays, train_config, grid), timeout
@@ -538,8 +544,10 @@ class FLQFedAvg(FedAvg):
             result.arrays = arrays
             if train_metrics is not None:
                 result.train_metrics_clientapp[server_round] = train_metrics
+            clock_s += self.last_round.round_s
+            last = server_round == num_rounds or (clock_budget_s is not None and clock_s >= clock_budget_s)
             client_eval = None
-            if self._client_eval_due(server_round, num_rounds):
+            if last or self._client_eval_due(server_round):
                 eval_replies = grid.send_and_receive(
                     self.configure_evaluate(server_round, arrays, evaluate_config, grid), timeout=timeout
                 )
@@ -558,11 +566,16 @@ class FLQFedAvg(FedAvg):
             if recorder is not None:
                 recorder.on_round(self, server_round, metrics, self.last_client_eval if client_eval else [])
             previous = metrics
+            if last:
+                if server_round < num_rounds:
+                    log.info("clock budget %.1f s reached after round %d (%.1f s on the clock)",
+                             clock_budget_s, server_round, clock_s)
+                break
         return result
 
-    def _client_eval_due(self, server_round: int, num_rounds: int) -> bool:
-        if server_round == num_rounds:
-            return True  # fairness is always measured on the final adapter
+    def _client_eval_due(self, server_round: int) -> bool:
+        """Every ``client_eval_every`` rounds (the last round is always evaluated: fairness is
+        measured on the final adapter)."""
         return self.client_eval_every > 0 and server_round % self.client_eval_every == 0
 
 

@@ -84,10 +84,8 @@ def config_differences(run_dir: Path, overrides: dict) -> list[str]:
     """
     from flq.config import RunConfig
 
-    ran = json.loads((run_dir / "run.json").read_text()).get("config", {})
-    defaults = RunConfig().to_dict()
-    return [f"{key}: ran {ran.get(key, defaults.get(key))!r}, asked {wanted!r}"
-            for key, wanted in overrides.items() if ran.get(key, defaults.get(key)) != wanted]
+    ran = {**RunConfig().to_dict(), **json.loads((run_dir / "run.json").read_text()).get("config", {})}
+    return [f"{key}: ran {ran.get(key)!r}, asked {wanted!r}" for key, wanted in overrides.items() if ran.get(key) != wanted]
 
 
 def _run_name(cell: Cell) -> str:

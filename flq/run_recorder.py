@@ -31,13 +31,12 @@ CHECKPOINT_DIR = "checkpoint"
 
 class RunRecorder(RoundRecorder):
     def __init__(self, run_dir: Path, score_name: str, num_rounds: int, run_info: dict[str, Any],
-                 start_clock_s: float = 0.0, start_wall_s: float = 0.0) -> None:
+                 start_wall_s: float = 0.0) -> None:
         self.run_dir = Path(run_dir)
         self.run_info = run_info
         self.clock = "virtual"
         self.score_name = score_name
         self.num_rounds = num_rounds
-        self.clock_s = start_clock_s
         self.wall_start = time.perf_counter() - start_wall_s
         self.records: list[RoundRecord] = []
         self.initial: dict[str, float] = {}
@@ -57,12 +56,11 @@ class RunRecorder(RoundRecorder):
 
     def on_round(self, strategy: FLQFedAvg, server_round: int, metrics, client_eval) -> None:
         result = strategy.last_round
-        self.clock_s += result.round_s
         accepted = [c for c in result.clients if c.status == "ok"]
         record = RoundRecord(
             server_round=server_round,
             clock=self.clock,
-            clock_s=self.clock_s,
+            clock_s=strategy.clock_s,
             round_s=result.round_s,
             wall_s=time.perf_counter() - self.wall_start,
             deadline_s=strategy.deadline_s,
@@ -85,7 +83,7 @@ class RunRecorder(RoundRecorder):
         self.records.append(record)
         save_checkpoint(self.run_dir, strategy.global_state, {
             "server_round": server_round,
-            "clock_s": self.clock_s,
+            "clock_s": strategy.clock_s,
             "wall_s": record.wall_s,
             "scheduler": strategy.scheduler.state_dict(),
             "rng": _rng_state(strategy),

@@ -194,7 +194,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         "python": platform.python_version(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
-    recorder = RunRecorder(run_dir, cfg.score_name, cfg.num_server_rounds, run_info, clock_s, wall_s)
+    recorder = RunRecorder(run_dir, cfg.score_name, cfg.num_server_rounds, run_info, wall_s)
     budget_left = cfg.clock_budget is None or clock_s < cfg.clock_budget
     if start_round <= cfg.num_server_rounds and budget_left:
         strategy.start(

@@ -151,6 +151,7 @@ class FLQFedAvg(FedAvg):
         self.global_state: AdapterState = {}
         self.plans: dict[int, ClientPlan] = {}
         self.last_round = RoundResult(0)
+        self.clock_s = 0.0  # the run's clock after the last finished round (virtual or real seconds)
         self._assign_s = 0.0
         self.last_client_eval: list[ClientEvalRecord] = []
 
@@ -535,7 +536,7 @@ class FLQFedAvg(FedAvg):
             result.evaluate_metrics_serverapp[start_round - 1] = previous
             if recorder is not None and start_round == 1:
                 recorder.on_initial(previous)
-        clock_s = start_clock_s
+        self.clock_s = start_clock_s
         for server_round in range(start_round, num_rounds + 1):
             replies = self.send_and_receive(
                 grid, self.configure_train(server_round, initial_arrays, train_config, grid), timeout
@@ -544,8 +545,8 @@ class FLQFedAvg(FedAvg):
             result.arrays = arrays
             if train_metrics is not None:
                 result.train_metrics_clientapp[server_round] = train_metrics
-            clock_s += self.last_round.round_s
-            last = server_round == num_rounds or (clock_budget_s is not None and clock_s >= clock_budget_s)
+            self.clock_s += self.last_round.round_s
+            last = server_round == num_rounds or (clock_budget_s is not None and self.clock_s >= clock_budget_s)
             client_eval = None
             if last or self._client_eval_due(server_round):
                 eval_replies = grid.send_and_receive(
@@ -569,7 +570,7 @@ class FLQFedAvg(FedAvg):
             if last:
                 if server_round < num_rounds:
                     log.info("clock budget %.1f s reached after round %d (%.1f s on the clock)",
-                             clock_budget_s, server_round, clock_s)
+                             clock_budget_s, server_round, self.clock_s)
                 break
         return result
 

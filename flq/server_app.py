@@ -32,7 +32,7 @@ from .scheduler.registry import build_scheduler as registry_build
 from .scheduler.spread import parse_spread
 from .sim.clock import ClockModel
 from .sim.tiers import TierError, load_tiers
-from .strategy.fedavg import FLQFedAvg, NoClientsError
+from .strategy.fedavg import FLQFedAvg, NoClientsError, clock_budget_spent
 from .task.data import DataError
 from .task.lora import LoraModel
 from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape
@@ -195,8 +195,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     recorder = RunRecorder(run_dir, cfg.score_name, cfg.num_server_rounds, run_info, wall_s)
-    budget_left = cfg.clock_budget is None or clock_s < cfg.clock_budget
-    if start_round <= cfg.num_server_rounds and budget_left:
+    if start_round <= cfg.num_server_rounds and not clock_budget_spent(clock_s, cfg.clock_budget):
         strategy.start(
             grid,
             adapter_to_array_record(strategy.global_state, "fp32"),

@@ -546,7 +546,7 @@ class FLQFedAvg(FedAvg):
             if train_metrics is not None:
                 result.train_metrics_clientapp[server_round] = train_metrics
             self.clock_s += self.last_round.round_s
-            last = server_round == num_rounds or (clock_budget_s is not None and self.clock_s >= clock_budget_s)
+            last = server_round == num_rounds or clock_budget_spent(self.clock_s, clock_budget_s)
             client_eval = None
             if last or self._client_eval_due(server_round):
                 eval_replies = grid.send_and_receive(
@@ -593,6 +593,11 @@ class RoundRecorder(ABC):
     def on_round(self, strategy: FLQFedAvg, server_round: int, metrics: MetricRecord | None,
                  client_eval: list[ClientEvalRecord]) -> None:
         """Called once per finished round, after aggregation and evaluation."""
+
+
+def clock_budget_spent(clock_s: float, clock_budget_s: float | None) -> bool:
+    """Whether a run whose clock stands at ``clock_s`` may start no further round."""
+    return clock_budget_s is not None and clock_s >= clock_budget_s
 
 
 def _metric(record: MetricRecord | None, key: str) -> float | None:

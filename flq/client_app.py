@@ -99,10 +99,18 @@ class LocalTraining:
     autocast: torch.dtype | None
 
 
-def local_training(cfg: RunConfig, tier: TierProfile, bits: int, device: torch.device | None = None) -> LocalTraining:
-    """The tier's hints applied: a Jetson trains at its own batch size, under fp16/bf16 autocast."""
+def local_training(cfg: RunConfig, tier: TierProfile, bits: int, device: torch.device | None = None,
+                   batch_cap: int = 0) -> LocalTraining:
+    """The tier's hints applied: a Jetson trains at its own batch size, under fp16/bf16 autocast.
+
+    ``batch_cap`` (> 0): the scheduler's examples per step for this round, when one step of
+    the client's own batch would miss the deadline; it only ever lowers the batch.
+    """
     device = resolve_device("auto") if device is None else device
-    return LocalTraining(tier.batch_size or cfg.batch_size, autocast_dtype(tier.mixed_precision, bits, device))
+    batch_size = tier.batch_size or cfg.batch_size
+    if batch_cap > 0:
+        batch_size = min(batch_size, batch_cap)
+    return LocalTraining(batch_size, autocast_dtype(tier.mixed_precision, bits, device))
 
 
 def tier_info(node: Node, **extra: str) -> ConfigRecord:
@@ -131,7 +139,7 @@ def train(msg: Message, context: Context) -> Message:
     ask = msg.content[wire.CONFIG]
     server_round = int(ask[wire.SERVER_ROUND])
     rank, bits, max_steps = int(ask[wire.RANK]), int(ask[wire.BITS]), int(ask[wire.LOCAL_STEPS])
-    local = local_training(cfg, node.tier, bits)
+    local = local_training(cfg, node.tier, bits, batch_cap=int(ask.get(wire.BATCH_SIZE, 0)))
     received = array_record_to_adapter(msg.content[wire.ARRAYS])
 
     too_big = memory_problem(cfg, node.tier, bits, num_parameters(received), local.batch_size)

@@ -80,6 +80,7 @@ def build_scheduler(cfg: RunConfig, tiers, initial: AdapterState) -> RankSchedul
     """The configured scheduler, with priors from the model's size and the update codec."""
     defaults = SchedulerDefaults(
         rank=cfg.start_rank, rank_max=cfg.lora_rank, bits=cfg.backbone_bits, local_steps=cfg.local_steps,
+        batch_size=cfg.batch_size,
         tier_ranks=_tier_table(cfg.client_ranks), tier_bits=_tier_table(cfg.client_bits),
     )
     options: dict = {}
@@ -163,6 +164,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         clock_model=ClockModel.for_transport(tiers, cfg.transport),
         clock=cfg.clock,
         client_eval_every=cfg.client_eval_every,
+        batch_size=cfg.batch_size,
         aggregation=cfg.aggregation,
         aggregation_weight=cfg.aggregation_weight,
         update_codec=cfg.update_codec,

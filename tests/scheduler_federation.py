@@ -3,11 +3,12 @@
 Not FLQ's virtual clock (flq/sim): a stand-in with the same shape of truth, so scheduler
 tests need no simulator, Flower or torch. A client's round time on the clock is
 
-    compute = steps * STEP_S[bits] * tier.compute_factor * slowness * noise + fixed compute
+    compute = steps * STEP_S[bits] * (batch / 8) * tier.compute_factor * slowness * noise
     transfer = 2 * rtt + rank * BYTES_PER_RANK * 8e-6 * (1/down + 1/up) / (1 - loss) * noise
 
 (``slowness`` is a hidden per-client multiplier the tier prior does not know; step time does
-not depend on rank). Under the ``budget`` policy a client stops, as the ClientApp does, before
+not depend on rank; ``batch`` is the assignment's batch size, else the tier's 8, and a step's
+time is proportional to it). Under the ``budget`` policy a client stops, as the ClientApp does, before
 its compute plus its predicted transfers would pass its budget. The
 global loss falls by a share of its distance to a floor that grows with the accepted clients'
 steps and (logarithmically) their ranks.
@@ -91,7 +92,8 @@ class SimulatedFederation:
     def report(self, client: SimClient, a: Assignment) -> ClientReport:
         if client.fails:
             return ClientReport(client.node_id, "failed", a.rank, a.bits, client.tier)
-        per_step = self.step_s(client, a.bits) * self._jitter()
+        batch = min(self.tiers[client.tier].batch_size, a.batch_size or self.tiers[client.tier].batch_size)
+        per_step = self.step_s(client, a.bits) * batch / 8 * self._jitter()
         steps = a.local_steps
         if self.policy == "budget" and a.budget_s is not None:
             # as the ClientApp does: stop before the next step would push compute plus the
@@ -104,7 +106,7 @@ class SimulatedFederation:
         late = total > self.deadline_s
         return ClientReport(
             client.node_id, "late" if late else "ok", a.rank, a.bits, client.tier, steps=steps,
-            num_examples=steps * 8, compute_s=compute, transfer_s=transfer, round_s=total,
+            num_examples=steps * batch, compute_s=compute, transfer_s=transfer, round_s=total,
             bytes_up=a.rank * BYTES_PER_RANK, bytes_down=a.rank * BYTES_PER_RANK,
             loss_before=self.loss, loss_after=self.loss * 0.97, on_time=not late,
         )

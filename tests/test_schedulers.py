@@ -296,6 +296,48 @@ def test_bandit_learns_a_client_it_first_meets_in_a_report():
     assert scheduler.assign(2, [ClientInfo(9, "gpu")], 40.0)[9].local_steps < fresh.local_steps
 
 
+def test_bandit_gives_a_smaller_batch_to_a_client_late_even_at_one_step():
+    # Edge clients 6x slower than their tier: one step of 8 examples takes ~40 s, the deadline is 30 s.
+    def rounds(**options):
+        federation = SimulatedFederation(three_tier_clients(3, {"edge": 6.0}), deadline_s=30.0, seed=4)
+        return run_rounds(bandit(arms=(2, 4, 8), **options), federation, 10)
+
+    shrinking, full_steps = rounds(), rounds(shrink_batch=False)
+    for assignments, reports, _ in shrinking[4:]:
+        assert on_time_share(reports) == 1.0
+        assert {assignments[n].batch_size for n in (0, 1, 2, 100, 101, 102)} == {None}  # one full step fits
+        edge = [(assignments[n], r) for n, r in zip((200, 201, 202), reports[6:])]
+        assert all(1 <= a.batch_size < 8 and a.local_steps == 1 for a, _ in edge)
+        assert all(r.num_examples == a.batch_size for a, r in edge)   # the batch the client trained
+    for assignments, reports, _ in full_steps[4:]:
+        assert {a.batch_size for a in assignments.values()} == {None}
+        assert [r.status for r in reports[6:]] == ["late"] * 3         # one full step is all they can do
+
+
+def test_bandit_learns_compute_per_example_so_small_batches_teach_full_ones():
+    defaults = SchedulerDefaults(rank=8, rank_max=64, bits=16, local_steps=8, batch_size=8)
+
+    def after(steps: int, num_examples: int, compute_s: float):
+        scheduler = bandit(defaults=defaults)
+        scheduler.observe(1, [report(1, steps=steps, num_examples=num_examples, compute_s=compute_s)], None)
+        return scheduler.assign(2, [ClientInfo(1, "cpu")], 30.0)[1]
+
+    half_batches = after(steps=4, num_examples=16, compute_s=17.6)   # 16 examples in 17.6 s
+    full_batches = after(steps=2, num_examples=16, compute_s=17.6)   # the same work in 2 full steps
+    twice_as_fast = after(steps=4, num_examples=32, compute_s=17.6)
+    assert half_batches == full_batches
+    assert twice_as_fast.local_steps > full_batches.local_steps
+
+
+def test_bandit_batch_never_goes_below_its_floor():
+    scheduler = bandit(min_batch_size=3)
+    # hopeless: one example alone takes longer than the deadline
+    scheduler.observe(1, [report(1, "late", steps=1, num_examples=1, compute_s=90.0)], None)
+    assert scheduler.assign(2, [ClientInfo(1, "cpu")], 30.0)[1].batch_size == 3
+    with pytest.raises(ValueError, match="min_batch_size"):
+        bandit(min_batch_size=0)
+
+
 # --------------------------------------------------------------------------------------
 # bandit: bits and memory
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ Replies are built as a ClientApp builds them (``Message(content, reply_to=...)``
 node list comes from a minimal grid, because sampling is all this test needs from one.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
@@ -129,6 +131,38 @@ def test_clients_count_by_examples_or_by_examples_per_step_they_took(mode, weigh
     before = {k: v.copy() for k, v in strategy.global_state.items()}
     strategy.aggregate_train(1, [reply(messages[11], deltas[0], examples=40, steps=4),
                                  reply(messages[13], deltas[1], examples=20, steps=1)])
+    expected = aggregate("rank-wise", [client_adapter_from_delta(before, d) for d in deltas], weights, before, R_MAX)
+    for key in before:
+        np.testing.assert_allclose(strategy.global_state[key], expected[key], rtol=1e-6)
+
+
+class BatchCapScheduler(TableScheduler):
+    """The table's ranks, and a smaller batch for node 12, as ``bandit`` gives a client late at one step."""
+
+    def assign(self, server_round, clients, deadline_s):
+        out = super().assign(server_round, clients, deadline_s)
+        return {n: replace(a, batch_size=3) if n == 12 else a for n, a in out.items()}
+
+
+def test_a_batch_size_from_the_scheduler_reaches_that_client_only():
+    strategy = make_strategy()
+    strategy.scheduler = BatchCapScheduler(SchedulerDefaults(rank=8, rank_max=R_MAX), ranks="cycle:2,4,8")
+    configs = {m.metadata.dst_node_id: m.content[wire.CONFIG]
+               for m in strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12, 13]))}
+    assert configs[12][wire.BATCH_SIZE] == 3
+    assert wire.BATCH_SIZE not in configs[11] and wire.BATCH_SIZE not in configs[13]
+
+
+@pytest.mark.parametrize("mode, weights", [("examples", [8.0, 3.0]), ("examples-per-step", [8.0, 8.0])])
+def test_a_client_given_a_smaller_batch_counts_per_step_as_at_its_own(mode, weights):
+    # Node 12 was given batch 3 (one step of 8 would be late) and trained one step of 3 examples.
+    strategy = make_strategy(aggregation_weight=mode)
+    strategy.scheduler = BatchCapScheduler(SchedulerDefaults(rank=8, rank_max=R_MAX), ranks="cycle:8")
+    messages = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, None, ConfigRecord(), NodeList([11, 12]))}
+    deltas = [client_delta(messages[11], seed=1), client_delta(messages[12], seed=2)]
+    before = {k: v.copy() for k, v in strategy.global_state.items()}
+    strategy.aggregate_train(1, [reply(messages[11], deltas[0], examples=8, steps=1),
+                                 reply(messages[12], deltas[1], examples=3, steps=1)])
     expected = aggregate("rank-wise", [client_adapter_from_delta(before, d) for d in deltas], weights, before, R_MAX)
     for key in before:
         np.testing.assert_allclose(strategy.global_state[key], expected[key], rtol=1e-6)

@@ -291,6 +291,16 @@ def test_jetson_nano_sets_batch_size_rank_ceiling_and_mixed_precision():
     assert tiers["jetson-nano"].max_rank == 4  # enforced by the strategy: see the e2e test below
 
 
+def test_a_scheduler_batch_cap_only_ever_lowers_the_batch():
+    tiers = load_tiers()
+    cfg = RunConfig(task=IMAGE_TASK, batch_size=8)
+    cpu = torch.device("cpu")
+    assert local_training(cfg, tiers["reference"], 32, cpu, batch_cap=3).batch_size == 3
+    assert local_training(cfg, tiers["jetson-nano"], 32, cpu, batch_cap=12).batch_size == 12  # below its 16
+    assert local_training(cfg, tiers["reference"], 32, cpu, batch_cap=20).batch_size == 8    # never above
+    assert local_training(cfg, tiers["reference"], 32, cpu, batch_cap=0).batch_size == 8     # 0: none asked
+
+
 @pytest.mark.parametrize("autocast, dtype", [(None, torch.float32), (torch.bfloat16, torch.bfloat16)])
 def test_mixed_precision_trains_in_half_precision_with_float32_adapters(mobilevit_dir, autocast, dtype):
     lm = make(mobilevit_dir, rank=4)

@@ -10,8 +10,9 @@ rank, seeded by its tier's prior, forgetting old rounds) predicts to finish befo
 deadline with high probability (the round's miss probability, 5% by default, shared among
 the clients the deadline binds, since a round is on time only if all of them are); ranks
 are then water-filled so the round's mean meets the aim where the deadline allows. A
-compute-bound client loses steps, not just rank; a client that misses a deadline or fails
-is pushed down at once and recovers over on-time rounds.
+compute-bound client loses steps, not just rank; one that cannot fit even one step gets a
+smaller batch for the round (fewer examples per step) rather than a step it will finish late;
+a client that misses a deadline or fails is pushed down at once and recovers over on-time rounds.
 Cost per round, n clients: O(n log n), no solver: whole-column numpy work (about 16
 evaluations of the time models inside binary searches over steps and rank, a histogram
 water-fill) plus one sort that groups identical assignments. Measured on the shared 2-core
@@ -41,7 +42,7 @@ from .priors import (
     tier_rank_ceiling,
     transfer_s_per_rank,
 )
-from .time_model import OnlineLinearTime
+from .time_model import OnlineLinearTime, PredictedLine
 
 DEFAULT_ARMS = (2, 4, 8, 16, 32, 64)
 DEFAULT_BITS_OPTIONS = (16, 8, 4)
@@ -230,6 +231,9 @@ class BanditScheduler(RankScheduler):
     round's deadline-bound clients (those whose full work at their ceiling rank does not fit;
     Bonferroni: each gets (1 - confidence) / k), since a round is on time only if all of
     them are; without it, each client's own probability.
+    ``shrink_batch`` / ``min_batch_size``: a client predicted late even at one step of its
+    own batch gets the largest batch (not below ``min_batch_size``) whose one step is predicted
+    on time; work is measured in examples, so what it learns at a small batch carries over.
     ``min_work_fraction``: share of the step cap a client keeps before its rank may crowd out
     steps (rank costs transfer time; below this share, rank gives way first).
     ``stop_on_budget``: True when the run's policy is ``budget`` (a client stops before its
@@ -258,6 +262,8 @@ class BanditScheduler(RankScheduler):
         round_confidence: bool = True,
         min_work_fraction: float = 0.5,
         stop_on_budget: bool = False,
+        shrink_batch: bool = True,
+        min_batch_size: int = 1,
         memory_model: MemoryModel | None = None,
         bits_options: Sequence[int] = DEFAULT_BITS_OPTIONS,
         arms: Sequence[int] = DEFAULT_ARMS,
@@ -276,6 +282,10 @@ class BanditScheduler(RankScheduler):
             raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
         if not 0.0 < min_work_fraction <= 1.0:
             raise ValueError(f"min_work_fraction must be in (0, 1], got {min_work_fraction}")
+        if not 1 <= min_batch_size:
+            raise ValueError(f"min_batch_size must be at least 1, got {min_batch_size}")
+        if defaults.batch_size < 1:
+            raise ValueError(f"the run's batch size must be at least 1, got {defaults.batch_size}")
         self.defaults = defaults
         self.tiers = tiers
         self.step_time_prior = dict(step_time_prior) if step_time_prior else None
@@ -285,6 +295,8 @@ class BanditScheduler(RankScheduler):
         self.round_confidence = round_confidence
         self.min_work_fraction = min_work_fraction
         self.stop_on_budget = stop_on_budget
+        self.shrink_batch = shrink_batch
+        self.min_batch_size = min_batch_size
         self.memory_model = memory_model
         self.bits_options = sorted(set(int(b) for b in bits_options), reverse=True)
         self.miss_backoff = miss_backoff
@@ -302,6 +314,7 @@ class BanditScheduler(RankScheduler):
             "oom_rank_cap": float(defaults.rank_max),
             "bits_cap": float(max(self.bits_options + [defaults.bits])),
             "table_bits": float(defaults.bits),
+            "own_batch": float(defaults.batch_size),   # examples per step the client trains at
         })
         self.compute_time = OnlineLinearTime(self.table, "compute_", forgetting)
         self.transfer_time = OnlineLinearTime(self.table, "transfer_", forgetting)
@@ -313,11 +326,12 @@ class BanditScheduler(RankScheduler):
             self._step_s_by_bits[bits] = reference_step_s(self.step_time_prior, bits)
         return self._step_s_by_bits[bits]
 
-    def _ref_step_column(self, bits: np.ndarray) -> np.ndarray:
-        """Reference seconds per step for each entry of ``bits`` (a few distinct values)."""
+    def _ref_example_column(self, bits: np.ndarray) -> np.ndarray:
+        """Reference seconds per training example for each entry of ``bits`` (a few distinct
+        values): the reference step, at the run's batch size, per example."""
         out = np.empty(bits.shape, dtype=np.float64)
         for value in np.unique(bits).tolist():
-            out[bits == value] = self._ref_step_s(int(value))
+            out[bits == value] = self._ref_step_s(int(value)) / self.defaults.batch_size
         return out
 
     def _init_rows(self, rows: np.ndarray, tiers: Sequence[str | None]) -> None:
@@ -331,9 +345,11 @@ class BanditScheduler(RankScheduler):
         d, cv = self.defaults, self.prior_cv
         profile = tier_profile(self.tiers, tier)
         factor = float(profile.compute_factor)
-        one_step = factor * self._ref_step_s(d.bits)
+        own_batch = int(getattr(profile, "batch_size", None) or d.batch_size)
+        one_step = factor * self._ref_step_s(d.bits) * own_batch / d.batch_size
         full_work = one_step * d.local_steps
-        # compute_s = w0 + w1 * (steps * reference step seconds): w1 is the client's compute factor
+        # compute_s = w0 + w1 * (examples * reference seconds per example): w1 is the client's
+        # compute factor
         self.compute_time.set_prior(rows, 0.0, max(cv * full_work, 1e-3), factor, max(cv * factor, 1e-3),
                                     self.noise_cv * full_work)
         per_rank = transfer_s_per_rank(profile, self.bytes_per_rank)
@@ -345,6 +361,7 @@ class BanditScheduler(RankScheduler):
                                      max(self.noise_cv * typical, 0.01))
         self.table["tier_rank_cap"][rows] = tier_rank_ceiling(profile, d.rank_max)
         self.table["table_bits"][rows] = d.tier_bits.get(tier, d.bits) if tier is not None else d.bits
+        self.table["own_batch"][rows] = own_batch
 
     # -- assign -----------------------------------------------------------------------
     def assign(
@@ -364,10 +381,10 @@ class BanditScheduler(RankScheduler):
         if deadline_s is None or deadline_s <= 0:
             ranks = waterfill_ranks(ceilings, d.rank_min, target)
             return assignments_by_node(node_ids, ranks, bits, cap, None)
-        ranks, steps, budgets = self._fit_to_deadline(rows, bits, ceilings, target, float(deadline_s))
+        ranks, steps, budgets, batches = self._fit_to_deadline(rows, bits, ceilings, target, float(deadline_s))
         if self.stop_on_budget:
             steps = cap
-        return assignments_by_node(node_ids, ranks, bits, steps, budgets)
+        return assignments_by_node(node_ids, ranks, bits, steps, budgets, batches)
 
     def _bits_and_memory_ceiling(self, rows: np.ndarray, clients: Sequence[ClientInfo]) -> tuple[np.ndarray, np.ndarray]:
         """Backbone bits per client, and the highest rank its memory holds at those bits."""
@@ -403,15 +420,18 @@ class BanditScheduler(RankScheduler):
         return np.asarray(limits, dtype=np.float64)
 
     def _fit_to_deadline(self, rows: np.ndarray, bits: np.ndarray, ceilings: np.ndarray, target: int,
-                         deadline_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ranks, steps and time budgets predicted to finish by the deadline w.h.p.
+                         deadline_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Ranks, steps, time budgets and batch sizes (0: the client's own) predicted to
+        finish by the deadline w.h.p.
 
         A client fits when mean + z * std of its compute + transfer time is within its
         deadline (the run's, divided by its caution); compute and transfer are independent.
         """
         d = self.defaults
         limit = deadline_s / self.table["caution"][rows]
-        step_x = self._ref_step_column(bits)
+        example_x = self._ref_example_column(bits)
+        own_batch = self.table["own_batch"][rows].astype(np.int64)
+        step_x = example_x * own_batch
         compute, transfer = self.compute_time.line(rows), self.transfer_time.line(rows)
 
         def fits_steps(ranks: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -419,6 +439,15 @@ class BanditScheduler(RankScheduler):
             base, spread = transfer.mean(r) + compute.m0, transfer.var(r) + compute.v0
             return lambda s: base + compute.m1 * (x := s * step_x) + z * np.sqrt(
                 np.maximum(spread + x * (compute.v1 + compute.v2 * x), 0.0)) <= limit
+
+        def fits_one_step(at: np.ndarray, ranks: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
+            """Rows ``at`` only: does one step of ``b`` examples fit, at ``ranks``?"""
+            r = ranks.astype(np.float64)
+            c = PredictedLine(compute.m0[at], compute.m1[at], compute.v0[at], compute.v1[at], compute.v2[at])
+            base = transfer.mean(r)[at] + c.m0
+            spread = transfer.var(r)[at] + c.v0
+            return lambda b: base + c.m1 * (x := b * example_x[at]) + z * np.sqrt(
+                np.maximum(spread + x * (c.v1 + c.v2 * x), 0.0)) <= limit[at]
 
         def fits_ranks(steps: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
             x = steps * step_x
@@ -439,12 +468,19 @@ class BanditScheduler(RankScheduler):
         kept_steps = np.minimum(max(1, math.ceil(self.min_work_fraction * d.local_steps)), steps_at_low_rank)
         rank_fit, _ = largest_fitting(rank_low, ceilings, fits_ranks(kept_steps, z))
         ranks = waterfill_ranks(rank_fit, d.rank_min, target)
-        steps, _ = largest_fitting(one, cap, fits_steps(ranks, z))
+        steps, one_step_fits = largest_fitting(one, cap, fits_steps(ranks, z))
+        # Late even at one step: one step of fewer examples (a noisier gradient, same expectation)
+        # is worth more than a late one, which the round either waits for or drops.
+        batches = np.zeros(n, dtype=np.int64)
+        short = np.flatnonzero(~one_step_fits & (own_batch > self.min_batch_size))
+        if self.shrink_batch and short.size:
+            batches[short], _ = largest_fitting(np.full(short.size, self.min_batch_size, dtype=np.int64),
+                                                own_batch[short] - 1, fits_one_step(short, ranks, z))
         # The ClientApp takes its own predicted transfers out of the budget: it gets its whole
         # time, the deadline shrunk by its caution.
         resolution = deadline_s / BUDGET_LEVELS
         budget = np.maximum(np.floor(limit / resolution), 1.0) * resolution
-        return ranks, steps, budget
+        return ranks, steps, budget, batches
 
     # -- observe ----------------------------------------------------------------------
     def observe(self, server_round: int, reports: Sequence[ClientReport], outcome: RoundOutcome | None = None) -> None:
@@ -466,8 +502,14 @@ class BanditScheduler(RankScheduler):
         timed = reports.timed
         computed = timed & (reports.steps > 0) & (reports.compute_s > 0)
         if computed.any():
-            step_x = self._ref_step_column(reports.bits[computed])
-            self.compute_time.update(rows[computed], reports.steps[computed] * step_x, reports.compute_s[computed])
+            # Work in examples; a report without a count, or with more per step than the
+            # client's batch (none trains that), counts full steps of its own batch.
+            steps = reports.steps[computed].astype(np.float64)
+            own_batch = self.table["own_batch"][rows[computed]]
+            examples = reports.num_examples[computed].astype(np.float64)
+            per_step = np.where(examples > 0, np.minimum(examples / steps, own_batch), own_batch)
+            work_x = steps * per_step * self._ref_example_column(reports.bits[computed])
+            self.compute_time.update(rows[computed], work_x, reports.compute_s[computed])
         # Everything that is not compute (transfers, handshakes) is charged to the transfer model.
         non_compute = reports.non_compute_s
         moved = timed & (reports.rank > 0) & (non_compute > 0)

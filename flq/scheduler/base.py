@@ -34,6 +34,7 @@ class Assignment:
     local_steps: int                   # step cap; with a budget the client may stop earlier
     budget_s: float | None = None      # time budget on the run's clock (None: no budget)
     codec: str | None = None           # update codec for this client (None: the run's)
+    batch_size: int | None = None      # examples per step, below the client's own (None: its own)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class SchedulerDefaults:
     rank_min: int = 1
     bits: int = 16
     local_steps: int = 8
+    batch_size: int = 8                # the run's examples per step (a tier may have its own)
     tier_ranks: dict[str, int] = field(default_factory=dict)
     tier_bits: dict[str, int] = field(default_factory=dict)
 

@@ -102,28 +102,32 @@ def assignments_by_node(
     bits: np.ndarray,
     steps: np.ndarray,
     budgets: np.ndarray | None,
+    batch_sizes: np.ndarray | None = None,
 ) -> dict[int, Assignment]:
     """``{node_id: Assignment}``; clients with identical decisions share one (frozen) Assignment.
 
+    ``batch_sizes``: examples per step, 0 where the client keeps its own (None: all do).
     Building 10,000 frozen dataclasses costs ~15 ms in CPython, more than the whole decision,
-    while a round's clients share a few hundred (rank, bits, steps, budget) tuples at most:
-    the tuples are numbered with numpy and one Assignment is built per distinct tuple.
+    while a round's clients share a few hundred (rank, bits, steps, budget, batch) tuples at
+    most: the tuples are numbered with numpy and one Assignment is built per distinct tuple.
     """
     n = len(node_ids)
     if n == 0:
         return {}
     ranks, bits, steps = (np.asarray(a, dtype=np.int64) for a in (ranks, bits, steps))
+    batches = np.zeros(n, dtype=np.int64) if batch_sizes is None else np.asarray(batch_sizes, dtype=np.int64)
     if budgets is None:
         budget_values, budget_codes = [None], np.zeros(n, dtype=np.int64)
     else:
         unique_budgets, budget_codes = np.unique(np.asarray(budgets, dtype=np.float64), return_inverse=True)
         budget_values = unique_budgets.tolist()
     key = budget_codes
-    for column in (steps, bits, ranks):
+    for column in (batches, steps, bits, ranks):
         key = key * (int(column.max()) + 1) + column  # mixed radix: one int64 per distinct tuple
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     shared = [
-        Assignment(int(ranks[i]), int(bits[i]), int(steps[i]), budget_values[budget_codes[i]])
+        Assignment(int(ranks[i]), int(bits[i]), int(steps[i]), budget_values[budget_codes[i]],
+                   batch_size=int(batches[i]) or None)
         for i in first.tolist()
     ]
     return dict(zip(node_ids, map(shared.__getitem__, inverse.tolist())))

@@ -262,17 +262,23 @@ AGGREGATION_RULES: tuple[str, ...] = tuple(_AGGREGATORS)
 # n_i * steps_i, not n_i (Wang et al., 2020, "Tackling the objective inconsistency problem").
 # "examples-per-step": n_i / steps_i, FedNova's normalised averaging with the harmonic mean
 # of the steps as the effective step count: every client pulls in proportion to its data,
-# however much of the round it could spend training. Equal steps give FedAvg's weights.
+# however much of the round it could spend training. Equal steps give FedAvg's weights. A
+# client the scheduler gave a smaller batch (one step of its own would be late) counts as at
+# its own batch: a smaller batch estimates the same gradient, only noisier (``batch_scale``).
 AGGREGATION_WEIGHTS: tuple[str, ...] = ("examples", "examples-per-step")
 
 
-def client_weight(mode: str, num_examples: int, steps: int) -> float:
-    """One accepted client's weight in the average under ``mode`` (see AGGREGATION_WEIGHTS)."""
+def client_weight(mode: str, num_examples: int, steps: int, batch_scale: float = 1.0) -> float:
+    """One accepted client's weight in the average under ``mode`` (see AGGREGATION_WEIGHTS).
+
+    ``batch_scale``: the client's own batch over the smaller one it was given this round
+    (1: none given); only per-step weights use it.
+    """
     if mode == "examples":
         return float(num_examples)
     if mode == "examples-per-step":
         # A reply that trained no step carries a zero delta: it counts as one step.
-        return float(num_examples) / max(int(steps), 1)
+        return float(num_examples) / max(int(steps), 1) * batch_scale
     raise ValueError(f"unknown aggregation weight {mode!r}; choose one of {', '.join(AGGREGATION_WEIGHTS)}")
 
 

@@ -112,6 +112,7 @@ class FLQFedAvg(FedAvg):
         clock: str = "auto",
         seed: int = 0,
         client_eval_every: int = 0,
+        batch_size: int = 8,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -145,6 +146,7 @@ class FLQFedAvg(FedAvg):
         self.clock = clock  # "auto" is resolved once the nodes have described themselves
         self._warned_tiers: set[str] = set()
         self.client_eval_every = client_eval_every
+        self.batch_size = batch_size  # the run's examples per step (a tier may have its own)
         self.rng = random.Random(seed)
         self.nodes: dict[int, NodeProfile] = {}
         self.excluded: set[int] = set()  # nodes that failed to describe themselves
@@ -257,6 +259,8 @@ class FLQFedAvg(FedAvg):
             cfg[wire.ERROR_FEEDBACK] = self.error_feedback
             if self.policy == "budget" and a.budget_s is not None:
                 cfg[wire.BUDGET_S] = float(a.budget_s)
+            if a.batch_size is not None:
+                cfg[wire.BATCH_SIZE] = int(a.batch_size)
             self.plans[node] = ClientPlan(node, a, sent, array_record_nbytes(record))
             messages.append(
                 Message(RecordDict({wire.ARRAYS: record, wire.CONFIG: cfg}), dst_node_id=node,
@@ -270,6 +274,15 @@ class FLQFedAvg(FedAvg):
         if tier is None or tier.max_rank is None or a.rank <= tier.max_rank:
             return a
         return replace(a, rank=tier.max_rank)
+
+    def _batch_scale(self, plan: ClientPlan) -> float:
+        """The client's own batch over the smaller one its assignment gave (1 if none)."""
+        asked = plan.assignment.batch_size
+        if not asked:
+            return 1.0
+        tier = self._tier_profile(self.nodes[plan.node_id].tier) if plan.node_id in self.nodes else None
+        own = (tier.batch_size if tier is not None else None) or self.batch_size
+        return own / min(asked, own)
 
     def _tier_profile(self, name: str | None):
         try:
@@ -320,7 +333,8 @@ class FLQFedAvg(FedAvg):
             self._apply_deadline(record)
             result.clients.append(record)
             if state is not None and record.status == STATUS_OK:
-                aggregator.add(state, client_weight(self.aggregation_weight, record.num_examples, record.steps))
+                aggregator.add(state, client_weight(self.aggregation_weight, record.num_examples, record.steps,
+                                                    self._batch_scale(plan)))
                 if record.loss_after is not None:
                     weighted_losses.append((record.loss_after, record.num_examples))
         for node, plan in self.plans.items():  # sampled but silent: the grid timed out

@@ -17,6 +17,7 @@ RANK = "rank"
 BITS = "bits"
 LOCAL_STEPS = "local-steps"
 BUDGET_S = "budget-s"            # time budget on the run's clock; absent: none
+BATCH_SIZE = "batch-size"        # examples per step for this round, below the client's own; absent: its own
 CODEC_UP = "codec-up"            # scheme the client encodes its update with
 ERROR_FEEDBACK = "error-feedback"  # bool: keep the quantization residual for next round
 CLOCK = "clock"                  # "virtual" or "real": how the budget is measured

@@ -163,6 +163,7 @@ def test_a_client_given_a_smaller_batch_counts_per_step_as_at_its_own(mode, weig
     before = {k: v.copy() for k, v in strategy.global_state.items()}
     strategy.aggregate_train(1, [reply(messages[11], deltas[0], examples=8, steps=1),
                                  reply(messages[12], deltas[1], examples=3, steps=1)])
+    assert {c.node_id: c.batch_size for c in strategy.last_round.clients} == {11: 0, 12: 3}  # in the records
     expected = aggregate("rank-wise", [client_adapter_from_delta(before, d) for d in deltas], weights, before, R_MAX)
     for key in before:
         np.testing.assert_allclose(strategy.global_state[key], expected[key], rtol=1e-6)

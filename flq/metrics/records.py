@@ -37,6 +37,7 @@ class ClientRoundRecord:
     bits: int = 0
     steps: int = 0
     num_examples: int = 0
+    batch_size: int = 0                # examples per step the scheduler gave it (0: its own batch)
     loss_before: float | None = None
     loss_after: float | None = None
     compute_s: float = 0.0             # on the run's clock (virtual: measured x tier factor)

@@ -398,6 +398,7 @@ class FLQFedAvg(FedAvg):
             bits=plan.assignment.bits,
             steps=int(metrics.get(wire.STEPS, 0)),
             num_examples=int(metrics.get(wire.NUM_EXAMPLES, 0)),
+            batch_size=int(plan.assignment.batch_size or 0),
             loss_before=_opt_float(metrics.get(wire.LOSS_BEFORE)),
             loss_after=_opt_float(metrics.get(wire.LOSS_AFTER)),
             compute_s=compute_s,

@@ -16,9 +16,9 @@ a client that misses a deadline or fails is pushed down at once and recovers ove
 Cost per round, n clients: O(n log n), no solver: whole-column numpy work (about 16
 evaluations of the time models inside binary searches over steps and rank, a histogram
 water-fill) plus one sort that groups identical assignments. Measured on the shared 2-core
-machine (benchmarks/results/scheduler_decision_time.md, assign + observe, median): 1.7 ms at
-10 clients, 3.3 ms at 1,000, 14.7 ms at 10,000 (assign 6.6 ms; observe 8.7 ms, most of it
-reading the 10,000 report objects, one attribute at a time); 5-10x less than ``solver``.
+machine (benchmarks/results/scheduler_decision_time.md, assign + observe, median): 1.3 ms at
+10 clients, 2.9 ms at 1,000, 12.0 ms at 10,000 (assign 5.3 ms; observe 6.8 ms, most of it
+reading the 10,000 report objects, one attribute at a time); 4-9x less than ``solver``.
 """
 
 from __future__ import annotations

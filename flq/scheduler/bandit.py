@@ -42,7 +42,7 @@ from .priors import (
     tier_rank_ceiling,
     transfer_s_per_rank,
 )
-from .time_model import OnlineLinearTime, PredictedLine
+from .time_model import OnlineLinearTime
 
 DEFAULT_ARMS = (2, 4, 8, 16, 32, 64)
 DEFAULT_BITS_OPTIONS = (16, 8, 4)
@@ -282,7 +282,7 @@ class BanditScheduler(RankScheduler):
             raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
         if not 0.0 < min_work_fraction <= 1.0:
             raise ValueError(f"min_work_fraction must be in (0, 1], got {min_work_fraction}")
-        if not 1 <= min_batch_size:
+        if min_batch_size < 1:
             raise ValueError(f"min_batch_size must be at least 1, got {min_batch_size}")
         if defaults.batch_size < 1:
             raise ValueError(f"the run's batch size must be at least 1, got {defaults.batch_size}")
@@ -434,20 +434,18 @@ class BanditScheduler(RankScheduler):
         step_x = example_x * own_batch
         compute, transfer = self.compute_time.line(rows), self.transfer_time.line(rows)
 
-        def fits_steps(ranks: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
+        def fits_work(ranks: np.ndarray, z: float, unit_x: np.ndarray,
+                      at: slice | np.ndarray = slice(None)) -> Callable[[np.ndarray], np.ndarray]:
+            """At ``ranks``, do ``k`` units of work (``unit_x`` reference seconds each: a step,
+            an example) fit? For the rows ``at`` only, if given (``ranks`` still covers all)."""
             r = ranks.astype(np.float64)
-            base, spread = transfer.mean(r) + compute.m0, transfer.var(r) + compute.v0
-            return lambda s: base + compute.m1 * (x := s * step_x) + z * np.sqrt(
-                np.maximum(spread + x * (compute.v1 + compute.v2 * x), 0.0)) <= limit
+            base, spread = transfer.mean(r)[at] + compute.m0[at], transfer.var(r)[at] + compute.v0[at]
+            m1, v1, v2, unit, room = compute.m1[at], compute.v1[at], compute.v2[at], unit_x[at], limit[at]
+            return lambda k: base + m1 * (x := k * unit) + z * np.sqrt(
+                np.maximum(spread + x * (v1 + v2 * x), 0.0)) <= room
 
-        def fits_one_step(at: np.ndarray, ranks: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
-            """Rows ``at`` only: does one step of ``b`` examples fit, at ``ranks``?"""
-            r = ranks.astype(np.float64)
-            c = PredictedLine(compute.m0[at], compute.m1[at], compute.v0[at], compute.v1[at], compute.v2[at])
-            base = transfer.mean(r)[at] + c.m0
-            spread = transfer.var(r)[at] + c.v0
-            return lambda b: base + c.m1 * (x := b * example_x[at]) + z * np.sqrt(
-                np.maximum(spread + x * (c.v1 + c.v2 * x), 0.0)) <= limit[at]
+        def fits_steps(ranks: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
+            return fits_work(ranks, z, step_x)
 
         def fits_ranks(steps: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
             x = steps * step_x
@@ -475,7 +473,7 @@ class BanditScheduler(RankScheduler):
         short = np.flatnonzero(~one_step_fits & (own_batch > self.min_batch_size))
         if self.shrink_batch and short.size:
             batches[short], _ = largest_fitting(np.full(short.size, self.min_batch_size, dtype=np.int64),
-                                                own_batch[short] - 1, fits_one_step(short, ranks, z))
+                                                own_batch[short] - 1, fits_work(ranks, z, example_x, short))
         # The ClientApp takes its own predicted transfers out of the budget: it gets its whole
         # time, the deadline shrunk by its caution.
         resolution = deadline_s / BUDGET_LEVELS

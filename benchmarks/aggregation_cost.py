@@ -66,8 +66,12 @@ class Timing:
 
 def lora_module_shapes(layers: int) -> dict[str, tuple[int, int]]:
     """SmolLM2-135M attention projections, keyed as peft names them: prefix -> (out, in)."""
-    shapes = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (KV_FEATURES, HIDDEN),
-              "v_proj": (KV_FEATURES, HIDDEN), "o_proj": (HIDDEN, HIDDEN)}
+    shapes = {
+        "q_proj": (HIDDEN, HIDDEN),
+        "k_proj": (KV_FEATURES, HIDDEN),
+        "v_proj": (KV_FEATURES, HIDDEN),
+        "o_proj": (HIDDEN, HIDDEN),
+    }
     return {
         f"base_model.model.model.layers.{layer}.self_attn.{name}": shape
         for layer in range(layers)
@@ -88,13 +92,14 @@ def client_pool(modules: dict[str, tuple[int, int]], seed: int) -> tuple[dict[in
     """A few random adapters per rank, and the seconds it took to generate one on average."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    pool = {rank: [random_adapter(rng, modules, rank) for _ in range(POOL_COPIES_PER_RANK)]
-            for rank in RANK_CHOICES}
+    pool = {rank: [random_adapter(rng, modules, rank) for _ in range(POOL_COPIES_PER_RANK)] for rank in RANK_CHOICES}
     seconds_per_adapter = (time.perf_counter() - start) / (len(RANK_CHOICES) * POOL_COPIES_PER_RANK)
     return pool, seconds_per_adapter
 
 
-def client_stream(pool: dict[int, list[AdapterState]], num_clients: int, seed: int) -> Iterator[tuple[AdapterState, int]]:
+def client_stream(
+    pool: dict[int, list[AdapterState]], num_clients: int, seed: int
+) -> Iterator[tuple[AdapterState, int]]:
     """(adapter, example count) for each client; the same seed gives the same sequence."""
     rng = np.random.default_rng(seed)
     ranks = rng.choice(RANK_CHOICES, size=num_clients)
@@ -104,7 +109,9 @@ def client_stream(pool: dict[int, list[AdapterState]], num_clients: int, seed: i
         yield copies[index % len(copies)], int(weight)
 
 
-def time_rule(rule: str, previous_global: AdapterState, stream: Iterator[tuple[AdapterState, int]]) -> tuple[float, float]:
+def time_rule(
+    rule: str, previous_global: AdapterState, stream: Iterator[tuple[AdapterState, int]]
+) -> tuple[float, float]:
     """Seconds spent in ``add`` over the whole stream, and in ``result``."""
     aggregator = make_aggregator(rule, previous_global, R_MAX)
     add_s = 0.0
@@ -144,30 +151,47 @@ def markdown_report(timings: Sequence[Timing], memory: dict[tuple[str, int], flo
     by_key = {(t.rule, t.clients): t for t in timings}
     lines = ["# Aggregation cost per rule", ""]
     lines += [f"- {name}: {value}" for name, value in context.items()]
-    lines += ["", "| rule | clients | add (s) | result (s) | total (s) | add per client (ms) | total per client (ms) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| rule | clients | add (s) | result (s) | total (s) | add per client (ms) | total per client (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for rule in AGGREGATION_RULES:
         for count in counts:
             t = by_key[(rule, count)]
-            lines.append(f"| {rule} | {count} | {t.add_s:.2f} | {t.result_s:.2f} | {t.total_s:.2f} | "
-                         f"{1e3 * t.add_s / count:.1f} | {1e3 * t.total_s / count:.1f} |")
+            lines.append(
+                f"| {rule} | {count} | {t.add_s:.2f} | {t.result_s:.2f} | {t.total_s:.2f} | "
+                f"{1e3 * t.add_s / count:.1f} | {1e3 * t.total_s / count:.1f} |"
+            )
     first, last = counts[0], counts[-1]
     steps = list(zip(counts, counts[1:]))
-    lines += ["", f"Growth from {first} to {last} clients (x{last / first:g} clients). A cost that is "
-              "linear in clients has a constant marginal cost per extra client; a fixed cost per round "
-              "(allocating the sums, the SVDs) pulls the plain ratio below the client ratio:", "",
-              f"| rule | add {last}/{first} | total {last}/{first} | "
-              + " | ".join(f"marginal add {a}->{b} (ms/client)" for a, b in steps) + " |",
-              "|---|---:|---:|" + "---:|" * len(steps)]
+    lines += [
+        "",
+        f"Growth from {first} to {last} clients (x{last / first:g} clients). A cost that is "
+        "linear in clients has a constant marginal cost per extra client; a fixed cost per round "
+        "(allocating the sums, the SVDs) pulls the plain ratio below the client ratio:",
+        "",
+        f"| rule | add {last}/{first} | total {last}/{first} | "
+        + " | ".join(f"marginal add {a}->{b} (ms/client)" for a, b in steps)
+        + " |",
+        "|---|---:|---:|" + "---:|" * len(steps),
+    ]
     for rule in AGGREGATION_RULES:
         low, high = by_key[(rule, first)], by_key[(rule, last)]
         marginals = [1e3 * (by_key[(rule, b)].add_s - by_key[(rule, a)].add_s) / (b - a) for a, b in steps]
-        lines.append(f"| {rule} | {high.add_s / low.add_s:.1f} | {high.total_s / low.total_s:.1f} | "
-                     + " | ".join(f"{m:.1f}" for m in marginals) + " |")
+        lines.append(
+            f"| {rule} | {high.add_s / low.add_s:.1f} | {high.total_s / low.total_s:.1f} | "
+            + " | ".join(f"{m:.1f}" for m in marginals)
+            + " |"
+        )
     memory_counts = sorted({count for _, count in memory})
-    lines += ["", "Peak memory allocated by the aggregator (tracemalloc, untimed pass; inputs excluded):", "",
-              "| rule | " + " | ".join(f"{c} clients (MB)" for c in memory_counts) + " |",
-              "|---|" + "---:|" * len(memory_counts)]
+    lines += [
+        "",
+        "Peak memory allocated by the aggregator (tracemalloc, untimed pass; inputs excluded):",
+        "",
+        "| rule | " + " | ".join(f"{c} clients (MB)" for c in memory_counts) + " |",
+        "|---|" + "---:|" * len(memory_counts),
+    ]
     for rule in AGGREGATION_RULES:
         lines.append(f"| {rule} | " + " | ".join(f"{memory[(rule, c)]:.0f}" for c in memory_counts) + " |")
     return "\n".join(lines) + "\n"
@@ -194,8 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules = lora_module_shapes(args.layers)
     pool, generation_s = client_pool(modules, args.seed)
     previous_global = random_adapter(np.random.default_rng(args.seed + 1), modules, R_MAX)
-    print(f"{len(modules)} LoRA modules; one rank-{R_MAX} adapter is {nbytes(previous_global) / 1e6:.1f} MB; "
-          f"generating one client adapter takes {generation_s * 1e3:.0f} ms on average (not timed below)")
+    print(
+        f"{len(modules)} LoRA modules; one rank-{R_MAX} adapter is {nbytes(previous_global) / 1e6:.1f} MB; "
+        f"generating one client adapter takes {generation_s * 1e3:.0f} ms on average (not timed below)"
+    )
 
     load_before = os.getloadavg()[0]
     warm_up(args.seed)
@@ -213,14 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     context = {
         "model": f"SmolLM2-135M shapes, {args.layers} layers, LoRA on q,k,v,o ({len(modules)} modules) "
-                 f"+ dense head ({NUM_LABELS}, {HIDDEN}); r_max={R_MAX}",
+        f"+ dense head ({NUM_LABELS}, {HIDDEN}); r_max={R_MAX}",
         "client ranks": f"uniform over {list(RANK_CHOICES)}; weights (example counts) uniform in "
-                        f"[{EXAMPLES_PER_CLIENT[0]}, {EXAMPLES_PER_CLIENT[1]}); seed {args.seed}",
+        f"[{EXAMPLES_PER_CLIENT[0]}, {EXAMPLES_PER_CLIENT[1]}); seed {args.seed}",
         "clients": f"a pool of {POOL_COPIES_PER_RANK} adapters per rank, cycled; generating one takes "
-                   f"{generation_s * 1e3:.0f} ms (not included below)",
+        f"{generation_s * 1e3:.0f} ms (not included below)",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"Python {platform.python_version()}, numpy {np.__version__}, "
-                   f"BLAS threads {os.environ['OPENBLAS_NUM_THREADS']}; one run per cell",
+        f"Python {platform.python_version()}, numpy {np.__version__}, "
+        f"BLAS threads {os.environ['OPENBLAS_NUM_THREADS']}; one run per cell",
         # Other processes on a shared machine inflate the timings: say how busy it was.
         "load average (1 min)": f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after",
     }

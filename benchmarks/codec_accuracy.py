@@ -37,9 +37,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "tmp" / "codec_accuracy")
     args = parser.parse_args()
 
-    base = {"num-server-rounds": args.rounds, "local-steps": args.steps, "clients-per-round": 4,
-            "partitioner": "dirichlet", "dirichlet-alpha": 0.3, "lora-rank": 8, "backbone-bits": 16,
-            "server-test-size": 300}
+    base = {
+        "num-server-rounds": args.rounds,
+        "local-steps": args.steps,
+        "clients-per-round": 4,
+        "partitioner": "dirichlet",
+        "dirichlet-alpha": 0.3,
+        "lora-rank": 8,
+        "backbone-bits": 16,
+        "server-test-size": 300,
+    }
     matrix = Matrix("codec", args.out, num_supernodes=6)
     for label, arm in ARMS.items():
         matrix.add(label, {**base, **arm}, args.seeds)
@@ -47,6 +54,7 @@ def main() -> None:
     dump_cells(args.out / "cells.json", matrix)
 
     groups = matrix.by_label()
+
     def per_round_total(s):
         return s["bytes_up_per_round"] + s["bytes_down_per_round"]
 
@@ -60,17 +68,27 @@ def main() -> None:
         acc = column(cells, lambda s: s["final_score"])
         ratio = [r / t if r and t else None for r, t in zip(ref_bytes, total)]
         diff = [100 * (a - r) if a is not None and r is not None else None for a, r in zip(acc, ref_acc)]
-        rows.append([
-            label,
-            f"{statistics.fmean(x for x in up if x) / 1e6:.3f}",
-            f"{statistics.fmean(x for x in down if x) / 1e6:.3f}",
-            mean_std(ratio),
-            mean_std(acc),
-            mean_std(diff),
-        ])
+        rows.append(
+            [
+                label,
+                f"{statistics.fmean(x for x in up if x) / 1e6:.3f}",
+                f"{statistics.fmean(x for x in down if x) / 1e6:.3f}",
+                mean_std(ratio),
+                mean_std(acc),
+                mean_std(diff),
+            ]
+        )
     table = markdown_table(
-        ["arm", "MB up / round", "MB down / round", "x fewer bytes than fp32", "final accuracy",
-         "accuracy vs fp32 (points, same seed)"], rows)
+        [
+            "arm",
+            "MB up / round",
+            "MB down / round",
+            "x fewer bytes than fp32",
+            "final accuracy",
+            "accuracy vs fp32 (points, same seed)",
+        ],
+        rows,
+    )
     protocol = (
         f"SmolLM2-135M (bf16) + LoRA r=8 on q,k,v,o, BBC News, 6 clients, Dirichlet alpha=0.3, 4 clients/round, "
         f"{args.rounds} rounds x {args.steps} local steps, seeds {args.seeds}. Both directions use the arm's "

@@ -25,8 +25,8 @@ cost of the probes that decide whether to compress. Relative error is ||decoded 
 from __future__ import annotations
 
 import argparse
-import os
 import io
+import os
 import platform
 import sys
 import time
@@ -37,7 +37,7 @@ from pathlib import Path
 import lz4
 import numpy as np
 
-from flq.transport.update_codec import SCHEMES, ErrorFeedback, decode_adapter, encode_adapter, encoded_nbytes
+from flq.codec.update_codec import SCHEMES, ErrorFeedback, decode_adapter, encode_adapter, encoded_nbytes
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HIDDEN = 576
@@ -132,15 +132,32 @@ def timing_tasks(state: dict[str, np.ndarray]) -> dict[tuple[str, str], Callable
 
 def size_rows(name: str, state: dict[str, np.ndarray], speed: dict[tuple[str, str], float]) -> list[Row]:
     npy = npy_encode(state)
-    rows = [Row(name, NPY, encoded_nbytes(npy), encoded_nbytes(npy), 0.0,
-                speed.get((NPY, "encode_raw")), None, speed.get((NPY, "decode")))]
+    rows = [
+        Row(
+            name,
+            NPY,
+            encoded_nbytes(npy),
+            encoded_nbytes(npy),
+            0.0,
+            speed.get((NPY, "encode_raw")),
+            None,
+            speed.get((NPY, "decode")),
+        )
+    ]
     for scheme in SCHEMES:
         encoded_lz4 = encode_adapter(state, scheme)
-        rows.append(Row(
-            name, scheme, encoded_nbytes(encode_adapter(state, scheme, lz4=False)), encoded_nbytes(encoded_lz4),
-            relative_error(state, decode_adapter(encoded_lz4)),
-            speed.get((scheme, "encode_raw")), speed.get((scheme, "encode_lz4")), speed.get((scheme, "decode")),
-        ))
+        rows.append(
+            Row(
+                name,
+                scheme,
+                encoded_nbytes(encode_adapter(state, scheme, lz4=False)),
+                encoded_nbytes(encoded_lz4),
+                relative_error(state, decode_adapter(encoded_lz4)),
+                speed.get((scheme, "encode_raw")),
+                speed.get((scheme, "encode_lz4")),
+                speed.get((scheme, "decode")),
+            )
+        )
     for scheme in EF_SCHEMES:
         size = encoded_nbytes(ErrorFeedback().encode(state, scheme))
         rows.append(Row(name, f"{scheme}+EF", size, size, None, None, speed.get((f"{scheme}+EF", "encode_lz4")), None))
@@ -170,21 +187,32 @@ def markdown_report(rows: Sequence[Row], sizes: dict[str, int], context: dict[st
     lines = ["# Update codec: bytes and throughput per scheme", ""]
     lines += [f"- {k}: {v}" for k, v in context.items()]
     lines += ["- adapter sizes (raw float32): " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()), ""]
-    lines += ["## Bytes on the wire (tensor bytes of the ArrayRecord)", "",
-              "| adapter | scheme | bytes, LZ4 off | x fewer than fp32 | bytes, LZ4 where it pays | x fewer than fp32 | rel. error |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## Bytes on the wire (tensor bytes of the ArrayRecord)",
+        "",
+        "| adapter | scheme | bytes, LZ4 off | x fewer than fp32 | bytes, LZ4 where it pays | x fewer than fp32 | rel. error |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if r.scheme.endswith("+EF"):
             continue
         base = baseline[r.adapter]
-        lines.append(f"| {r.adapter} | {r.scheme} | {r.bytes_raw:,} | {base / r.bytes_raw:.2f} | "
-                     f"{r.bytes_lz4:,} | {base / r.bytes_lz4:.2f} | {_fmt(r.rel_error, '.2e')} |")
-    lines += ["", "## Throughput (MB/s of float32 input, best CPU time of the timed rounds)", "",
-              "| adapter | scheme | encode, LZ4 off | encode, LZ4 where it pays | decode |",
-              "|---|---|---:|---:|---:|"]
+        lines.append(
+            f"| {r.adapter} | {r.scheme} | {r.bytes_raw:,} | {base / r.bytes_raw:.2f} | "
+            f"{r.bytes_lz4:,} | {base / r.bytes_lz4:.2f} | {_fmt(r.rel_error, '.2e')} |"
+        )
+    lines += [
+        "",
+        "## Throughput (MB/s of float32 input, best CPU time of the timed rounds)",
+        "",
+        "| adapter | scheme | encode, LZ4 off | encode, LZ4 where it pays | decode |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r.adapter} | {r.scheme} | {_fmt(r.encode_raw, '.0f')} | "
-                     f"{_fmt(r.encode_lz4, '.0f')} | {_fmt(r.decode_lz4, '.0f')} |")
+        lines.append(
+            f"| {r.adapter} | {r.scheme} | {_fmt(r.encode_raw, '.0f')} | "
+            f"{_fmt(r.encode_lz4, '.0f')} | {_fmt(r.decode_lz4, '.0f')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -208,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "codec": "int8 blocks of 512, int4 blocks of 128 (defaults); 32 B header per 2-D tensor",
         "timing": f"best CPU time of {repeats} interleaved rounds after one warm-up, single thread",
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-                   f"Python {platform.python_version()}, numpy {np.__version__}, lz4 {lz4.__version__}",
+        f"Python {platform.python_version()}, numpy {np.__version__}, lz4 {lz4.__version__}",
     }
     report = markdown_report(rows, sizes, context)
     out.parent.mkdir(parents=True, exist_ok=True)

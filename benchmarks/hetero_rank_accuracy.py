@@ -31,9 +31,17 @@ def main() -> None:
     args = parser.parse_args()
 
     base = {
-        "num-server-rounds": args.rounds, "clients-per-round": args.per_round, "local-steps": args.steps,
-        "partitioner": "dirichlet", "dirichlet-alpha": 0.1, "lora-rank": 16, "lora-alpha": 32,
-        "server-test-size": 300, "backbone-bits": 16, "scheduler": "table", "update-codec": "fp32",
+        "num-server-rounds": args.rounds,
+        "clients-per-round": args.per_round,
+        "local-steps": args.steps,
+        "partitioner": "dirichlet",
+        "dirichlet-alpha": 0.1,
+        "lora-rank": 16,
+        "lora-alpha": 32,
+        "server-test-size": 300,
+        "backbone-bits": 16,
+        "scheduler": "table",
+        "update-codec": "fp32",
         "broadcast-codec": "fp32",
     }
     matrix = Matrix("hetero-rank", args.out, num_supernodes=args.clients)
@@ -45,13 +53,15 @@ def main() -> None:
 
     rows = []
     for label, cells in matrix.by_label().items():
-        rows.append([
-            label,
-            mean_std(column(cells, lambda s: s["final_score"])),
-            mean_std(column(cells, lambda s: s["best_score"])),
-            mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("worst"))),
-            mean_std(column(cells, lambda s: s["bytes_up_per_round"] / 1e6)),
-        ])
+        rows.append(
+            [
+                label,
+                mean_std(column(cells, lambda s: s["final_score"])),
+                mean_std(column(cells, lambda s: s["best_score"])),
+                mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("worst"))),
+                mean_std(column(cells, lambda s: s["bytes_up_per_round"] / 1e6)),
+            ]
+        )
     table = markdown_table(["arm", "final accuracy", "best accuracy", "worst client accuracy", "MB up / round"], rows)
     protocol = (
         f"SmolLM2-135M (bf16) + LoRA r_max=16 on q,k,v,o, BBC News, {args.clients} clients, Dirichlet alpha=0.1, "

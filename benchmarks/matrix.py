@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flq.simulate import LocalSimulation, SimulationRun
+# Run as a script, sys.path[0] is benchmarks/, and `harness` (unlike `flq`) is not installed: add the project root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.simulation import LocalSimulation, SimulationRun  # noqa: E402
 
 
 @dataclass
@@ -49,8 +51,10 @@ class Matrix:
                 if reuse and (run_dir / "summary.json").is_file():
                     differences = config_differences(run_dir, cell.overrides)
                     if differences:
-                        raise ValueError(f"{run_dir} was run with another config ({'; '.join(differences)}): "
-                                         "choose another output folder, or delete that run to redo it")
+                        raise ValueError(
+                            f"{run_dir} was run with another config ({'; '.join(differences)}): "
+                            "choose another output folder, or delete that run to redo it"
+                        )
                     cell.run = SimulationRun(run_dir, "")
                     print(f"[{self.name} {i}/{len(self.cells)}] {name}: reused", flush=True)
                     continue
@@ -63,11 +67,16 @@ class Matrix:
                 cell.wall_s = time.perf_counter() - start
                 try:
                     summary = cell.run.summary()
-                    print(f"[{self.name} {i}/{len(self.cells)}] {name}: final={summary['final_score']} "
-                          f"({cell.wall_s:.0f}s)", flush=True)
+                    print(
+                        f"[{self.name} {i}/{len(self.cells)}] {name}: final={summary['final_score']} "
+                        f"({cell.wall_s:.0f}s)",
+                        flush=True,
+                    )
                 except RuntimeError as exc:
                     cell.error = str(exc)[-1500:]
-                    print(f"[{self.name} {i}/{len(self.cells)}] {name}: FAILED\n{cell.error}", file=sys.stderr, flush=True)
+                    print(
+                        f"[{self.name} {i}/{len(self.cells)}] {name}: FAILED\n{cell.error}", file=sys.stderr, flush=True
+                    )
 
     def by_label(self) -> dict[str, list[Cell]]:
         groups: dict[str, list[Cell]] = {}
@@ -85,7 +94,9 @@ def config_differences(run_dir: Path, overrides: dict) -> list[str]:
     from flq.config import RunConfig
 
     ran = {**RunConfig().to_dict(), **json.loads((run_dir / "run.json").read_text()).get("config", {})}
-    return [f"{key}: ran {ran.get(key)!r}, asked {wanted!r}" for key, wanted in overrides.items() if ran.get(key) != wanted]
+    return [
+        f"{key}: ran {ran.get(key)!r}, asked {wanted!r}" for key, wanted in overrides.items() if ran.get(key) != wanted
+    ]
 
 
 def _run_name(cell: Cell) -> str:
@@ -138,6 +149,14 @@ def write_report(path: Path, title: str, protocol: str, table: str, notes: str =
 
 
 def dump_cells(path: Path, matrix: Matrix) -> None:
-    rows = [{"label": c.label, "seed": c.seed, "overrides": c.overrides, "run_dir": str(c.run.run_dir) if c.run else None,
-             "error": c.error} for c in matrix.cells]
+    rows = [
+        {
+            "label": c.label,
+            "seed": c.seed,
+            "overrides": c.overrides,
+            "run_dir": str(c.run.run_dir) if c.run else None,
+            "error": c.error,
+        }
+        for c in matrix.cells
+    ]
     path.write_text(json.dumps(rows, indent=1))

@@ -55,8 +55,9 @@ def measure(bits: int, steps: int, rank: int, batch_size: int, seq_len: int) -> 
         "loaded_mb": loaded_mb,
         "train_peak_mb": stats.peak_mem_mb,
         "load_peak_mb": load_peak_mb,
-        "estimate_mb": estimate_train_memory_mb(model_shape(resolve_model(cfg.model)), bits, adapter_params,
-                                                batch_size, seq_len),
+        "estimate_mb": estimate_train_memory_mb(
+            model_shape(resolve_model(cfg.model)), bits, adapter_params, batch_size, seq_len
+        ),
         "adapter_params": adapter_params,
         "steps": stats.steps,
         "loss_before": stats.loss_before,
@@ -90,27 +91,49 @@ def main() -> None:
     for bits in args.bits:
         print(f"[peak-memory] {bits}-bit backbone ...", flush=True)
         child = subprocess.run(
-            [sys.executable, __file__, "--one", "--bits", str(bits), "--steps", str(args.steps),
-             "--rank", str(args.rank), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)],
-            capture_output=True, text=True, check=False)
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                "--bits",
+                str(bits),
+                "--steps",
+                str(args.steps),
+                "--rank",
+                str(args.rank),
+                "--batch-size",
+                str(args.batch_size),
+                "--seq-len",
+                str(args.seq_len),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if child.returncode != 0:
             sys.exit(f"{bits}-bit run failed:\n{child.stderr[-3000:]}")
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"  loaded {r['loaded_mb']:.0f} MB, training peak {r['train_peak_mb']:.0f} MB, "
-              f"estimate {r['estimate_mb']:.0f} MB", flush=True)
+        print(
+            f"  loaded {r['loaded_mb']:.0f} MB, training peak {r['train_peak_mb']:.0f} MB, "
+            f"estimate {r['estimate_mb']:.0f} MB",
+            flush=True,
+        )
 
     base = next((r for r in rows if r["bits"] == 16), rows[0])
     lines = [
-        "# Peak memory per client by backbone bits (SmolLM2-135M + LoRA)", "",
+        "# Peak memory per client by backbone bits (SmolLM2-135M + LoRA)",
+        "",
         f"Each width in a fresh process on {platform.machine()} ({rows[0]['device']}): load through `flq.task`, "
         f"LoRA rank {args.rank} on the default targets (q, k, v, o) with the trainable 5-class head, "
         f"{args.steps} AdamW steps of batch {args.batch_size} x {args.seq_len} tokens of BBC News. "
         "RSS in MB (CUDA: max allocated). 'after load' is measured after `malloc_trim` returned the heap "
         "that loading freed; 'training peak' is the high-water mark over the training steps alone; 'loading "
         "peak' is the high-water mark while loading (conversion and quantization buffers); 'estimate' is `flq.task.cost.estimate_train_memory_mb`, what the schedulers and the tier "
-        "memory check use.", "",
-        f"Command: `.venv/bin/python benchmarks/peak_memory.py --steps {args.steps}`", "",
+        "memory check use.",
+        "",
+        f"Command: `.venv/bin/python benchmarks/peak_memory.py --steps {args.steps}`",
+        "",
         "| backbone bits | after load (MB) | training peak (MB) | loading peak (MB) | vs 16-bit peak | estimate (MB) | loss first -> after |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -118,7 +141,8 @@ def main() -> None:
         lines.append(
             f"| {r['bits']} | {r['loaded_mb']:.0f} | {r['train_peak_mb']:.0f} | {r['load_peak_mb']:.0f} | "
             f"{r['train_peak_mb'] / base['train_peak_mb']:.2f}x | {r['estimate_mb']:.0f} | "
-            f"{r['loss_before']:.3f} -> {r['loss_after']:.3f} |")
+            f"{r['loss_before']:.3f} -> {r['loss_after']:.3f} |"
+        )
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

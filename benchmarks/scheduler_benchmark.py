@@ -33,10 +33,11 @@ import json
 import statistics
 from pathlib import Path
 
-from flq.config import AGGREGATION_WEIGHTS
+from matrix import Matrix, column, dump_cells, markdown_table, mean_std, summaries, write_report
+
 from flq.metrics.plots import plot_comparison
 from flq.metrics.report import load_records
-from matrix import Matrix, column, dump_cells, markdown_table, mean_std, summaries, write_report
+from flq.strategy.aggregation import AGGREGATION_WEIGHTS
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,31 +58,56 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
     parser.add_argument("--rounds", type=int, default=6, help="rounds (with --clock-budget: the most rounds)")
-    parser.add_argument("--clock-budget", type=float, default=0.0,
-                        help="give every arm this many seconds of virtual clock (the round that reaches it is "
-                             "its last) instead of a round count: compares arms on equal time (0: off)")
+    parser.add_argument(
+        "--clock-budget",
+        type=float,
+        default=0.0,
+        help="give every arm this many seconds of virtual clock (the round that reaches it is "
+        "its last) instead of a round count: compares arms on equal time (0: off)",
+    )
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds on the virtual clock")
     parser.add_argument("--target", type=float, default=0.6)
-    parser.add_argument("--lr", type=float, default=0.005,
-                        help="local learning rate (higher than the run default: few steps per round here)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.005,
+        help="local learning rate (higher than the run default: few steps per round here)",
+    )
     parser.add_argument("--tiers", default="thirds:gpu-24g,gpu-32g,cpu-edge")
-    parser.add_argument("--aggregation-weight", default="examples-per-step", choices=AGGREGATION_WEIGHTS,
-                        help="how clients count in the average; arms whose clients all take the same steps "
-                             "get the same aggregate either way")
+    parser.add_argument(
+        "--aggregation-weight",
+        default="examples-per-step",
+        choices=AGGREGATION_WEIGHTS,
+        help="how clients count in the average; arms whose clients all take the same steps "
+        "get the same aggregate either way",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "tmp" / "scheduler_benchmark")
     parser.add_argument("--report", type=Path, default=RESULTS / "scheduler_benchmark.md")
     args = parser.parse_args()
 
     base = {
-        "num-server-rounds": args.rounds, "clients-per-round": args.clients, "local-steps": args.steps,
+        "num-server-rounds": args.rounds,
+        "clients-per-round": args.clients,
+        "local-steps": args.steps,
         "learning-rate": args.lr,
-        "partitioner": "dirichlet", "dirichlet-alpha": 0.1, "lora-rank": 16, "base-rank": 8,
-        "backbone-bits": 16, "aggregation": "svd", "aggregation-weight": args.aggregation_weight,
-        "update-codec": "int8", "broadcast-codec": "int8",
-        "error-feedback": True, "server-test-size": 150, "tiers": args.tiers, "deadline-s": args.deadline,
-        "target-score": args.target, "clock-budget-s": args.clock_budget, "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
+        "partitioner": "dirichlet",
+        "dirichlet-alpha": 0.1,
+        "lora-rank": 16,
+        "base-rank": 8,
+        "backbone-bits": 16,
+        "aggregation": "svd",
+        "aggregation-weight": args.aggregation_weight,
+        "update-codec": "int8",
+        "broadcast-codec": "int8",
+        "error-feedback": True,
+        "server-test-size": 150,
+        "tiers": args.tiers,
+        "deadline-s": args.deadline,
+        "target-score": args.target,
+        "clock-budget-s": args.clock_budget,
+        "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
     }
     matrix = Matrix("schedulers", args.out, num_supernodes=args.clients)
     for label in args.arms:
@@ -95,24 +121,39 @@ def main() -> None:
     for label, cells in groups.items():
         sums = summaries(cells)
         mine = _mean_time_to_target(cells)
-        rows.append([
-            label,
-            mean_std(column(cells, lambda s: s["clock_s_to_target"])),
-            f"{reference / mine:.2f}x" if reference and mine else "n/a",
-            mean_std(column(cells, lambda s: s["rounds_to_target"])),
-            mean_std(column(cells, lambda s: s["within_deadline_share"])),
-            mean_std(column(cells, lambda s: (s["bytes_up_per_round"] + s["bytes_down_per_round"]) / 1e6)),
-            mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("worst"))),
-            mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("p10"))),
-            _peaks(sums),
-            mean_std(column(cells, lambda s: s["final_score"])),
-            mean_std(column(cells, lambda s: s["clock_s"])),
-            mean_std([_decision_ms(c.run.run_dir) if c.run else None for c in cells]),
-        ])
+        rows.append(
+            [
+                label,
+                mean_std(column(cells, lambda s: s["clock_s_to_target"])),
+                f"{reference / mine:.2f}x" if reference and mine else "n/a",
+                mean_std(column(cells, lambda s: s["rounds_to_target"])),
+                mean_std(column(cells, lambda s: s["within_deadline_share"])),
+                mean_std(column(cells, lambda s: (s["bytes_up_per_round"] + s["bytes_down_per_round"]) / 1e6)),
+                mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("worst"))),
+                mean_std(column(cells, lambda s: (s.get("fairness") or {}).get("p10"))),
+                _peaks(sums),
+                mean_std(column(cells, lambda s: s["final_score"])),
+                mean_std(column(cells, lambda s: s["clock_s"])),
+                mean_std([_decision_ms(c.run.run_dir) if c.run else None for c in cells]),
+            ]
+        )
     table = markdown_table(
-        ["arm", "time to target (clock s)", "vs fixed-wait", "rounds to target", "rounds within deadline", "MB / round",
-         "worst client acc.", "p10 client acc.", "peak MB per tier", "final accuracy", "clock s at the end",
-         "decision ms / round"], rows)
+        [
+            "arm",
+            "time to target (clock s)",
+            "vs fixed-wait",
+            "rounds to target",
+            "rounds within deadline",
+            "MB / round",
+            "worst client acc.",
+            "p10 client acc.",
+            "peak MB per tier",
+            "final accuracy",
+            "clock s at the end",
+            "decision ms / round",
+        ],
+        rows,
+    )
     protocol = (
         f"SmolLM2-135M (bf16) + LoRA (r_max 16, start 8, svd aggregation weighted by {args.aggregation_weight}), BBC News, {args.clients} clients ({args.tiers}), "
         f"Dirichlet alpha=0.1, all clients every round, {_length(args)}, <= {args.steps} local steps of 8 x 64 "
@@ -128,8 +169,12 @@ def main() -> None:
         f"--arms {' '.join(args.arms)} --rounds {args.rounds}{_budget_flag(args)} --aggregation-weight {args.aggregation_weight} --deadline {args.deadline:g} --target {args.target:g} --tiers {args.tiers}`"
     )
     write_report(args.report, "Rank schedulers under a deadline", protocol, table)
-    curves = [(label, load_records(c.run.run_dir)) for label, cells in groups.items()
-              for c in cells[:1] if c.run and not c.error]
+    curves = [
+        (label, load_records(c.run.run_dir))
+        for label, cells in groups.items()
+        for c in cells[:1]
+        if c.run and not c.error
+    ]
     plot_comparison(curves, args.report.with_suffix(".png"), target=args.target)
 
 

@@ -36,8 +36,15 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import cvxpy  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flq.scheduler import Assignment, ClientInfo, ClientReport, RoundOutcome, SchedulerDefaults  # noqa: E402
-from flq.scheduler import RankScheduler, build_scheduler  # noqa: E402
+from flq.scheduler import (  # noqa: E402  # noqa: E402
+    Assignment,
+    ClientInfo,
+    ClientReport,
+    RankScheduler,
+    RoundOutcome,
+    SchedulerDefaults,
+    build_scheduler,
+)
 from flq.sim.tiers import load_tiers  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -48,7 +55,7 @@ DEFAULTS = SchedulerDefaults(rank=8, rank_max=64, rank_min=1, bits=16, local_ste
 # Reference seconds per step (SmolLM2-135M, batch 8x128, 2 cores; docs/environment notes):
 # fp32/16-bit 2.2 s, nf4 3.25 s; 8-bit taken between them.
 STEP_TIME_PRIOR = {4: 3.25, 8: 2.7, 16: 2.2}
-BYTES_PER_RANK = 3.7e6 / 8     # SmolLM2 LoRA on q,k,v,o: 3.7 MB in fp32 at rank 8
+BYTES_PER_RANK = 3.7e6 / 8  # SmolLM2 LoRA on q,k,v,o: 3.7 MB in fp32 at rank 8
 FAILURE_SHARE = 0.03
 
 
@@ -68,8 +75,11 @@ class Timings:
         return 1e3 * min(self._values(which))
 
     def _values(self, which: str) -> list[float]:
-        return {"assign": self.assign_s, "observe": self.observe_s,
-                "total": [a + o for a, o in zip(self.assign_s, self.observe_s)]}[which]
+        return {
+            "assign": self.assign_s,
+            "observe": self.observe_s,
+            "total": [a + o for a, o in zip(self.assign_s, self.observe_s)],
+        }[which]
 
 
 class SyntheticRound:
@@ -97,9 +107,23 @@ class SyntheticRound:
         transfer = 2 * tier.rtt_ms / 1e3 + megabits * (1 / tier.downlink_mbps + 1 / tier.uplink_mbps)
         total = compute + transfer
         status = "ok" if total <= DEADLINE_S else "late"
-        return ClientReport(client.node_id, status, a.rank, a.bits, client.tier, a.local_steps, 8 * a.local_steps,
-                            compute, transfer, total, int(a.rank * BYTES_PER_RANK), int(a.rank * BYTES_PER_RANK),
-                            self.loss, self.loss * 0.97, status == "ok")
+        return ClientReport(
+            client.node_id,
+            status,
+            a.rank,
+            a.bits,
+            client.tier,
+            a.local_steps,
+            8 * a.local_steps,
+            compute,
+            transfer,
+            total,
+            int(a.rank * BYTES_PER_RANK),
+            int(a.rank * BYTES_PER_RANK),
+            self.loss,
+            self.loss * 0.97,
+            status == "ok",
+        )
 
 
 @contextmanager
@@ -117,17 +141,27 @@ def collector_paused() -> Iterator[None]:
 
 def federation(num_clients: int) -> list[ClientInfo]:
     """Clients in thirds over the tier mix (contiguous groups, like the run config's groups:)."""
-    return [ClientInfo(node_id=1000 + i, tier=TIER_MIX[i * len(TIER_MIX) // num_clients], partition_id=i,
-                       num_partitions=num_clients, num_examples=100) for i in range(num_clients)]
+    return [
+        ClientInfo(
+            node_id=1000 + i,
+            tier=TIER_MIX[i * len(TIER_MIX) // num_clients],
+            partition_id=i,
+            num_partitions=num_clients,
+            num_examples=100,
+        )
+        for i in range(num_clients)
+    ]
 
 
-def measure_size(num_clients: int, names: Sequence[str], warmup: int, rounds: int, solver_rounds: int,
-                 seed: int) -> dict[str, Timings]:
+def measure_size(
+    num_clients: int, names: Sequence[str], warmup: int, rounds: int, solver_rounds: int, seed: int
+) -> dict[str, Timings]:
     tiers = load_tiers()
     clients = federation(num_clients)
     schedulers: dict[str, RankScheduler] = {
-        name: build_scheduler(name, DEFAULTS, tiers=tiers, step_time_prior=STEP_TIME_PRIOR,
-                              bytes_per_rank=BYTES_PER_RANK, seed=seed)
+        name: build_scheduler(
+            name, DEFAULTS, tiers=tiers, step_time_prior=STEP_TIME_PRIOR, bytes_per_rank=BYTES_PER_RANK, seed=seed
+        )
         for name in names
     }
     games = {name: SyntheticRound(clients, tiers, seed) for name in names}
@@ -156,24 +190,37 @@ def measure_size(num_clients: int, names: Sequence[str], warmup: int, rounds: in
 def markdown_report(results: dict[int, dict[str, Timings]], context: dict[str, str]) -> str:
     lines = ["# Scheduler decision time per round", ""]
     lines += [f"- {key}: {value}" for key, value in context.items()]
-    lines += ["", "Median over the measured rounds (after warm-up), milliseconds:", "",
-              "| clients | scheduler | rounds | assign (ms) | observe (ms) | assign + observe (ms) | "
-              "fastest round, assign + observe (ms) |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Median over the measured rounds (after warm-up), milliseconds:",
+        "",
+        "| clients | scheduler | rounds | assign (ms) | observe (ms) | assign + observe (ms) | "
+        "fastest round, assign + observe (ms) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for size, by_name in results.items():
         for name, t in by_name.items():
-            lines.append(f"| {size} | {name} | {t.rounds} | {t.median_ms('assign'):.3f} | "
-                         f"{t.median_ms('observe'):.3f} | {t.median_ms('total'):.3f} | {t.min_ms('total'):.3f} |")
+            lines.append(
+                f"| {size} | {name} | {t.rounds} | {t.median_ms('assign'):.3f} | "
+                f"{t.median_ms('observe'):.3f} | {t.median_ms('total'):.3f} | {t.min_ms('total'):.3f} |"
+            )
     if all({"bandit", "solver"} <= set(by_name) for by_name in results.values()):
-        lines += ["", "bandit vs solver, same run (ratio = solver time / bandit time; bandit/solver is its inverse):", "",
-                  "| clients | bandit (ms) | solver (ms) | solver / bandit (x) | bandit / solver | "
-                  "assign only: solver / bandit (x) |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "bandit vs solver, same run (ratio = solver time / bandit time; bandit/solver is its inverse):",
+            "",
+            "| clients | bandit (ms) | solver (ms) | solver / bandit (x) | bandit / solver | "
+            "assign only: solver / bandit (x) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for size, by_name in results.items():
             b, s = by_name["bandit"], by_name["solver"]
             total_ratio = s.median_ms("total") / b.median_ms("total")
             assign_ratio = s.median_ms("assign") / b.median_ms("assign")
-            lines.append(f"| {size} | {b.median_ms('total'):.3f} | {s.median_ms('total'):.3f} | "
-                         f"{total_ratio:.1f} | {1 / total_ratio:.4f} | {assign_ratio:.1f} |")
+            lines.append(
+                f"| {size} | {b.median_ms('total'):.3f} | {s.median_ms('total'):.3f} | "
+                f"{total_ratio:.1f} | {1 / total_ratio:.4f} | {assign_ratio:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -183,8 +230,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--schedulers", default=",".join(SCHEDULER_NAMES))
     parser.add_argument("--warmup", type=int, default=2, help="rounds not timed first (new clients, imports)")
     parser.add_argument("--rounds", type=int, default=21, help="measured rounds per scheduler")
-    parser.add_argument("--solver-rounds-at-10000", type=int, default=7,
-                        help="measured solver rounds at 10,000 clients and more (each may take seconds)")
+    parser.add_argument(
+        "--solver-rounds-at-10000",
+        type=int,
+        default=7,
+        help="measured solver rounds at 10,000 clients and more (each may take seconds)",
+    )
     parser.add_argument("--quick", action="store_true", help="10 and 100 clients, 3 rounds: a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
@@ -208,15 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[size] = measure_size(size, names, args.warmup, args.rounds, solver_rounds, args.seed)
     context = {
         "federation": f"clients in thirds over {', '.join(TIER_MIX)} (flq/sim/tiers.toml); deadline {DEADLINE_S:.0f} s; "
-                      f"r_max {DEFAULTS.rank_max}, run rank {DEFAULTS.rank}, {DEFAULTS.local_steps} local steps; "
-                      f"{FAILURE_SHARE:.0%} of clients fail each round",
+        f"r_max {DEFAULTS.rank_max}, run rank {DEFAULTS.rank}, {DEFAULTS.local_steps} local steps; "
+        f"{FAILURE_SHARE:.0%} of clients fail each round",
         "rounds": f"{args.warmup} warm-up + {args.rounds} measured per scheduler "
-                  f"(solver at >= 10,000 clients: {min(args.rounds, args.solver_rounds_at_10000)}); schedulers interleaved "
-                  f"round by round; garbage collection paused inside timed calls; seed {args.seed}",
+        f"(solver at >= 10,000 clients: {min(args.rounds, args.solver_rounds_at_10000)}); schedulers interleaved "
+        f"round by round; garbage collection paused inside timed calls; seed {args.seed}",
         "solver": f"cvxpy {cvxpy.__version__}, {build_scheduler('solver', DEFAULTS).solver} "
-                  f"(installed: {', '.join(cvxpy.installed_solvers())})",
+        f"(installed: {', '.join(cvxpy.installed_solvers())})",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}, "
-                   f"numpy {np.__version__}, BLAS threads {os.environ.get('OPENBLAS_NUM_THREADS')}",
+        f"numpy {np.__version__}, BLAS threads {os.environ.get('OPENBLAS_NUM_THREADS')}",
         "load average (1 min)": f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after",
         "wall time of the whole benchmark": f"{time.perf_counter() - started:.0f} s",
     }

@@ -41,10 +41,16 @@ def compare(reference: list[RoundRecord], arm: list[RoundRecord]) -> dict:
     hit = first_reaching(arm, final.score)
     # Same clock, other view: where the reference stood when the arm's last round ended.
     ref_then = [r for r in reference if r.clock_s <= arm[-1].clock_s and r.score is not None]
-    return {"score": final.score, "reference_s": ref_hit.clock_s, "reference_round": ref_hit.server_round,
-            "arm_s": hit.clock_s if hit else None, "arm_round": hit.server_round if hit else None,
-            "arm_last_s": arm[-1].clock_s, "arm_last_score": arm[-1].score,
-            "reference_score_then": ref_then[-1].score if ref_then else None}
+    return {
+        "score": final.score,
+        "reference_s": ref_hit.clock_s,
+        "reference_round": ref_hit.server_round,
+        "arm_s": hit.clock_s if hit else None,
+        "arm_round": hit.server_round if hit else None,
+        "arm_last_s": arm[-1].clock_s,
+        "arm_last_score": arm[-1].score,
+        "reference_score_then": ref_then[-1].score if ref_then else None,
+    }
 
 
 def main() -> int:
@@ -53,16 +59,19 @@ def main() -> int:
     parser.add_argument("--arm", action="append", required=True, help="LABEL=run directory with {seed}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
-    print("| arm | seed | reference final score | reference reached it (clock s, round) | arm reached it "
-          "(clock s, round) | reference / arm | arm's last round (clock s, score) | reference's score by then |")
+    print(
+        "| arm | seed | reference final score | reference reached it (clock s, round) | arm reached it "
+        "(clock s, round) | reference / arm | arm's last round (clock s, score) | reference's score by then |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for spec in args.arm:
         label, _, pattern = spec.partition("=")
         ratios = []
         for seed in args.seeds:
             try:
-                row = compare(read_rounds(Path(args.reference.format(seed=seed))),
-                              read_rounds(Path(pattern.format(seed=seed))))
+                row = compare(
+                    read_rounds(Path(args.reference.format(seed=seed))), read_rounds(Path(pattern.format(seed=seed)))
+                )
             except (FileNotFoundError, ValueError) as exc:
                 print(f"| {label} | {seed} | {exc} | | | | | |")
                 continue
@@ -70,13 +79,17 @@ def main() -> int:
             if ratio is not None:
                 ratios.append(ratio)
             reached = f"{row['arm_s']:.1f}, {row['arm_round']}" if row["arm_s"] is not None else "not reached"
-            print(f"| {label} | {seed} | {row['score']:.3f} | {row['reference_s']:.1f}, {row['reference_round']} | "
-                  f"{reached} | {f'{ratio:.2f}x' if ratio else 'n/a'} | {row['arm_last_s']:.1f}, "
-                  f"{row['arm_last_score']:.3f} | {_fmt(row['reference_score_then'])} |")
+            print(
+                f"| {label} | {seed} | {row['score']:.3f} | {row['reference_s']:.1f}, {row['reference_round']} | "
+                f"{reached} | {f'{ratio:.2f}x' if ratio else 'n/a'} | {row['arm_last_s']:.1f}, "
+                f"{row['arm_last_score']:.3f} | {_fmt(row['reference_score_then'])} |"
+            )
         if ratios:
             spread = f" ± {statistics.stdev(ratios):.2f}" if len(ratios) > 1 else ""
-            print(f"\n{label}: reached the reference's final score {statistics.fmean(ratios):.2f}x{spread} sooner "
-                  f"on the clock, mean over the {len(ratios)} of {len(args.seeds)} seeds where it reached it")
+            print(
+                f"\n{label}: reached the reference's final score {statistics.fmean(ratios):.2f}x{spread} sooner "
+                f"on the clock, mean over the {len(ratios)} of {len(args.seeds)} seeds where it reached it"
+            )
     return 0
 
 

@@ -44,8 +44,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import ssl
 import statistics
 import struct
@@ -58,7 +56,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+# Run as a script, sys.path[0] is benchmarks/, and `harness` (unlike `flq`) is not installed: add the project root.
+sys.path.insert(0, str(ROOT))
+from harness.processes import BIN, Proc, flower_env, free_port  # noqa: E402
+
 APP = ROOT / "benchmarks" / "apps" / "fleet_bench"
 RESULTS = ROOT / "benchmarks" / "results"
 LABELS = ("http", "http-reconnect", "quic", "quic-reconnect")
@@ -75,15 +76,18 @@ class Profile:
     sizes: tuple[int, ...] = SIZES
 
 
-PROFILES = {p.name: p for p in [
-    Profile("loopback", emulated=False),
-    Profile("50ms-0%", 50, 0.0),
-    Profile("50ms-1%", 50, 0.01),
-    Profile("50ms-5%", 50, 0.05),
-    Profile("200ms-0%", 200, 0.0),
-    Profile("200ms-1%", 200, 0.01),
-    Profile("200ms-5%", 200, 0.05, sizes=(100_000, 1_000_000)),
-]}
+PROFILES = {
+    p.name: p
+    for p in [
+        Profile("loopback", emulated=False),
+        Profile("50ms-0%", 50, 0.0),
+        Profile("50ms-1%", 50, 0.01),
+        Profile("50ms-5%", 50, 0.05),
+        Profile("200ms-0%", 200, 0.0),
+        Profile("200ms-1%", 200, 0.01),
+        Profile("200ms-5%", 200, 0.05, sizes=(100_000, 1_000_000)),
+    ]
+}
 
 
 # --- the emulated link ---------------------------------------------------------------------
@@ -171,78 +175,8 @@ class Loopback:
         return []
 
 
-# --- processes -------------------------------------------------------------------------------
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-class Proc:
-    """A process we start in its own session; stopped by its pid, its group and its descendants."""
-
-    def __init__(self, cmd: list[str], env: dict, log: Path) -> None:
-        self.log = log
-        self._fh = open(log, "ab")
-        self.popen = subprocess.Popen(cmd, env=env, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        known = _descendants(self.popen.pid)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in [self.popen.pid, *known]:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-            known += _descendants(self.popen.pid) if self.popen.poll() is None else []
-        self._fh.close()
-
-
-def _wait(predicate, what: str, proc: Proc, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.log.name} exited while waiting for {what}:\n{proc.text()[-2000:]}")
-        time.sleep(0.3)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def _free_port() -> int:
-    for _ in range(100):
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 # --- one profile: a deployment, a run, the timings --------------------------------------------
+
 
 @dataclass
 class RoundTiming:
@@ -271,50 +205,96 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
     certs = make_certificates(workdir / "certs", names=[ADDR_B])
     home = workdir / "flwr-home"
     home.mkdir()
-    port = _free_port()
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
-           "PYTHONUNBUFFERED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
-                                      f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs["ca_cert"]}"\n')
+    port = free_port()
+    env = flower_env(home, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs["ca_cert"]}"\n'
+    )
     link = EmulatedLink(profile.rtt_ms, profile.loss) if profile.emulated else None
     host = ADDR_B if link else "127.0.0.1"
     procs: list[Proc] = []
     started = time.monotonic()
     result = ProfileResult(profile)
     load_before = os.getloadavg()[1]
-    with (link or _null()) as net:
+    with link or _null() as net:
         net = net or Loopback()
         try:
-            superlink = Proc([*net.prefix("link"), str(BIN / "flq-superlink"), "--ssl-certfile", str(certs["server_cert"]),
-                              "--ssl-keyfile", str(certs["server_key"]), "--ssl-ca-certfile", str(certs["ca_cert"]),
-                              "--host", "0.0.0.0" if link else "127.0.0.1", "--port", str(port),
-                              "--quic-congestion-control", congestion,
-                              "--quic-resume-paths" if resume_paths else "--no-quic-resume-paths",
-                              "--disable-runtime-dependency-installation"],
-                             env, workdir / "superlink.log")
+            superlink = Proc(
+                "superlink",
+                [
+                    *net.prefix("link"),
+                    str(BIN / "flq-superlink"),
+                    "--ssl-certfile",
+                    str(certs["server_cert"]),
+                    "--ssl-keyfile",
+                    str(certs["server_key"]),
+                    "--ssl-ca-certfile",
+                    str(certs["ca_cert"]),
+                    "--host",
+                    "0.0.0.0" if link else "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--quic-congestion-control",
+                    congestion,
+                    "--quic-resume-paths" if resume_paths else "--no-quic-resume-paths",
+                    "--disable-runtime-dependency-installation",
+                ],
+                env,
+                workdir / "superlink.log",
+            )
             procs.append(superlink)
-            _wait(lambda: "Fleet QUIC API on" in superlink.text(), "the SuperLink", superlink)
+            superlink.wait_for_line("Fleet QUIC API on", timeout=180.0)
             nodes = []
             for i, label in enumerate(LABELS):
                 transport, _, mode = label.partition("-")
-                cmd = [*net.prefix("nodes"), sys.executable, str(Path(__file__).resolve()), "supernode",
-                       "--transport", transport, "--timing-log", str(workdir / f"timing-{label}.jsonl"),
-                       "--congestion", congestion, *(["--reconnect"] if mode else []),
-                       *([] if resume_paths else ["--no-resume-paths"]), "--",
-                       "--superlink", f"{host}:{port}", "--root-certificates", str(certs["ca_cert"]),
-                       "--port", str(_free_port() if not link else 9100 + i), "--node-config", f'label="{label}"']
-                nodes.append(Proc(cmd, env, workdir / f"supernode-{label}.log"))
-            procs.extend(nodes)
+                cmd = [
+                    *net.prefix("nodes"),
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "supernode",
+                    "--transport",
+                    transport,
+                    "--timing-log",
+                    str(workdir / f"timing-{label}.jsonl"),
+                    "--congestion",
+                    congestion,
+                    *(["--reconnect"] if mode else []),
+                    *([] if resume_paths else ["--no-resume-paths"]),
+                    "--",
+                    "--superlink",
+                    f"{host}:{port}",
+                    "--root-certificates",
+                    str(certs["ca_cert"]),
+                    "--port",
+                    str(free_port() if not link else 9100 + i),
+                    "--node-config",
+                    f'label="{label}"',
+                ]
+                nodes.append(Proc(f"supernode-{label}", cmd, env, workdir / f"supernode-{label}.log"))
+                procs.append(nodes[-1])
             for node in nodes:
-                _wait(lambda: "SuperNode ID:" in node.text(), f"SuperNode {node.log.name}", node)
+                node.wait_for_line("SuperNode ID:", timeout=180.0)
             result_file = workdir / "result.json"
             sizes = ",".join(str(s) for s in profile.sizes)
-            flwr = subprocess.run(
-                [*net.prefix("link"), str(BIN / "flwr"), "run", str(APP), "bench", "--stream",
-                 "-c", f'sizes-bytes="{sizes}" reps={reps} result-file="{result_file}"'],
-                env=env, cwd=APP, stdout=open(workdir / "flwr-run.log", "wb"), stderr=subprocess.STDOUT,
-                timeout=6 * 3600)
+            flwr = Proc(
+                "flwr-run",
+                [
+                    *net.prefix("link"),
+                    str(BIN / "flwr"),
+                    "run",
+                    str(APP),
+                    "bench",
+                    "--stream",
+                    "-c",
+                    f'sizes-bytes="{sizes}" reps={reps} result-file="{result_file}"',
+                ],
+                env,
+                workdir / "flwr-run.log",
+                cwd=APP,
+            )
+            procs.append(flwr)
+            flwr.wait(timeout=6 * 3600)
             if flwr.returncode != 0 or not result_file.is_file():
                 raise RuntimeError(f"flwr run failed, see {workdir / 'flwr-run.log'}")
             record = json.loads(result_file.read_text())
@@ -376,14 +356,21 @@ def _timings(record: dict, workdir: Path) -> list[RoundTiming]:
             if label.endswith("reconnect") and not reqs[0].get("fresh"):
                 raise RuntimeError(f"{label}: a round did not start on a new connection")
             objects = [r for r in reqs if r["path"] in _OBJECTS]
-            out.append(RoundTiming(
-                label=label, size=meta["size"], fleet_s=busy_s(reqs), object_s=busy_s(objects),
-                object_bytes=sum(r["down"] if r["path"].endswith("pull-object") else r["up"] for r in objects),
-                first_s=reqs[0]["dur"]))
+            out.append(
+                RoundTiming(
+                    label=label,
+                    size=meta["size"],
+                    fleet_s=busy_s(reqs),
+                    object_s=busy_s(objects),
+                    object_bytes=sum(r["down"] if r["path"].endswith("pull-object") else r["up"] for r in objects),
+                    first_s=reqs[0]["dur"],
+                )
+            )
     return out
 
 
 # --- the instrumented SuperNode (a subprocess of the benchmark) ----------------------------------
+
 
 def supernode_main(args: argparse.Namespace, flower_args: list[str]) -> None:
     import httpx
@@ -403,18 +390,20 @@ def supernode_main(args: argparse.Namespace, flower_args: list[str]) -> None:
     timing = TimingLog(Path(args.timing_log))
     if args.transport == "quic":
         session = Path(args.timing_log).with_suffix(".ticket.json")
-        base = make_quic_fleet_client_class(QuicClientOptions(QuicSettings(congestion_control=args.congestion,
-                                                                           resume_paths=args.resume_paths),
-                                                              session_file=session))
+        base = make_quic_fleet_client_class(
+            QuicClientOptions(
+                QuicSettings(congestion_control=args.congestion, resume_paths=args.resume_paths), session_file=session
+            )
+        )
     else:
         base = FleetHttpClient
 
     class TimedFleetClient(base):  # type: ignore[misc, valid-type]
         @classmethod
-        def from_server_address(cls, server_address, insecure, root_certificates, interceptors, *,
-                                retry_invoker=None):
-            client = super().from_server_address(server_address, insecure, root_certificates, interceptors,
-                                                 retry_invoker=retry_invoker)
+        def from_server_address(cls, server_address, insecure, root_certificates, interceptors, *, retry_invoker=None):
+            client = super().from_server_address(
+                server_address, insecure, root_certificates, interceptors, retry_invoker=retry_invoker
+            )
             timeout = client._client.timeout
             if args.transport == "quic":
                 quic = client.quic_transport
@@ -423,8 +412,12 @@ def supernode_main(args: argparse.Namespace, flower_args: list[str]) -> None:
                 # What Flower's ProtobufClient builds (httpx.Client(verify=CA)), with a timer around it.
                 client._client.close()
                 context = ssl.create_default_context(
-                    **({"cadata": root_certificates.decode("ascii")} if isinstance(root_certificates, bytes)
-                       else {"cafile": root_certificates}))
+                    **(
+                        {"cadata": root_certificates.decode("ascii")}
+                        if isinstance(root_certificates, bytes)
+                        else {"cafile": root_certificates}
+                    )
+                )
                 inner = TimedTransport(lambda: httpx.HTTPTransport(verify=context), timing, args.reconnect)
             client._client = httpx.Client(transport=inner, timeout=timeout, follow_redirects=True)
             return client
@@ -501,10 +494,23 @@ def _timed_transport_class():
                 duration = time.perf_counter() - started
             finally:
                 self._release(inner)
-            self._log.write({"path": request.url.path, "dur": duration, "up": up, "down": len(raw),
-                             "status": response.status_code, "at": time.time(), "fresh": fresh})
-            return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(raw),
-                                  extensions=response.extensions)
+            self._log.write(
+                {
+                    "path": request.url.path,
+                    "dur": duration,
+                    "up": up,
+                    "down": len(raw),
+                    "status": response.status_code,
+                    "at": time.time(),
+                    "fresh": fresh,
+                }
+            )
+            return httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=httpx.ByteStream(raw),
+                extensions=response.extensions,
+            )
 
         def close(self) -> None:
             self._inner.close()
@@ -517,6 +523,7 @@ def TimedTransport(*args, **kwargs):  # noqa: N802  (httpx is imported only in t
 
 
 # --- report ----------------------------------------------------------------------------------
+
 
 def _median(values) -> float:
     values = list(values)
@@ -557,25 +564,45 @@ def report(results: list[ProfileResult], reps: int, congestion: str, resume_path
         for size in profile.sizes:
             cell = {label: [r for r in result.rounds if r.label == label and r.size == size] for label in LABELS}
             t = {label: _median(r.fleet_s for r in rows) for label, rows in cell.items()}
-            mbs = {label: _median(r.object_bytes / r.object_s / 1e6 for r in rows if r.object_s > 0)
-                   for label, rows in cell.items()}
+            mbs = {
+                label: _median(r.object_bytes / r.object_s / 1e6 for r in rows if r.object_s > 0)
+                for label, rows in cell.items()
+            }
             first = {label: _median(r.first_s for r in rows) * 1000 for label, rows in cell.items()}
-            rtt = f" ({first['quic-reconnect'] / profile.rtt_ms:.1f} / {first['http-reconnect'] / profile.rtt_ms:.1f} RTT)" \
-                if profile.rtt_ms else ""
+            rtt = (
+                f" ({first['quic-reconnect'] / profile.rtt_ms:.1f} / {first['http-reconnect'] / profile.rtt_ms:.1f} RTT)"
+                if profile.rtt_ms
+                else ""
+            )
             lines.append(
                 f"| {profile.name} | {size / 1e6:g} MB | {_fmt_s(t['quic'])} | {_fmt_s(t['http'])} | "
                 f"{t['quic'] / t['http']:.2f} | {mbs['quic']:.1f} | {mbs['http']:.1f} | "
                 f"{_fmt_s(t['quic-reconnect'])} | {_fmt_s(t['http-reconnect'])} | "
                 f"{t['quic-reconnect'] / t['http-reconnect']:.2f} | "
-                f"{first['quic-reconnect']:.0f} / {first['http-reconnect']:.0f}{rtt} |")
+                f"{first['quic-reconnect']:.0f} / {first['http-reconnect']:.0f}{rtt} |"
+            )
     skipped = [r.profile.name for r in results if 4_000_000 not in r.profile.sizes]
-    lines += ["", (f"Not measured: 4 MB adapters on {', '.join(skipped)} (left out to bound the run time; see "
-                   "PROFILES). " if skipped else "") + "Each cell is a median of few rounds on a shared 2-CPU machine: read ratios, and only "
-              "differences well beyond a few tens of percent."]
-    lines += ["", "Per profile: forwarder counts, wall time, and the machine's 5-minute load average at start/end "
-              f"(it is shared; {os.cpu_count()} CPUs): " + "; ".join(
-                  f"{r.profile.name}: {r.link or 'loopback, no emulation'}, {r.wall_s / 60:.1f} min, "
-                  f"load {r.load[0]:.1f}/{r.load[1]:.1f}" for r in results), ""]
+    lines += [
+        "",
+        (
+            f"Not measured: 4 MB adapters on {', '.join(skipped)} (left out to bound the run time; see PROFILES). "
+            if skipped
+            else ""
+        )
+        + "Each cell is a median of few rounds on a shared 2-CPU machine: read ratios, and only "
+        "differences well beyond a few tens of percent.",
+    ]
+    lines += [
+        "",
+        "Per profile: forwarder counts, wall time, and the machine's 5-minute load average at start/end "
+        f"(it is shared; {os.cpu_count()} CPUs): "
+        + "; ".join(
+            f"{r.profile.name}: {r.link or 'loopback, no emulation'}, {r.wall_s / 60:.1f} min, "
+            f"load {r.load[0]:.1f}/{r.load[1]:.1f}"
+            for r in results
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -588,21 +615,32 @@ def main() -> None:
     node.add_argument("--reconnect", action="store_true")
     node.add_argument("--congestion", default="westwood")
     node.add_argument("--resume-paths", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma list of " + ", ".join(PROFILES).replace("%", "%%"))
+    parser.add_argument(
+        "--profiles", default=",".join(PROFILES), help="comma list of " + ", ".join(PROFILES).replace("%", "%%")
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="loopback only, 1 repetition, results/tmp/")
-    parser.add_argument("--congestion", choices=("westwood", "reno", "cubic"), default="westwood",
-                        help="QUIC congestion controller (flq-superlink/-supernode --quic-congestion-control)")
-    parser.add_argument("--resume-paths", action=argparse.BooleanOptionalAction, default=True,
-                        help="QUIC careful resumption from the last pipe measured to the peer (--quic-resume-paths)")
-    parser.add_argument("--sizes-mb", type=float, nargs="+", default=None,
-                        help="adapter sizes in MB (default: each profile's, 0.1 1 4)")
+    parser.add_argument(
+        "--congestion",
+        choices=("westwood", "reno", "cubic"),
+        default="westwood",
+        help="QUIC congestion controller (flq-superlink/-supernode --quic-congestion-control)",
+    )
+    parser.add_argument(
+        "--resume-paths",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="QUIC careful resumption from the last pipe measured to the peer (--quic-resume-paths)",
+    )
+    parser.add_argument(
+        "--sizes-mb", type=float, nargs="+", default=None, help="adapter sizes in MB (default: each profile's, 0.1 1 4)"
+    )
     parser.add_argument("--out", default=None, help="markdown output (default results/transport_throughput.md)")
     argv = sys.argv[1:]
     if argv and argv[0] == "supernode":
         split = argv.index("--")
         args = parser.parse_args(argv[:split])
-        supernode_main(args, argv[split + 1:])
+        supernode_main(args, argv[split + 1 :])
         return
     args = parser.parse_args(argv)
     names = ["loopback"] if args.quick else [n.strip() for n in args.profiles.split(",") if n.strip()]
@@ -616,8 +654,9 @@ def main() -> None:
         profile = PROFILES[name]
         if args.sizes_mb:
             profile = dataclasses.replace(profile, sizes=tuple(int(mb * 1_000_000) for mb in args.sizes_mb))
-        results.append(run_profile(profile, reps, RESULTS / "tmp" / f"transport-{name}", args.congestion,
-                                   args.resume_paths))
+        results.append(
+            run_profile(profile, reps, RESULTS / "tmp" / f"transport-{name}", args.congestion, args.resume_paths)
+        )
         text = report(results, reps, args.congestion, args.resume_paths)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)  # after every profile, so a long run leaves its partial table

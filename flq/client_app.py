@@ -26,27 +26,29 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from . import wire
 from .adapter import AdapterState, num_parameters, pad_to_rank, subtract, truncate_to_rank
+from .codec.flower_records import (
+    adapter_to_array_record,
+    array_record_nbytes,
+    array_record_to_adapter,
+    encoded_to_array_record,
+)
+from .codec.update_codec import encode_adapter, encode_with_feedback, encoded_nbytes
 from .config import NodeConfigError, RunConfig
 from .logs import log, quiet_libraries
+from .scheduler.priors import own_batch_size
 from .sim.clock import comm_seconds
 from .sim.tiers import TierProfile, assign_tiers, load_tiers
-from .strategy import wire
-from .task.lora import get_lora_model
+from .status import ClientStatus
 from .task.cost import estimate_train_memory_mb, model_shape
+from .task.lora import get_lora_model
 from .task.model_cache import resolve_model
 from .task.models import resolve_device
 from .task.partition import client_split
 from .task.specs import backbone_spec, data_spec, lora_spec
 from .task.train import autocast_dtype, make_batches, set_torch_threads, train_steps
 from .task.train import evaluate as evaluate_adapter
-from .transport.flower_records import (
-    adapter_to_array_record,
-    array_record_nbytes,
-    array_record_to_adapter,
-    encoded_to_array_record,
-)
-from .transport.update_codec import encode_adapter, encode_with_feedback, encoded_nbytes
 
 quiet_libraries()
 app = ClientApp()
@@ -99,15 +101,16 @@ class LocalTraining:
     autocast: torch.dtype | None
 
 
-def local_training(cfg: RunConfig, tier: TierProfile, bits: int, device: torch.device | None = None,
-                   batch_cap: int = 0) -> LocalTraining:
+def local_training(
+    cfg: RunConfig, tier: TierProfile, bits: int, device: torch.device | None = None, batch_cap: int = 0
+) -> LocalTraining:
     """The tier's hints applied: a Jetson trains at its own batch size, under fp16/bf16 autocast.
 
     ``batch_cap`` (> 0): the scheduler's examples per step for this round, when one step of
     the client's own batch would miss the deadline; it only ever lowers the batch.
     """
     device = resolve_device("auto") if device is None else device
-    batch_size = tier.batch_size or cfg.batch_size
+    batch_size = own_batch_size(tier, cfg.batch_size)
     if batch_cap > 0:
         batch_size = min(batch_size, batch_cap)
     return LocalTraining(batch_size, autocast_dtype(tier.mixed_precision, bits, device))
@@ -122,13 +125,15 @@ def query(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_flower(context.run_config)
     node = this_node(context, cfg)
     split = client_split(data_spec(cfg), node.partition_id, node.num_partitions)
-    metrics = MetricRecord({
-        wire.PARTITION_ID: node.partition_id,
-        wire.NUM_PARTITIONS: node.num_partitions,
-        wire.NUM_TRAIN: len(split.train),
-        wire.MEMORY_LIMIT_MB: float(node.tier.memory_limit_mb or 0.0),
-        wire.SIMULATED: int(node.simulated),
-    })
+    metrics = MetricRecord(
+        {
+            wire.PARTITION_ID: node.partition_id,
+            wire.NUM_PARTITIONS: node.num_partitions,
+            wire.NUM_TRAIN: len(split.train),
+            wire.MEMORY_LIMIT_MB: float(node.tier.memory_limit_mb or 0.0),
+            wire.SIMULATED: int(node.simulated),
+        }
+    )
     return Message(RecordDict({wire.METRICS: metrics, wire.INFO: tier_info(node)}), reply_to=msg)
 
 
@@ -145,7 +150,7 @@ def train(msg: Message, context: Context) -> Message:
     too_big = memory_problem(cfg, node.tier, bits, num_parameters(received), local.batch_size)
     if too_big:
         log.warning("partition %d (%s): %s", node.partition_id, node.tier.name, too_big)
-        info = tier_info(node, **{wire.STATUS: "oom", wire.REASON: too_big})
+        info = tier_info(node, **{wire.STATUS: ClientStatus.OOM.value, wire.REASON: too_big})
         metrics = MetricRecord({wire.PARTITION_ID: node.partition_id, wire.NUM_EXAMPLES: 0})
         return Message(RecordDict({wire.METRICS: metrics, wire.INFO: info}), reply_to=msg)
 
@@ -159,32 +164,38 @@ def train(msg: Message, context: Context) -> Message:
     if wire.BUDGET_S in ask:
         virtual = str(ask.get(wire.CLOCK, "virtual")) == "virtual"
         upload = encoded_nbytes(encode_adapter(received, codec, lz4=False))  # an upper bound: no LZ4
-        comm_s = comm_seconds(node.tier, upload, array_record_nbytes(msg.content[wire.ARRAYS]),
-                              int(ask.get(wire.HANDSHAKE_RTTS, 1)))
+        comm_s = comm_seconds(
+            node.tier, upload, array_record_nbytes(msg.content[wire.ARRAYS]), int(ask.get(wire.HANDSHAKE_RTTS, 1))
+        )
         factor = node.tier.compute_factor if virtual else 1.0
         should_stop = budget_stopper(float(ask[wire.BUDGET_S]), factor, comm_s)
 
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + node.partition_id
     torch.manual_seed(seed)
     batches = make_batches(cfg.task, split.train, model.processor, local.batch_size, cfg.max_seq_length, seed)
-    stats = train_steps(model.model, batches, max_steps, cfg.learning_rate, cfg.weight_decay, should_stop,
-                        autocast=local.autocast)
+    stats = train_steps(
+        model.model, batches, max_steps, cfg.learning_rate, cfg.weight_decay, should_stop, autocast=local.autocast
+    )
     # The delta is taken from what this client actually decoded, so with a quantized
     # broadcast the update still carries exactly what local training changed.
     delta = subtract(model.adapter_state(), received)
     update = encode_update(delta, codec, bool(ask.get(wire.ERROR_FEEDBACK, False)), rank, context)
 
-    metrics = MetricRecord({
-        wire.NUM_EXAMPLES: stats.num_examples,
-        wire.STEPS: stats.steps,
-        wire.LOSS_BEFORE: stats.loss_before,
-        wire.LOSS_AFTER: stats.loss_after,
-        wire.COMPUTE_S: stats.compute_s,
-        wire.PEAK_MEM_MB: stats.peak_mem_mb,
-        wire.TORCH_THREADS: torch.get_num_threads(),
-        wire.PARTITION_ID: node.partition_id,
-    })
-    content = RecordDict({wire.ARRAYS: update, wire.METRICS: metrics, wire.INFO: tier_info(node, **{wire.STATUS: "ok"})})
+    metrics = MetricRecord(
+        {
+            wire.NUM_EXAMPLES: stats.num_examples,
+            wire.STEPS: stats.steps,
+            wire.LOSS_BEFORE: stats.loss_before,
+            wire.LOSS_AFTER: stats.loss_after,
+            wire.COMPUTE_S: stats.compute_s,
+            wire.PEAK_MEM_MB: stats.peak_mem_mb,
+            wire.TORCH_THREADS: torch.get_num_threads(),
+            wire.PARTITION_ID: node.partition_id,
+        }
+    )
+    content = RecordDict(
+        {wire.ARRAYS: update, wire.METRICS: metrics, wire.INFO: tier_info(node, **{wire.STATUS: ClientStatus.OK.value})}
+    )
     return Message(content, reply_to=msg)
 
 
@@ -199,12 +210,15 @@ def memory_problem(cfg: RunConfig, tier: TierProfile, bits: int, adapter_params:
     need = estimate_train_memory_mb(shape, bits, adapter_params, batch_size, cfg.max_seq_length)
     if need <= tier.memory_limit_mb:
         return ""
-    return (f"needs ~{need:.0f} MB at {bits} bits (batch {batch_size} x {cfg.max_seq_length}), "
-            f"tier {tier.name} has {tier.memory_limit_mb:.0f} MB")
+    return (
+        f"needs ~{need:.0f} MB at {bits} bits (batch {batch_size} x {cfg.max_seq_length}), "
+        f"tier {tier.name} has {tier.memory_limit_mb:.0f} MB"
+    )
 
 
-def budget_stopper(budget_s: float, compute_factor: float, comm_s: float,
-                   margin: float = 0.1) -> Callable[[int, float], bool]:
+def budget_stopper(
+    budget_s: float, compute_factor: float, comm_s: float, margin: float = 0.1
+) -> Callable[[int, float], bool]:
     """Stop before the next step would push compute (on the run's clock) plus transfers past the budget.
 
     The next step is predicted conservatively, as the slowest step so far plus ``margin``:
@@ -251,11 +265,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = get_lora_model(backbone_spec(cfg, int(ask.get(wire.BITS, cfg.backbone_bits))), lora_spec(cfg))
     model.use_rank(int(ask[wire.RANK]))
     model.load_adapter_state(array_record_to_adapter(msg.content[wire.ARRAYS]))
-    stats = evaluate_adapter(model.model, cfg.task, split.test, model.processor, cfg.eval_batch_size, cfg.max_seq_length)
-    metrics = MetricRecord({
-        wire.SCORE: stats.score,
-        wire.LOSS: stats.loss,
-        wire.NUM_EXAMPLES: stats.num_examples,
-        wire.PARTITION_ID: node.partition_id,
-    })
+    stats = evaluate_adapter(
+        model.model, cfg.task, split.test, model.processor, cfg.eval_batch_size, cfg.max_seq_length
+    )
+    metrics = MetricRecord(
+        {
+            wire.SCORE: stats.score,
+            wire.LOSS: stats.loss,
+            wire.NUM_EXAMPLES: stats.num_examples,
+            wire.PARTITION_ID: node.partition_id,
+        }
+    )
     return Message(RecordDict({wire.METRICS: metrics, wire.INFO: tier_info(node)}), reply_to=msg)

@@ -13,18 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .codec.update_codec import SCHEMES as CODECS
+from .scheduler.registry import SCHEDULERS
 from .scheduler.spread import SpreadError, parse_int_spread
-from .sim.clock import HANDSHAKE_RTTS
+from .sim.clock import CLOCKS, HANDSHAKE_RTTS, POLICIES
 from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS
 
 TASKS = ("sequence-classification", "causal-lm", "image-classification")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 BITS = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")
-POLICIES = ("wait", "drop", "budget")
-CODECS = ("fp32", "fp16", "int8", "int4")
-SCHEDULERS = ("fixed", "table", "tier", "bandit", "lite", "solver")
-CLOCKS = ("auto", "virtual", "real")
 TRANSPORTS = tuple(HANDSHAKE_RTTS)
 
 
@@ -162,8 +160,10 @@ class RunConfig:
         check(self.backbone_bits in BITS, f"backbone-bits must be one of {BITS}")
         check(self.quant_type in QUANT_TYPES, f"quant-type must be one of {QUANT_TYPES}")
         check(self.aggregation in AGGREGATION_RULES, f"aggregation must be one of {AGGREGATION_RULES}")
-        check(self.aggregation_weight in AGGREGATION_WEIGHTS,
-              f"aggregation-weight must be one of {AGGREGATION_WEIGHTS}, got {self.aggregation_weight!r}")
+        check(
+            self.aggregation_weight in AGGREGATION_WEIGHTS,
+            f"aggregation-weight must be one of {AGGREGATION_WEIGHTS}, got {self.aggregation_weight!r}",
+        )
         check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}")
         check(0 <= self.base_rank <= self.lora_rank, "base-rank must be in [0, lora-rank] (0 = lora-rank)")
         check(self.clock in CLOCKS, f"clock must be one of {CLOCKS}")
@@ -176,7 +176,9 @@ class RunConfig:
         for key, spec, allowed in (("client-ranks", self.client_ranks, None), ("client-bits", self.client_bits, BITS)):
             if spec:
                 try:
-                    parse_int_spread(spec, key, allowed=allowed, low=1, high=self.lora_rank if allowed is None else None)
+                    parse_int_spread(
+                        spec, key, allowed=allowed, low=1, high=self.lora_rank if allowed is None else None
+                    )
                 except SpreadError as exc:
                     errors.append(str(exc))
         check(self.update_codec in CODECS, f"update-codec must be one of {CODECS}")
@@ -230,7 +232,7 @@ def _coerce(raw: Any, type_name: Any) -> Any:
         return float(raw)
     if type_name == "str":
         if not isinstance(raw, str):
-            raise TypeError("expected a string (quote it: key=\"value\")")
+            raise TypeError('expected a string (quote it: key="value")')
         return raw
     raise TypeError(f"unsupported config type {type_name}")
 

@@ -65,8 +65,12 @@ def install(federations_file: Path, config_file: Path | None = None) -> tuple[Pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["install", "show"], help="install: merge into Flower's config; show: print them")
-    parser.add_argument("--file", type=Path, default=Path("federations.toml"), help="federations file (default: ./federations.toml)")
+    parser.add_argument(
+        "action", choices=["install", "show"], help="install: merge into Flower's config; show: print them"
+    )
+    parser.add_argument(
+        "--file", type=Path, default=Path("federations.toml"), help="federations file (default: ./federations.toml)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

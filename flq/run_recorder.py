@@ -20,18 +20,19 @@ from typing import Any
 import numpy as np
 
 from .adapter import AdapterState
+from .logs import log
 from .metrics.records import RUN_INFO_FILE, RoundRecord, append_round
 from .sim.clock import real_clock_description
-from .strategy.fedavg import FLQFedAvg, RoundRecorder
-
-from .logs import log
+from .status import ClientStatus
+from .strategy.recording import RoundRecorder, RoundSnapshot, RunStart
 
 CHECKPOINT_DIR = "checkpoint"
 
 
 class RunRecorder(RoundRecorder):
-    def __init__(self, run_dir: Path, score_name: str, num_rounds: int, run_info: dict[str, Any],
-                 start_wall_s: float = 0.0) -> None:
+    def __init__(
+        self, run_dir: Path, score_name: str, num_rounds: int, run_info: dict[str, Any], start_wall_s: float = 0.0
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_info = run_info
         self.clock = "virtual"
@@ -41,30 +42,32 @@ class RunRecorder(RoundRecorder):
         self.records: list[RoundRecord] = []
         self.initial: dict[str, float] = {}
 
-    def on_start(self, strategy: FLQFedAvg) -> None:
-        self.clock = strategy.clock
-        model = strategy.clock_model.describe() if self.clock == "virtual" else real_clock_description()
-        self.write_run_info({**self.run_info, "clock": model,
-                             "nodes": [vars(p) for p in strategy.nodes.values()]})
+    def on_start(self, start: RunStart) -> None:
+        self.clock = start.clock
+        model = start.clock_model.describe() if self.clock == "virtual" else real_clock_description()
+        self.write_run_info({**self.run_info, "clock": model, "nodes": [vars(p) for p in start.nodes]})
         if self.clock == "virtual":
-            log.info("virtual clock: %s", strategy.clock_model.describe_text())
+            log.info("%s", start.clock_model.describe_text())
 
     def on_initial(self, metrics) -> None:
         self.initial = {"score": float(metrics["score"]), "eval_loss": float(metrics["loss"])}
-        log.info("[round 0] initial %s=%.4f eval-loss=%.4f", self.score_name, self.initial["score"],
-                 self.initial["eval_loss"])
+        log.info(
+            "[round 0] initial %s=%.4f eval-loss=%.4f",
+            self.score_name,
+            self.initial["score"],
+            self.initial["eval_loss"],
+        )
 
-    def on_round(self, strategy: FLQFedAvg, server_round: int, metrics, client_eval) -> None:
-        result = strategy.last_round
-        accepted = [c for c in result.clients if c.status == "ok"]
+    def on_round(self, snapshot: RoundSnapshot) -> None:
+        result, metrics = snapshot.result, snapshot.metrics
         record = RoundRecord(
-            server_round=server_round,
-            clock=self.clock,
-            clock_s=strategy.clock_s,
+            server_round=snapshot.server_round,
+            clock=snapshot.clock,
+            clock_s=snapshot.clock_s,
             round_s=result.round_s,
             wall_s=time.perf_counter() - self.wall_start,
-            deadline_s=strategy.deadline_s,
-            policy=strategy.policy,
+            deadline_s=snapshot.deadline_s,
+            policy=snapshot.policy,
             score_name=self.score_name,
             score=None if metrics is None else float(metrics["score"]),
             eval_loss=None if metrics is None else float(metrics["loss"]),
@@ -72,22 +75,28 @@ class RunRecorder(RoundRecorder):
             bytes_up=sum(c.bytes_up for c in result.clients),
             bytes_down=sum(c.bytes_down for c in result.clients),
             num_sampled=len(result.clients),
-            num_accepted=len(accepted),
+            num_accepted=sum(c.status == ClientStatus.OK for c in result.clients),
             clients=result.clients,
-            client_eval=list(client_eval),
-            rejected=[{"node_id": c.node_id, "reason": c.reason} for c in result.clients if c.status == "rejected"],
-            scheduler=strategy.scheduler.name,
-            scheduler_ms=result.scheduler_ms,
+            client_eval=list(snapshot.client_eval),
+            rejected=[
+                {"node_id": c.node_id, "reason": c.reason} for c in result.clients if c.status == ClientStatus.REJECTED
+            ],
+            scheduler=snapshot.scheduler_name,
+            scheduler_ms=snapshot.scheduler_ms,
         )
         append_round(self.run_dir, record)
         self.records.append(record)
-        save_checkpoint(self.run_dir, strategy.global_state, {
-            "server_round": server_round,
-            "clock_s": strategy.clock_s,
-            "wall_s": record.wall_s,
-            "scheduler": strategy.scheduler.state_dict(),
-            "rng": _rng_state(strategy),
-        })
+        save_checkpoint(
+            self.run_dir,
+            snapshot.global_state,
+            {
+                "server_round": snapshot.server_round,
+                "clock_s": snapshot.clock_s,
+                "wall_s": record.wall_s,
+                "scheduler": snapshot.scheduler_state,
+                "rng": snapshot.rng_state,
+            },
+        )
         log.info(progress_line(record, self.num_rounds))
 
     def write_run_info(self, info: dict[str, Any]) -> None:
@@ -131,16 +140,6 @@ def load_checkpoint(run_dir: Path) -> tuple[AdapterState, dict[str, Any]] | None
         state = {k: archive[k].astype(np.float32) for k in archive.files}
     meta = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     return state, meta
-
-
-def _rng_state(strategy: FLQFedAvg) -> list:
-    version, internal, gauss = strategy.rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def restore_rng(strategy: FLQFedAvg, state: list) -> None:
-    version, internal, gauss = state
-    strategy.rng.setstate((version, tuple(internal), gauss))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -13,35 +13,35 @@ import platform
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from . import __version__
 from .adapter import AdapterState, adapter_rank, lora_pairs, nbytes, num_parameters
+from .codec.flower_records import array_record_to_adapter
+from .codec.update_codec import bytes_per_element
 from .config import ConfigError, NodeConfigError, RunConfig
+from .logs import log, quiet_libraries
 from .metrics.plots import write_run_figures
 from .metrics.records import read_rounds
 from .metrics.summary import summarize, write_summary
-from .logs import log, quiet_libraries
-from .run_recorder import RunRecorder, load_checkpoint, restore_rng
-from .scheduler.base import RankScheduler, SchedulerDefaults
+from .run_recorder import RunRecorder, load_checkpoint
 from .scheduler.priors import MemoryModel
-from .scheduler.registry import build_scheduler as registry_build
-from .scheduler.spread import parse_spread
+from .scheduler.registry import build_for_run
 from .sim.clock import ClockModel
 from .sim.tiers import TierError, load_tiers
-from .strategy.fedavg import FLQFedAvg, NoClientsError, clock_budget_spent
+from .strategy.accounting import ResumePoint, clock_budget_spent
+from .strategy.fedavg import FLQFedAvg, NoClientsError
+from .strategy.spec import StrategySpec
+from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape
 from .task.data import DataError
 from .task.lora import LoraModel
-from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape
 from .task.model_cache import ModelNotFoundError, resolve_model
 from .task.models import ModelTaskError
 from .task.partition import server_test_data
 from .task.specs import backbone_spec, data_spec, lora_spec
 from .task.train import evaluate
-from .transport.flower_records import adapter_to_array_record, array_record_to_adapter
 
 quiet_libraries()
 app = ServerApp()
@@ -63,11 +63,13 @@ class ServerEvaluator:
     def score(self, state: AdapterState) -> MetricRecord:
         self.model.load_adapter_state(state)
         cfg = self.cfg
-        stats = evaluate(self.model.model, cfg.task, self.test, self.model.processor, cfg.eval_batch_size, cfg.max_seq_length)
+        stats = evaluate(
+            self.model.model, cfg.task, self.test, self.model.processor, cfg.eval_batch_size, cfg.max_seq_length
+        )
         return MetricRecord({"score": stats.score, "loss": stats.loss, "num-examples": stats.num_examples})
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        return self.score(array_record_to_adapter(arrays))
+    def __call__(self, server_round: int, state: AdapterState) -> MetricRecord:
+        return self.score(state)
 
     def export(self, state: AdapterState, out_dir: Path) -> Path:
         """Save ``state`` as a peft adapter folder (loadable with PeftModel.from_pretrained)."""
@@ -76,37 +78,10 @@ class ServerEvaluator:
         return out_dir
 
 
-def build_scheduler(cfg: RunConfig, tiers, initial: AdapterState) -> RankScheduler:
-    """The configured scheduler, with priors from the model's size and the update codec."""
-    defaults = SchedulerDefaults(
-        rank=cfg.start_rank, rank_max=cfg.lora_rank, bits=cfg.backbone_bits, local_steps=cfg.local_steps,
-        batch_size=cfg.batch_size,
-        tier_ranks=_tier_table(cfg.client_ranks), tier_bits=_tier_table(cfg.client_bits),
-    )
-    options: dict = {}
-    if cfg.scheduler == "table":
-        options = {"ranks": cfg.client_ranks, "bits": cfg.client_bits}
-    priors = scheduler_priors(cfg, initial)
-    memory_model = priors.pop("memory_model", None)
-    if cfg.scheduler == "bandit":
-        options["stop_on_budget"] = cfg.policy == "budget"
-        if memory_model is not None:
-            options["memory_model"] = memory_model
-    return registry_build(cfg.scheduler, defaults, tiers=tiers, seed=cfg.seed, **priors, **options)
-
-
-def _tier_table(spec: str) -> dict[str, int]:
-    """``tier:NAME=VALUE,...`` as a dict (the ``tier`` scheduler's table); {} for other specs."""
-    if not spec.startswith("tier:"):
-        return {}
-    return {name: int(value) for name, value in parse_spread(spec).by_tier}
-
-
 def scheduler_priors(cfg: RunConfig, initial: AdapterState) -> dict:
     """Per-step time by bits, wire bytes per rank unit, and a memory model, from estimates."""
     per_rank = sum(initial[a].shape[1] + initial[b].shape[0] for a, b in lora_pairs(initial).values())
-    wire_bytes = {"fp32": 4.0, "fp16": 2.0, "int8": 1.02, "int4": 0.54}[cfg.update_codec]
-    priors: dict = {"bytes_per_rank": per_rank * wire_bytes}
+    priors: dict = {"bytes_per_rank": per_rank * bytes_per_element(cfg.update_codec)}
     try:
         shape = model_shape(resolve_model(cfg.model))
     except (OSError, ValueError):
@@ -114,7 +89,9 @@ def scheduler_priors(cfg: RunConfig, initial: AdapterState) -> dict:
     priors["step_time_prior"] = {
         bits: estimate_step_seconds(shape, bits, cfg.batch_size, cfg.max_seq_length) for bits in (4, 8, 16, 32)
     }
-    activations = estimate_train_memory_mb(shape, 16, 0, cfg.batch_size, cfg.max_seq_length) - shape.linear_params * 2 / 2**20
+    activations = (
+        estimate_train_memory_mb(shape, 16, 0, cfg.batch_size, cfg.max_seq_length) - shape.linear_params * 2 / 2**20
+    )
     priors["memory_model"] = MemoryModel(
         backbone_mb_16bit=shape.linear_params * 2 / 2**20,
         activation_mb=activations,
@@ -129,8 +106,21 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
 
 
 # Errors in what the user configured: reported in one line, without a library traceback.
-USER_ERRORS = (ConfigError, DataError, ModelNotFoundError, ModelTaskError, NodeConfigError, FileExistsError,
-               FileNotFoundError, NoClientsError, TierError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    ModelNotFoundError,
+    ModelTaskError,
+    NodeConfigError,
+    FileExistsError,
+    FileNotFoundError,
+    NoClientsError,
+    TierError,
+)
+
+
+class RunFailed(RuntimeError):
+    """A run stopped on a user error (already logged in one line)."""
 
 
 @app.main()
@@ -139,7 +129,9 @@ def main(grid: Grid, context: Context) -> None:
         cfg = RunConfig.from_flower(context.run_config)
         run_federation(grid, cfg)
     except USER_ERRORS as exc:
+        # One line says what to fix; raising makes Flower record the run as failed, not completed.
         log.error("FLQ cannot run: %s", exc)
+        raise RunFailed(str(exc)) from None
 
 
 def run_federation(grid: Grid, cfg: RunConfig) -> Path:
@@ -150,44 +142,26 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     initial = evaluator.initial_adapter()
     log.info(
         "global adapter: rank %d, %d tensors, %.2fM parameters, %.2f MB in float32",
-        adapter_rank(initial), len(initial), num_parameters(initial) / 1e6, nbytes(initial) / 1e6,
+        adapter_rank(initial),
+        len(initial),
+        num_parameters(initial) / 1e6,
+        nbytes(initial) / 1e6,
     )
     tiers = load_tiers(cfg.tier_file or None)
-    scheduler = build_scheduler(cfg, tiers, initial)
-    strategy = FLQFedAvg(
-        scheduler=scheduler,
-        rank_max=cfg.lora_rank,
-        clients_per_round=cfg.clients_per_round,
-        min_available_nodes=max(1, cfg.clients_per_round),
-        deadline_s=cfg.deadline,
-        policy=cfg.policy,
-        clock_model=ClockModel.for_transport(tiers, cfg.transport),
-        clock=cfg.clock,
-        client_eval_every=cfg.client_eval_every,
-        batch_size=cfg.batch_size,
-        aggregation=cfg.aggregation,
-        aggregation_weight=cfg.aggregation_weight,
-        update_codec=cfg.update_codec,
-        broadcast_codec=cfg.broadcast_codec,
-        error_feedback=cfg.error_feedback,
-        seed=cfg.seed,
-    )
-    start_round, clock_s, wall_s = 1, 0.0, 0.0
+    scheduler = build_for_run(cfg, tiers=tiers, **scheduler_priors(cfg, initial))
+    strategy = FLQFedAvg(StrategySpec.from_run_config(cfg), scheduler, ClockModel.for_transport(tiers, cfg.transport))
     checkpoint = load_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and checkpoint is None:
         raise FileNotFoundError(f"resume=true but {run_dir} has no checkpoint (set run-name to the run to resume)")
     if not cfg.resume and (run_dir / "rounds.jsonl").exists():
         raise FileExistsError(f"{run_dir} already holds a run: choose another run-name, or set resume=true")
+    state, resume, wall_s = initial, ResumePoint(1, 0.0), 0.0
     if checkpoint is not None:
         state, meta = checkpoint
-        strategy.global_state = state
         scheduler.load_state_dict(meta.get("scheduler", {}))
-        if meta.get("rng"):
-            restore_rng(strategy, meta["rng"])
-        start_round, clock_s, wall_s = int(meta["server_round"]) + 1, float(meta["clock_s"]), float(meta["wall_s"])
-        log.info("resuming %s after round %d", run_dir, start_round - 1)
-    else:
-        strategy.global_state = initial
+        resume = ResumePoint(int(meta["server_round"]) + 1, float(meta["clock_s"]), meta.get("rng") or None)
+        wall_s = float(meta["wall_s"])
+        log.info("resuming %s after round %d", run_dir, resume.start_round - 1)
 
     run_info = {
         "config": cfg.to_dict(),
@@ -197,28 +171,33 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     recorder = RunRecorder(run_dir, cfg.score_name, cfg.num_server_rounds, run_info, wall_s)
-    if start_round <= cfg.num_server_rounds and not clock_budget_spent(clock_s, cfg.clock_budget):
-        strategy.start(
+    if resume.start_round <= cfg.num_server_rounds and not clock_budget_spent(resume.clock_s, cfg.clock_budget):
+        result = strategy.start(
             grid,
-            adapter_to_array_record(strategy.global_state, "fp32"),
+            state,
             num_rounds=cfg.num_server_rounds,
             timeout=3600.0,
             evaluate_fn=evaluator,
             recorder=recorder,
-            start_round=start_round,
-            start_clock_s=clock_s,
+            resume=resume,
             clock_budget_s=cfg.clock_budget,
         )
+        state = array_record_to_adapter(result.arrays)
     records = read_rounds(run_dir)  # all rounds, also those before a resume
     summary = summarize(records, cfg.target_score, cfg.higher_is_better, cfg.deadline)
     summary["initial"] = recorder.initial or _previous_initial(run_dir)
     write_summary(run_dir, summary)
     write_run_figures(records, run_dir / "figures", cfg.target_score)
-    evaluator.export(strategy.global_state, run_dir / "adapter")
-    log.info("FLQ finished %d rounds: %s=%s (target %s reached %s), results in %s", len(records), cfg.score_name,
-             summary.get("final_score"), cfg.target_score,
-             "never" if summary.get("rounds_to_target") is None else f"at round {summary['rounds_to_target']}",
-             run_dir)
+    evaluator.export(state, run_dir / "adapter")
+    log.info(
+        "FLQ finished %d rounds: %s=%s (target %s reached %s), results in %s",
+        len(records),
+        cfg.score_name,
+        summary.get("final_score"),
+        cfg.target_score,
+        "never" if summary.get("rounds_to_target") is None else f"at round {summary['rounds_to_target']}",
+        run_dir,
+    )
     return run_dir
 
 

@@ -1,6 +1,6 @@
 """Shared fixtures: tiny random models on disk, and real ``flwr run`` simulations.
 
-The simulation harness (``flq.simulate.LocalSimulation``) starts Flower's SuperLink in
+The simulation harness (``harness.simulation.LocalSimulation``) starts Flower's SuperLink in
 simulation mode itself, on a free port, with ``FLWR_HOME`` in a temp dir, so every test owns
 the process it started and stops it by its own pid.
 """
@@ -11,20 +11,28 @@ from pathlib import Path
 
 import pytest
 
-from flq.simulate import PROJECT_DIR as PROJECT
-from flq.simulate import LocalSimulation
+from harness.simulation import LocalSimulation
+
+
+def pytest_configure(config) -> None:
+    # The tests' models are tiny: torch's intra-op threads buy nothing, and on a 2-core machine
+    # shared with other work two OpenMP threads made the unit suite many times slower. Only this
+    # process: the runs and nodes the tests start keep their own settings.
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
-    from flq.testing import make_tiny_llama
+    from harness.tiny_models import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
-    from flq.testing import make_tiny_bert
+    from harness.tiny_models import make_tiny_bert
 
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 

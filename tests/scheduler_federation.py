@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from flq.scheduler.base import Assignment, ClientInfo, ClientReport, RoundOutcome
 
-STEP_S = {4: 3.0, 8: 2.6, 16: 2.2}           # reference seconds per local step, by bits
-BYTES_PER_RANK = 200_000                      # adapter bytes per rank unit, each way
+STEP_S = {4: 3.0, 8: 2.6, 16: 2.2}  # reference seconds per local step, by bits
+BYTES_PER_RANK = 200_000  # adapter bytes per rank unit, each way
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,15 @@ TIERS = {
 class SimClient:
     node_id: int
     tier: str
-    slowness: float = 1.0          # hidden truth the prior does not know
-    fails: bool = False            # never replies
+    slowness: float = 1.0  # hidden truth the prior does not know
+    fails: bool = False  # never replies
 
 
 @dataclass
 class SimulatedFederation:
     clients: list[SimClient]
     deadline_s: float
-    policy: str = "drop"           # drop | budget
+    policy: str = "drop"  # drop | budget
     tiers: Mapping[str, StandInTier] = field(default_factory=lambda: TIERS)
     noise: float = 0.05
     seed: int = 0
@@ -105,13 +105,26 @@ class SimulatedFederation:
         total = compute + transfer
         late = total > self.deadline_s
         return ClientReport(
-            client.node_id, "late" if late else "ok", a.rank, a.bits, client.tier, steps=steps,
-            num_examples=steps * batch, compute_s=compute, transfer_s=transfer, round_s=total,
-            bytes_up=a.rank * BYTES_PER_RANK, bytes_down=a.rank * BYTES_PER_RANK,
-            loss_before=self.loss, loss_after=self.loss * 0.97, on_time=not late,
+            client.node_id,
+            "late" if late else "ok",
+            a.rank,
+            a.bits,
+            client.tier,
+            steps=steps,
+            num_examples=steps * batch,
+            compute_s=compute,
+            transfer_s=transfer,
+            round_s=total,
+            bytes_up=a.rank * BYTES_PER_RANK,
+            bytes_down=a.rank * BYTES_PER_RANK,
+            loss_before=self.loss,
+            loss_after=self.loss * 0.97,
+            on_time=not late,
         )
 
-    def run_round(self, server_round: int, assignments: Mapping[int, Assignment]) -> tuple[list[ClientReport], RoundOutcome]:
+    def run_round(
+        self, server_round: int, assignments: Mapping[int, Assignment]
+    ) -> tuple[list[ClientReport], RoundOutcome]:
         reports = [self.report(c, assignments[c.node_id]) for c in self.clients]
         accepted = [r for r in reports if r.status == "ok"]
         round_s = self.deadline_s if len(accepted) < len(reports) else max(r.round_s for r in reports)

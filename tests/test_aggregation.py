@@ -62,8 +62,10 @@ def test_equal_steps_give_fedavg_weights_under_either_mode():
     # rule (which divides by the total weight) returns the same average.
     rng = np.random.default_rng(3)
     previous = {A: rng.normal(size=(4, 6)).astype(np.float32), B: rng.normal(size=(5, 4)).astype(np.float32)}
-    states = [{A: rng.normal(size=(r, 6)).astype(np.float32), B: rng.normal(size=(5, r)).astype(np.float32)}
-              for r in (2, 4, 3)]
+    states = [
+        {A: rng.normal(size=(r, 6)).astype(np.float32), B: rng.normal(size=(5, r)).astype(np.float32)}
+        for r in (2, 4, 3)
+    ]
     examples = [30, 50, 20]
     for rule in AGGREGATION_RULES:
         by_examples = aggregate(rule, states, [client_weight("examples", n, 4) for n in examples], previous, 4)
@@ -422,3 +424,28 @@ def assert_same_aggregate(rule, actual, expected):
         for prefix in module_prefixes(expected):
             target = product(expected, prefix)
             assert_close(product(actual, prefix), target, scale=np.abs(target).max(initial=0))
+
+
+def test_a_client_given_a_smaller_batch_weighs_per_step_as_at_its_own_batch():
+    # 6 examples in 2 steps at batch 3, its own batch being 12: per step it counts as 12 examples.
+    assert client_weight("examples-per-step", 6, 2, batch_scale=12 / 3) == 12.0
+    assert client_weight("examples", 6, 2, batch_scale=12 / 3) == 6.0  # FedAvg counts what it trained
+
+
+def test_a_client_adapter_is_float32_whatever_the_delta_dtype():
+    previous = {A: np.ones((4, 3), np.float32), B: np.ones((5, 4), np.float32), HEAD: np.ones((2, 3), np.float32)}
+    delta = {A: np.full((2, 3), 0.5), B: np.full((5, 2), 0.5), HEAD: np.full((2, 3), 0.5)}  # float64
+    adapter = client_adapter_from_delta(previous, delta)
+    assert {v.dtype for v in adapter.values()} == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(adapter[A], np.full((2, 3), 1.5, np.float32))
+
+
+def test_svd_factors_have_a_positive_largest_entry_in_each_column_of_b():
+    # The sign convention that makes the split a function of the matrix, hence reproducible.
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        a, b = split_by_svd(rng.normal(size=(7, 5)), 3)
+        leading = b[np.argmax(np.abs(b), axis=0), np.arange(3)]
+        assert (leading > 0).all()
+        a2, b2 = split_by_svd(-rng.normal(size=(7, 5)), 3)
+        assert (b2[np.argmax(np.abs(b2), axis=0), np.arange(3)] > 0).all()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flq.transport.array_codec import (
+from flq.codec.array_codec import (
     FIXED_HEADER_NBYTES,
     FLAG_LZ4,
     MAGIC,
@@ -29,14 +29,26 @@ from flq.transport.array_codec import (
 SMALL_PEAK = 1 << 20  # 1 MiB: far below anything a declared shape in these tests would need
 
 
-def header(*, magic=MAGIC, version=1, scheme=0, dtype=1, flags=0, shape=(4,), reserved=b"\0\0\0",
-           block_size=0, num_scales=0, body_nbytes=None) -> bytes:
+def header(
+    *,
+    magic=MAGIC,
+    version=1,
+    scheme=0,
+    dtype=1,
+    flags=0,
+    shape=(4,),
+    reserved=b"\0\0\0",
+    block_size=0,
+    num_scales=0,
+    body_nbytes=None,
+) -> bytes:
     """A hand-built header, independent of the encoder, so tests can lie in any field."""
     if body_nbytes is None:
         known = scheme in Scheme._value2member_map_
         body_nbytes = 4 * num_scales + (raw_payload_nbytes(Scheme(scheme), int(np.prod(shape))) if known else 0)
-    fixed = struct.pack("<4sBBBBB3sIII", magic, version, scheme, dtype, flags, len(shape), reserved,
-                        block_size, num_scales, body_nbytes)
+    fixed = struct.pack(
+        "<4sBBBBB3sIII", magic, version, scheme, dtype, flags, len(shape), reserved, block_size, num_scales, body_nbytes
+    )
     return fixed + struct.pack(f"<{len(shape)}I", *shape)
 
 

@@ -6,7 +6,7 @@ import pytest
 from flwr.common.config import flatten_dict
 
 from flq.config import ConfigError, RunConfig
-from flq.simulate import PROJECT_DIR as PROJECT
+from harness.simulation import PROJECT_DIR as PROJECT
 
 
 def shipped_run_config() -> dict:

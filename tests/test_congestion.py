@@ -14,8 +14,16 @@ MDS = 1200
 
 
 def packet(number: int, sent: float, size: int = MDS) -> QuicSentPacket:
-    return QuicSentPacket(epoch=Epoch.ONE_RTT, in_flight=True, is_ack_eliciting=True, is_crypto_packet=False,
-                          packet_number=number, packet_type=QuicPacketType.ONE_RTT, sent_time=sent, sent_bytes=size)
+    return QuicSentPacket(
+        epoch=Epoch.ONE_RTT,
+        in_flight=True,
+        is_ack_eliciting=True,
+        is_crypto_packet=False,
+        packet_number=number,
+        packet_type=QuicPacketType.ONE_RTT,
+        sent_time=sent,
+        sent_bytes=size,
+    )
 
 
 def warmed(rtt_min: float, rtt_now: float, window_packets: int = 50, rounds: int = 6) -> WestwoodCongestionControl:
@@ -73,7 +81,7 @@ def test_one_congestion_event_per_recovery_period():
     assert cc.congestion_window == after_first
 
 
-def fill_window(cc: WestwoodCongestionControl, now: float) -> None:
+def put_window_in_flight(cc: WestwoodCongestionControl, now: float) -> None:
     """Put a whole window in flight (the sender is not application-limited)."""
     for i in range(cc.congestion_window // MDS):
         cc.on_packet_sent(packet=packet(5_000 + i, now))
@@ -82,7 +90,7 @@ def fill_window(cc: WestwoodCongestionControl, now: float) -> None:
 def test_without_an_estimate_it_halves_like_reno():
     cc = create_congestion_control("westwood", max_datagram_size=MDS)
     before = cc.congestion_window
-    fill_window(cc, now=0.9)
+    put_window_in_flight(cc, now=0.9)
     lose_one(cc, now=1.0)
     assert cc.congestion_window == max(before // 2, K_MINIMUM_WINDOW * MDS)
 
@@ -90,7 +98,7 @@ def test_without_an_estimate_it_halves_like_reno():
 def test_slow_start_then_persistent_congestion():
     cc = create_congestion_control("westwood", max_datagram_size=MDS)
     start = cc.congestion_window
-    fill_window(cc, now=0.01)
+    put_window_in_flight(cc, now=0.01)
     cc.on_packet_acked(now=0.05, packet=packet(0, 0.01))
     assert cc.congestion_window == start + MDS  # slow start: +1 datagram per datagram acked
     cc.on_persistent_congestion()
@@ -122,7 +130,7 @@ def test_polls_on_an_idle_connection_do_not_set_the_rate():
     before = cc.congestion_window
     lose_one(cc, now=13.0)  # a poll lost: the window was never used, so it is kept
     assert cc.congestion_window == before and cc.ssthresh is None and cc.random_losses == 1
-    fill_window(cc, now=13.5)
+    put_window_in_flight(cc, now=13.5)
     lose_one(cc, now=14.0)  # now the window is in use: congestion, and Reno's answer, not the poll rate
     assert cc.random_losses == 1
     assert cc.congestion_window == max(before // 2, K_MINIMUM_WINDOW * MDS) == cc.ssthresh
@@ -137,7 +145,7 @@ def test_rtt_jitter_on_polls_does_not_end_slow_start_but_a_queue_under_load_does
     cc = create_congestion_control("westwood", max_datagram_size=MDS)
     send_polls(cc, 20, rtt=lambda i: 0.05 + 0.01 * i)  # RTT grows with host load, window not in use
     assert cc.ssthresh is None  # still in slow start
-    fill_window(cc, now=30.0)
+    put_window_in_flight(cc, now=30.0)
     for i in range(20):  # a full window and a growing RTT: a queue, HyStart ends slow start
         cc.on_rtt_measurement(now=30.0 + 0.01 * (i + 1), rtt=0.05 + 0.01 * i)
     assert cc.ssthresh == cc.congestion_window
@@ -184,10 +192,12 @@ def test_a_used_window_is_remembered_and_a_new_connection_jumps_to_half_of_it():
 def test_no_jump_on_another_path_another_host_or_an_old_memory():
     memories = congestion.PathMemories()
     memories.remember("10.0.0.2", congestion.PathMemory(pipe=500 * MDS, min_rtt=0.05, saved_at=0.0))
-    for peer, rtt, now in [("10.0.0.2", 0.6, 1.0),    # 12x the remembered RTT: another path
-                           ("10.0.0.2", 0.02, 1.0),   # under half of it: another path
-                           ("10.0.0.3", 0.05, 1.0),   # another host
-                           ("10.0.0.2", 0.05, congestion.RESUME_LIFETIME_S + 1)]:  # too old
+    for peer, rtt, now in [
+        ("10.0.0.2", 0.6, 1.0),  # 12x the remembered RTT: another path
+        ("10.0.0.2", 0.02, 1.0),  # under half of it: another path
+        ("10.0.0.3", 0.05, 1.0),  # another host
+        ("10.0.0.2", 0.05, congestion.RESUME_LIFETIME_S + 1),
+    ]:  # too old
         cc = fresh(memories, peer)
         initial = cc.congestion_window
         cc.on_rtt_measurement(now=now, rtt=rtt)

@@ -9,7 +9,7 @@ deadline (the Grid's timeout) is recorded late while the round completes with th
 
 The tests share one deployment; the drop test runs last (its straggler is still training when
 the run ends, and the fixture's teardown stops it). Processes are started and stopped by the
-helpers in tests/deployment_helpers.py, by their own pids; timeouts are hang guards only.
+harness (harness/deployment.py), by their own pids; timeouts are hang guards only.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ import pytest
 from flq.federations import load_federations
 from flq.sim.clock import real_clock_description
 from flq.sim.tiers import load_tiers
-from flq.simulate import PROJECT_DIR, SimulationRun
-from tests.deployment_helpers import FLEET_OVER_HTTP, Deployment, node_config
+from harness.deployment import FLEET_OVER_HTTP, Deployment, node_config
+from harness.simulation import PROJECT_DIR, SimulationRun
 from tests.test_e2e_simulation import TINY
+
+pytestmark = pytest.mark.e2e  # a real deployment: flq-superlink, flq-supernodes, `flwr run`
 
 TIERS = ["gpu-24g", "gpu-32g", "cpu-edge"]  # node i: partition-id=i, tier=TIERS[i]
 CONNECTION = "flq-deploy"  # the connection name of federations.toml and docs/deployment.md
@@ -57,8 +59,12 @@ STRAGGLER_STEPS = 30
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    dep = Deployment(tmp_path_factory.mktemp("flq-deployment"), TIERS, connection=CONNECTION,
-                     env={"OMP_NUM_THREADS": str(NODE_THREADS)})
+    dep = Deployment(
+        tmp_path_factory.mktemp("flq-deployment"),
+        TIERS,
+        connection=CONNECTION,
+        env={"OMP_NUM_THREADS": str(NODE_THREADS)},
+    )
     try:
         yield dep.start()
     finally:
@@ -68,12 +74,20 @@ def deployment(tmp_path_factory):
 def run_flq(deployment: Deployment, model_dir: Path, name: str, **overrides) -> SimulationRun:
     """`flwr run <project> flq-deploy` with the tiny model; the run's own files, once it ends."""
     out = deployment.tmp / "runs"
-    config = {**TINY, "model": str(model_dir), "lora-rank": 4, "clients-per-round": len(TIERS),
-              "output-dir": str(out), "run-name": name, **overrides}
+    config = {
+        **TINY,
+        "model": str(model_dir),
+        "lora-rank": 4,
+        "clients-per-round": len(TIERS),
+        "output-dir": str(out),
+        "run-name": name,
+        **overrides,
+    }
     log = deployment.start_flwr_run(PROJECT_DIR, config).wait(RUN_GUARD)
     run = SimulationRun(out / name, log)
     assert (run.run_dir / "summary.json").is_file(), (
-        f"the run wrote no summary; flwr run said:\n{log[-3000:]}\nSuperLink:\n{deployment.superlink.text()[-3000:]}")
+        f"the run wrote no summary; flwr run said:\n{log[-3000:]}\nSuperLink:\n{deployment.superlink.text()[-3000:]}"
+    )
     return run
 
 
@@ -130,9 +144,19 @@ def test_a_node_past_the_deadline_is_dropped_and_the_round_goes_on(deployment, t
     tier_file = deployment.tmp / "straggler-tiers.toml"
     tier_file.write_text(STRAGGLER_TIER)
     deadline = float(math.ceil(1.5 * max(c["round_s"] for r in wait_run.rounds() for c in r["clients"])))
-    run = run_flq(deployment, tiny_llama_dir, "drop", **{
-        "num-server-rounds": 1, "policy": "drop", "deadline-s": deadline, "tier-file": str(tier_file),
-        "max-seq-length": 128, "local-steps": STRAGGLER_STEPS})
+    run = run_flq(
+        deployment,
+        tiny_llama_dir,
+        "drop",
+        **{
+            "num-server-rounds": 1,
+            "policy": "drop",
+            "deadline-s": deadline,
+            "tier-file": str(tier_file),
+            "max-seq-length": 128,
+            "local-steps": STRAGGLER_STEPS,
+        },
+    )
     (r,) = run.rounds()
     assert r["clock"] == "real" and r["policy"] == "drop" and r["deadline_s"] == deadline
     clients = by_partition(r["clients"])
@@ -144,7 +168,8 @@ def test_a_node_past_the_deadline_is_dropped_and_the_round_goes_on(deployment, t
     assert late["bytes_up"] == 0 and late["steps"] == 0
     # The round completed with the other two, on time, and the global adapter was scored.
     assert {p: (c["tier"], c["status"], c["on_time"], c["steps"]) for p, c in clients.items()} == {
-        p: (TIERS[p], "ok", True, STRAGGLER_STEPS) for p in clients}, r["clients"]
+        p: (TIERS[p], "ok", True, STRAGGLER_STEPS) for p in clients
+    }, r["clients"]
     assert r["num_sampled"] == len(TIERS) and r["num_accepted"] == len(TIERS) - 1
     assert r["round_s"] == deadline  # the round ended at the deadline, not at the straggler's reply
     assert r["score"] is not None and r["train_loss"] is not None
@@ -171,7 +196,8 @@ def test_the_documented_commands_are_the_ones_tested_and_match_flq_deploy(tmp_pa
     # ... and the SuperNodes its Fleet API (QUIC, UDP) at the same address, with this test's tiers.
     assert [re.search(r"--superlink (\S+)", line)[1] for line in supernodes] == [connection["address"]] * len(TIERS)
     assert [re.search(r"--node-config '([^']*)'", line)[1] for line in supernodes] == [
-        node_config(i, len(TIERS), tier) for i, tier in enumerate(TIERS)]
+        node_config(i, len(TIERS), tier) for i, tier in enumerate(TIERS)
+    ]
     assert len({re.search(r"--port (\d+)", line)[1] for line in supernodes}) == len(TIERS)
     # The processes this module starts take the documented flags (only ports and paths differ).
     tested = Deployment(tmp_path, TIERS, connection=CONNECTION)  # not started: only its commands

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.deployment_helpers import FLEET_OVER_HTTP, GUARD, Deployment, Proc, wait_for
+from harness.deployment import FLEET_OVER_HTTP, GUARD, Deployment
+from harness.processes import Proc, wait_for
+
+pytestmark = pytest.mark.e2e  # a real deployment: flq-superlink, flq-supernodes, `flwr run`
 
 APP = Path(__file__).resolve().parent / "apps" / "quic_smoke"
 TIERS = ["gpu-24g", "cpu-edge", "jetson-nano"]  # the smoke app only echoes them
@@ -75,8 +78,16 @@ def test_supernode_killed_mid_round(deployment):
     markers = deployment.tmp / "markers-kill"
     markers.mkdir()
     victim = 2
-    run = deployment.flwr_run(**{"num-server-rounds": 2, "round-timeout": 25.0, "marker-dir": str(markers),
-                                 "slow-tier": TIERS[victim], "slow-round": 1, "slow-seconds": 120.0})
+    run = deployment.flwr_run(
+        **{
+            "num-server-rounds": 2,
+            "round-timeout": 25.0,
+            "marker-dir": str(markers),
+            "slow-tier": TIERS[victim],
+            "slow-round": 1,
+            "slow-seconds": 120.0,
+        }
+    )
     # Kill the node (and its ClientApp) once it is inside round 1's training.
     wait_for(lambda: (markers / f"started-r1-p{victim}").exists(), "the victim to start training", timeout=GUARD)
     deployment.nodes[victim].kill()
@@ -105,15 +116,17 @@ def test_restarted_supernode_rejoins_with_0rtt(deployment):
 
 
 def test_superlink_restart_keeps_state_and_nodes_reconnect(deployment):
-    ids_before = {tier: re.findall(r"SuperNode ID: (\d+)", node.text())[-1]
-                  for tier, node in zip(TIERS, deployment.nodes)}
+    ids_before = {
+        tier: re.findall(r"SuperNode ID: (\d+)", node.text())[-1] for tier, node in zip(TIERS, deployment.nodes)
+    }
     connects = [node.text().count("QUIC connected to") for node in deployment.nodes]
 
     deployment.superlink.stop()
     assert deployment.database.is_file()
     superlink = deployment.start_superlink()  # same port, same --database
-    for node, count in zip(deployment.nodes, connects):
-        wait_for(lambda: node.text().count("QUIC connected to") > count, f"{node.name} to reconnect", proc=node)
+    for node, count in zip(deployment.nodes, connects, strict=True):
+        reconnected = lambda node=node, count=count: node.text().count("QUIC connected to") > count  # noqa: E731
+        wait_for(reconnected, f"{node.name} to reconnect", proc=node)
 
     after = deployment.run(**{"num-server-rounds": 1, "round-timeout": 180.0, "quorum": len(TIERS)})
     ids_after = {r["tier"]: node_id for node_id, r in after["rounds"][0]["replied"].items()}

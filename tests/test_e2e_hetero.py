@@ -4,13 +4,25 @@ import pytest
 
 from tests.test_e2e_simulation import TINY
 
+pytestmark = pytest.mark.e2e  # a real `flwr run` simulation (SuperLink, SuperNodes, ClientApp processes)
+
 
 @pytest.fixture(scope="module")
 def hetero_run(flower_sim, tiny_llama_dir, keyword_csv):
     overrides = {
-        **TINY, "model": str(tiny_llama_dir), "data": str(keyword_csv), "num-server-rounds": 3, "lora-rank": 8, "clients-per-round": 6,
-        "scheduler": "table", "client-ranks": "cycle:2,4,8", "client-bits": "groups:4,8,16",
-        "aggregation": "rank-wise", "update-codec": "int8", "partitioner": "dirichlet", "dirichlet-alpha": 0.5,
+        **TINY,
+        "model": str(tiny_llama_dir),
+        "data": str(keyword_csv),
+        "num-server-rounds": 3,
+        "lora-rank": 8,
+        "clients-per-round": 6,
+        "scheduler": "table",
+        "client-ranks": "cycle:2,4,8",
+        "client-bits": "groups:4,8,16",
+        "aggregation": "rank-wise",
+        "update-codec": "int8",
+        "partitioner": "dirichlet",
+        "dirichlet-alpha": 0.5,
     }
     return flower_sim.run(overrides, num_supernodes=6, name="hetero")
 

@@ -14,6 +14,8 @@ import pytest
 
 from tests.test_e2e_simulation import TINY
 
+pytestmark = pytest.mark.e2e  # real `flwr run` simulations (SuperLink, SuperNodes, ClientApp processes)
+
 TIERS = """
 [tiers.fast]
 compute_factor = 0.001
@@ -49,17 +51,38 @@ BUDGET_RUN = {"local-steps": 160, "deadline-s": 6000.0}  # see the module docstr
 def tier_runs(flower_sim, tiny_llama_dir, tmp_path_factory):
     tier_file = tmp_path_factory.mktemp("tiers") / "tiers.toml"
     tier_file.write_text(TIERS)
-    base = {**TINY, "model": str(tiny_llama_dir), "num-server-rounds": 2, "clients-per-round": 6,
-            "local-steps": 40, "tiers": MIX, "tier-file": str(tier_file), "deadline-s": 1500.0}
+    base = {
+        **TINY,
+        "model": str(tiny_llama_dir),
+        "num-server-rounds": 2,
+        "clients-per-round": 6,
+        "local-steps": 40,
+        "tiers": MIX,
+        "tier-file": str(tier_file),
+        "deadline-s": 1500.0,
+    }
     # The drop run asks for 5 rounds on a 3,000 s clock budget: it runs 2 (see the budget test).
-    runs = {"drop": flower_sim.run({**base, "policy": "drop", "num-server-rounds": 5, "clock-budget-s": 3000.0},
-                                   num_supernodes=6, name="tiers-drop"),
-            "budget": flower_sim.run({**base, "policy": "budget", **BUDGET_RUN}, num_supernodes=6,
-                                     name="tiers-budget")}
+    runs = {
+        "drop": flower_sim.run(
+            {**base, "policy": "drop", "num-server-rounds": 5, "clock-budget-s": 3000.0},
+            num_supernodes=6,
+            name="tiers-drop",
+        ),
+        "budget": flower_sim.run({**base, "policy": "budget", **BUDGET_RUN}, num_supernodes=6, name="tiers-budget"),
+    }
     runs["bandit"] = flower_sim.run(
-        {**base, "policy": "budget", "scheduler": "bandit", "lora-rank": 16, "base-rank": 8,
-         "num-server-rounds": 3, "tiers": "list:fast,fast,mid,slow,slow,mid"},
-        num_supernodes=6, name="tiers-bandit")
+        {
+            **base,
+            "policy": "budget",
+            "scheduler": "bandit",
+            "lora-rank": 16,
+            "base-rank": 8,
+            "num-server-rounds": 3,
+            "tiers": "list:fast,fast,mid,slow,slow,mid",
+        },
+        num_supernodes=6,
+        name="tiers-bandit",
+    )
     return runs
 
 
@@ -129,7 +152,11 @@ def test_summary_reports_deadlines_drops_memory_and_figures(tier_runs):
     assert drop["dropped_per_tier"]["slow"] == 4  # 2 clients x 2 rounds
     assert set(drop["peak_mem_mb_per_tier"]) >= {"fast", "mid", "slow"}
     figures = tier_runs["drop"].run_dir / "figures"
-    assert {p.name for p in figures.glob("*.png")} >= {"score_vs_clock.png", "tier_time_breakdown.png", "rank_heatmap.png"}
+    assert {p.name for p in figures.glob("*.png")} >= {
+        "score_vs_clock.png",
+        "tier_time_breakdown.png",
+        "rank_heatmap.png",
+    }
 
 
 def test_the_bandit_gives_the_slow_tier_less_work_and_keeps_rounds_on_time(tier_runs):

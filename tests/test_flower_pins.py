@@ -25,8 +25,17 @@ def test_superlink_names():
     assert _params(flower_pins._parse_superlink_lifespan_config) == []  # reads sys.argv itself
     parser = flower_pins._parse_args_run_superlink()
     dests = {a.dest for a in parser._actions}
-    assert {"ssl_certfile", "ssl_keyfile", "ssl_ca_certfile", "host", "port", "insecure", "database",
-            "simulation", "runtime_dependency_install"} <= dests
+    assert {
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_ca_certfile",
+        "host",
+        "port",
+        "insecure",
+        "database",
+        "simulation",
+        "runtime_dependency_install",
+    } <= dests
     fields = set(flower_pins.SuperLinkLifespanConfig.__dataclass_fields__)
     assert {"host", "port", "ssl_certfile", "ssl_keyfile"} <= fields
 
@@ -47,8 +56,15 @@ def test_supernode_names():
     finally:
         client.close()
     dests = {a.dest for a in flower_pins._parse_args_run_supernode()._actions}
-    assert {"superlink", "root_certificates", "insecure", "node_config", "port",
-            "auth_supernode_private_key", "max_retries"} <= dests
+    assert {
+        "superlink",
+        "root_certificates",
+        "insecure",
+        "node_config",
+        "port",
+        "auth_supernode_private_key",
+        "max_retries",
+    } <= dests
     assert _params(flower_pins.flower_supernode) == []
 
 

@@ -11,15 +11,15 @@ from flwr.app import Array, ArrayRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flq.transport.array_codec import CodecError, DecodeLimits
-from flq.transport.flower_records import (
+from flq.codec.array_codec import CodecError, DecodeLimits
+from flq.codec.flower_records import (
     CODEC_STYPE,
     adapter_to_array_record,
     array_record_nbytes,
     array_record_to_adapter,
     encoded_to_array_record,
 )
-from flq.transport.update_codec import SCHEMES, ErrorFeedback, encode_tensor
+from flq.codec.update_codec import SCHEMES, ErrorFeedback, encode_tensor
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +114,22 @@ def test_plain_numpy_float64_is_cast_to_float32():
     [
         (npy_bytes_with_header("{'descr': '|O', 'fortran_order': False, 'shape': (2, 2), }"), "dtype object"),
         (npy_bytes_with_header("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 2), }") + b"\0" * 16, "int32"),
-        (npy_bytes_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }") + b"\0" * 15, "header implies"),
-        (npy_bytes_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }") + b"\0" * 17, "header implies"),
-        (npy_bytes_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, -4), }") + b"\0" * 16, "negative"),
-        (npy_bytes_with_header("{'descr': ('<f4', (4,)), 'fortran_order': False, 'shape': (1,), }") + b"\0" * 16, "float dtype"),
+        (
+            npy_bytes_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }") + b"\0" * 15,
+            "header implies",
+        ),
+        (
+            npy_bytes_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }") + b"\0" * 17,
+            "header implies",
+        ),
+        (
+            npy_bytes_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, -4), }") + b"\0" * 16,
+            "negative",
+        ),
+        (
+            npy_bytes_with_header("{'descr': ('<f4', (4,)), 'fortran_order': False, 'shape': (1,), }") + b"\0" * 16,
+            "float dtype",
+        ),
         (b"\x93NUMPY\x09\x00", "version 9"),
         (b"not numpy at all", "not a .npy"),
         (b"\x93NUMPY\x01\x00\x10\x00{'descr': __import", "malformed"),
@@ -161,16 +173,22 @@ def test_huge_numpy_shape_is_rejected_before_allocating():
 def test_metadata_that_disagrees_with_the_bytes_is_rejected(adapter):
     data = encode_tensor(adapter["score.weight"], "int8")
     with pytest.raises(CodecError, match="'w'.*shape"):
-        array_record_to_adapter(ArrayRecord({"w": Array(dtype="float32", shape=(576, 5), stype=CODEC_STYPE, data=data)}))
+        array_record_to_adapter(
+            ArrayRecord({"w": Array(dtype="float32", shape=(576, 5), stype=CODEC_STYPE, data=data)})
+        )
     with pytest.raises(CodecError, match="float32"):
-        array_record_to_adapter(ArrayRecord({"w": Array(dtype="float16", shape=(5, 576), stype=CODEC_STYPE, data=data)}))
+        array_record_to_adapter(
+            ArrayRecord({"w": Array(dtype="float16", shape=(5, 576), stype=CODEC_STYPE, data=data)})
+        )
 
 
 def test_unknown_stype_and_bad_codec_bytes_name_the_key():
     with pytest.raises(CodecError, match="'w'.*stype 'torch.pickle'"):
         array_record_to_adapter(ArrayRecord({"w": Array(dtype="float32", shape=(1,), stype="torch.pickle", data=b"x")}))
     with pytest.raises(CodecError, match="'bad'.*truncated"):
-        array_record_to_adapter(ArrayRecord({"bad": Array(dtype="float32", shape=(1,), stype=CODEC_STYPE, data=b"FLQT")}))
+        array_record_to_adapter(
+            ArrayRecord({"bad": Array(dtype="float32", shape=(1,), stype=CODEC_STYPE, data=b"FLQT")})
+        )
 
 
 def test_record_limits(adapter):

@@ -40,14 +40,17 @@ def raw_frame(type_byte: int, payload: bytes, declared: int | None = None) -> by
 
 # --- one test per frame type ---------------------------------------------------------------
 
+
 def test_request_head_round_trip():
-    frame = frames.encode_request_head("POST", "/v1/fleet/pull-object", [("content-type", "application/protobuf"),
-                                                                         ("flwr-signature", "abc+/==")])
+    frame = frames.encode_request_head(
+        "POST", "/v1/fleet/pull-object", [("content-type", "application/protobuf"), ("flwr-signature", "abc+/==")]
+    )
     length, type_byte = struct.unpack(">IB", frame[:5])
     assert type_byte == FrameType.REQUEST_HEAD and length == len(frame) - 5
     head = frames.decode_request_head(frame[5:])
-    assert head == RequestHead("POST", "/v1/fleet/pull-object",
-                               (("content-type", "application/protobuf"), ("flwr-signature", "abc+/==")))
+    assert head == RequestHead(
+        "POST", "/v1/fleet/pull-object", (("content-type", "application/protobuf"), ("flwr-signature", "abc+/=="))
+    )
 
 
 def test_response_head_round_trip():
@@ -91,6 +94,7 @@ def test_error_frame_round_trip_and_truncation_keeps_utf8_valid():
 
 # --- whole messages, and the stream state machine ------------------------------------------
 
+
 @pytest.mark.parametrize("step", [1, 7, 4096, None])
 def test_request_decodes_identically_at_any_feed_size(step):
     body = os.urandom(300_000) + b"\x00" * 300_000  # several chunks, some compressed
@@ -122,8 +126,9 @@ def test_frames_after_end_are_rejected():
     assert err.value.code is ErrorCode.UNEXPECTED_FRAME
 
 
-@pytest.mark.parametrize("first", [frames.encode_body_chunk(b"x"), frames.encode_end(),
-                                   frames.encode_response_head(200)])
+@pytest.mark.parametrize(
+    "first", [frames.encode_body_chunk(b"x"), frames.encode_end(), frames.encode_response_head(200)]
+)
 def test_request_must_start_with_request_head(first):
     with pytest.raises(FrameError) as err:
         decode_all(first, "request")
@@ -159,6 +164,7 @@ def test_decoder_stays_failed_after_an_error():
 
 # --- limits, checked before allocation -------------------------------------------------------
 
+
 def test_declared_4gb_frame_rejected_from_header_alone():
     decoder = StreamDecoder("request")
     with pytest.raises(FrameError) as err:
@@ -167,8 +173,9 @@ def test_declared_4gb_frame_rejected_from_header_alone():
     assert "4294967295" in err.value.message
 
 
-@pytest.mark.parametrize("frame_type,limit_field", [(FrameType.REQUEST_HEAD, "max_head_bytes"),
-                                                     (FrameType.BODY, "max_frame_payload")])
+@pytest.mark.parametrize(
+    "frame_type,limit_field", [(FrameType.REQUEST_HEAD, "max_head_bytes"), (FrameType.BODY, "max_frame_payload")]
+)
 def test_each_frame_type_has_its_length_limit(frame_type, limit_field):
     limits = Limits(max_frame_payload=1000, max_head_bytes=100)
     too_big = getattr(limits, limit_field) + 1
@@ -249,19 +256,23 @@ def test_header_count_and_encoder_side_limits():
 
 # --- malformed content ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("payload", [
-    b"",                                            # nothing at all
-    b"\x04POST",                                    # path length missing
-    b"\x04POST\x00\x05/v1",                         # path shorter than declared
-    b"\x04post\x00\x02/x\x00\x00",                  # lower-case method
-    b"\x04POST\x00\x02xx\x00\x00",                  # path without leading slash
-    b"\x04POST\x00\x03/\x01x\x00\x00",              # control character in path
-    b"\x04POST\x00\x02/x\x00\x01\x01A\x00\x01v",    # upper-case header name
-    b"\x04POST\x00\x02/x\x00\x01\x01a\x00\x01\n",   # newline in header value
-    b"\x04POST\x00\x02/x\x00\x01\x01a\x00\x05v",    # header value runs past the end
-    b"\x04POST\x00\x02/x\x00\x00trailing",          # trailing bytes
-    b"\x04P\xd8ST\x00\x02/x\x00\x00",               # non-ASCII method
-])
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",  # nothing at all
+        b"\x04POST",  # path length missing
+        b"\x04POST\x00\x05/v1",  # path shorter than declared
+        b"\x04post\x00\x02/x\x00\x00",  # lower-case method
+        b"\x04POST\x00\x02xx\x00\x00",  # path without leading slash
+        b"\x04POST\x00\x03/\x01x\x00\x00",  # control character in path
+        b"\x04POST\x00\x02/x\x00\x01\x01A\x00\x01v",  # upper-case header name
+        b"\x04POST\x00\x02/x\x00\x01\x01a\x00\x01\n",  # newline in header value
+        b"\x04POST\x00\x02/x\x00\x01\x01a\x00\x05v",  # header value runs past the end
+        b"\x04POST\x00\x02/x\x00\x00trailing",  # trailing bytes
+        b"\x04P\xd8ST\x00\x02/x\x00\x00",  # non-ASCII method
+    ],
+)
 def test_malformed_request_heads(payload):
     with pytest.raises(FrameError) as err:
         frames.decode_request_head(payload)
@@ -288,8 +299,13 @@ def test_lz4_flag_only_valid_on_body():
 
 
 def test_encoder_refuses_what_the_decoder_would_refuse():
-    for method, path, headers in [("post", "/x", []), ("POST", "x", []), ("POST", "/x y", []),
-                                  ("POST", "/x", [("Bad Name", "v")]), ("POST", "/x", [("a", "\r\n")])]:
+    for method, path, headers in [
+        ("post", "/x", []),
+        ("POST", "x", []),
+        ("POST", "/x y", []),
+        ("POST", "/x", [("Bad Name", "v")]),
+        ("POST", "/x", [("a", "\r\n")]),
+    ]:
         with pytest.raises(FrameError):
             frames.encode_request_head(method, path, headers)
     with pytest.raises(FrameError):
@@ -327,8 +343,13 @@ def frame_streams(draw):
         elif kind == "err":
             parts.append(frames.encode_error(draw(st.integers(0, 65535)), draw(st.text(max_size=20))))
         else:
-            parts.append(raw_frame(draw(st.integers(0, 255)), draw(st.binary(max_size=40)),
-                                   draw(st.one_of(st.none(), st.integers(0, 2**32 - 1)))))
+            parts.append(
+                raw_frame(
+                    draw(st.integers(0, 255)),
+                    draw(st.binary(max_size=40)),
+                    draw(st.one_of(st.none(), st.integers(0, 2**32 - 1))),
+                )
+            )
     data = bytearray(b"".join(parts))
     for _ in range(draw(st.integers(0, 3))):  # flip a few bytes
         if data:
@@ -338,8 +359,11 @@ def frame_streams(draw):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.one_of(frame_streams(), st.binary(max_size=2000)), expect=st.sampled_from(["request", "response"]),
-       step=st.integers(1, 64))
+@given(
+    data=st.one_of(frame_streams(), st.binary(max_size=2000)),
+    expect=st.sampled_from(["request", "response"]),
+    step=st.integers(1, 64),
+)
 def test_fuzz_decoder_only_returns_events_or_raises_frame_error(data, expect, step):
     decoder = StreamDecoder(expect, FUZZ_LIMITS)
     body = 0
@@ -357,10 +381,16 @@ def test_fuzz_decoder_only_returns_events_or_raises_frame_error(data, expect, st
 
 
 @settings(max_examples=100, deadline=None)
-@given(body=st.binary(max_size=20_000) | st.builds(lambda n: b"\x00" * n, st.integers(0, 60_000)),
-       headers=st.lists(st.tuples(st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True),
-                                  st.from_regex(r"[ -~]{0,20}", fullmatch=True)), max_size=5),
-       step=st.integers(1, 5000))
+@given(
+    body=st.binary(max_size=20_000) | st.builds(lambda n: b"\x00" * n, st.integers(0, 60_000)),
+    headers=st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True), st.from_regex(r"[ -~]{0,20}", fullmatch=True)
+        ),
+        max_size=5,
+    ),
+    step=st.integers(1, 5000),
+)
 def test_fuzz_round_trip(body, headers, step):
     data = b"".join(frames.encode_response(200, headers, body))
     _, events = decode_all(data, "response", step=step)

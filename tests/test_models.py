@@ -18,7 +18,9 @@ def has_avx512bf16() -> bool:
 
 @pytest.mark.parametrize(("bits", "quant"), [(32, "nf4"), (16, "nf4"), (8, "nf4"), (4, "nf4"), (4, "fp4")])
 def test_tiny_llama_loads_frozen_at_every_bit_width(tiny_llama_dir, bits, quant):
-    model, tokenizer = load_backbone(BackboneSpec(str(tiny_llama_dir), "sequence-classification", bits, quant, num_labels=3))
+    model, tokenizer = load_backbone(
+        BackboneSpec(str(tiny_llama_dir), "sequence-classification", bits, quant, num_labels=3)
+    )
     assert not any(p.requires_grad for p in model.parameters())
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert model.score.weight.dtype in (torch.float32, torch.bfloat16)  # the head is never quantized
@@ -26,7 +28,10 @@ def test_tiny_llama_loads_frozen_at_every_bit_width(tiny_llama_dir, bits, quant)
         import bitsandbytes as bnb
 
         layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-        assert layers and all(m.quant_type == quant for m in [layers[0].weight]) is not None
+        # every 4-bit layer is quantized, with the quant type asked for (its quant state is what the kernels use)
+        assert layers and all(
+            m.weight.quant_state is not None and m.weight.quant_state.quant_type == quant for m in layers
+        )
         assert all(m.support_avx512bf16_for_cpu is False for m in layers)
     if bits == 8:
         import bitsandbytes as bnb

@@ -19,7 +19,6 @@ import httpx
 import lz4.block
 import pytest
 from aioquic.asyncio.client import connect as aioquic_connect
-from aioquic.quic import events as quic_events
 
 from flq.transport import congestion, frames
 from flq.transport.certs import make_certificates
@@ -29,6 +28,8 @@ from flq.transport.quic_httpx import QuicHttpTransport
 from flq.transport.quic_server import FleetQuicServer
 from flq.transport.quic_settings import QuicSettings, client_configuration, pending_datagrams
 from flq.transport.session_tickets import TicketFile, ticket_from_bytes, ticket_to_bytes
+
+pytestmark = pytest.mark.e2e  # real QUIC servers and connections on loopback
 
 GUARD = 30.0  # hang guard for any single wait
 
@@ -72,8 +73,9 @@ class EchoApp:
 class ServerThread:
     """A FleetQuicServer on its own event-loop thread, as in a SuperLink process."""
 
-    def __init__(self, certs, app=None, settings: QuicSettings = SMALL, port: int = 0,
-                 max_buffered: int = 64 << 20) -> None:
+    def __init__(
+        self, certs, app=None, settings: QuicSettings = SMALL, port: int = 0, max_buffered: int = 64 << 20
+    ) -> None:
         self.app = app or EchoApp()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -84,8 +86,13 @@ class ServerThread:
     async def _start(self, certs, settings, port, max_buffered):
         if isinstance(self.app, EchoApp):
             self.app.release = asyncio.Event()
-        server = FleetQuicServer(self.app, certfile=str(certs["server_cert"]), keyfile=str(certs["server_key"]),
-                                 settings=settings, max_buffered_per_connection=max_buffered)
+        server = FleetQuicServer(
+            self.app,
+            certfile=str(certs["server_cert"]),
+            keyfile=str(certs["server_key"]),
+            settings=settings,
+            max_buffered_per_connection=max_buffered,
+        )
         await server.start("127.0.0.1", port)
         return server
 
@@ -146,12 +153,14 @@ def error_of(response: bytes) -> frames.PeerError:
 
 # --- requests -----------------------------------------------------------------------------
 
+
 def test_requests_round_trip_on_concurrent_streams(server, certs):
     async def scenario():
         client = client_for(server, certs)
         bodies = [os.urandom(n) for n in (0, 1, 1000, 200_000, 700_000)] + [b"\x00" * 900_000]
-        responses = await asyncio.gather(*[client.request("POST", "/v1/fleet/echo", [("k", str(i))], b)
-                                           for i, b in enumerate(bodies * 3)])
+        responses = await asyncio.gather(
+            *[client.request("POST", "/v1/fleet/echo", [("k", str(i))], b) for i, b in enumerate(bodies * 3)]
+        )
         await client.close()
         return bodies * 3, responses, client.stats
 
@@ -182,8 +191,11 @@ def test_a_waiting_request_does_not_block_others(server, certs):
 def test_httpx_transport_carries_flower_style_requests(server, certs):
     transport = QuicHttpTransport("127.0.0.1", server.port, cafile=str(certs["ca_cert"]), settings=SMALL)
     with httpx.Client(transport=transport, timeout=GUARD) as client:
-        response = client.post(f"https://127.0.0.1:{server.port}/v1/fleet/echo", content=b"abc",
-                               headers={"content-type": "application/protobuf"})
+        response = client.post(
+            f"https://127.0.0.1:{server.port}/v1/fleet/echo",
+            content=b"abc",
+            headers={"content-type": "application/protobuf"},
+        )
         assert response.status_code == 200 and response.content == b"cba"
         assert response.http_version == frames.ALPN
         refused = client.post(f"https://127.0.0.1:{server.port}/v1/control/list-runs", content=b"")
@@ -192,6 +204,7 @@ def test_httpx_transport_carries_flower_style_requests(server, certs):
 
 
 # --- 0-RTT resumption ---------------------------------------------------------------------
+
 
 def test_reconnect_resumes_with_0rtt_and_tickets_are_single_use(server, certs, tmp_path):
     ticket_file = TicketFile(tmp_path / "ticket.json")
@@ -248,8 +261,12 @@ def test_a_reconnecting_client_carries_what_it_measured_of_the_path_over(server,
         assert (await client.request("POST", "/v1/fleet/echo", [], b"poll")).body == b"llop"
         second = client._conn._quic._loss._cc
         await client.close()
-        opted_out = FleetQuicClient("127.0.0.1", server.port, cafile=str(certs["ca_cert"]),
-                                    settings=dataclasses.replace(SMALL, resume_paths=False))
+        opted_out = FleetQuicClient(
+            "127.0.0.1",
+            server.port,
+            cafile=str(certs["ca_cert"]),
+            settings=dataclasses.replace(SMALL, resume_paths=False),
+        )
         assert (await opted_out.request("POST", "/v1/fleet/echo", [], b"poll")).body == b"llop"
         third = opted_out._conn._quic._loss._cc
         await opted_out.close()
@@ -298,6 +315,7 @@ def test_ticket_codec_round_trip_and_rejects_junk(server, certs, tmp_path):
 
 # --- migration ----------------------------------------------------------------------------
 
+
 def test_connection_survives_client_address_change(server, certs):
     async def scenario():
         client = client_for(server, certs)
@@ -318,39 +336,56 @@ def test_connection_survives_client_address_change(server, certs):
 
 # --- bad input: the stream is refused, the server keeps serving -----------------------------
 
+
 def _lz4_bomb() -> bytes:
     inflated = b"\x00" * (4 << 20)  # 4 MiB of zeros: ~16 KB on the wire
     payload = len(inflated).to_bytes(4, "big") + lz4.block.compress(inflated, store_size=False)
     return frames.encode_request_head("POST", "/v1/fleet/push-object") + frames.encode_frame(
-        FrameType.BODY, payload, compressed=True)
+        FrameType.BODY, payload, compressed=True
+    )
 
 
 def _lying_lz4() -> bytes:
     payload = (100).to_bytes(4, "big") + lz4.block.compress(b"\x00" * 50_000, store_size=False)
     return frames.encode_request_head("POST", "/v1/fleet/push-object") + frames.encode_frame(
-        FrameType.BODY, payload, compressed=True)
+        FrameType.BODY, payload, compressed=True
+    )
 
 
 BAD_INPUT = {
-    "garbage": (os.urandom(3) + b"\xfe\xfe\xfe" * 20, {ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNKNOWN_FRAME_TYPE,
-                                                       ErrorCode.MALFORMED, ErrorCode.UNEXPECTED_FRAME}),
+    "garbage": (
+        os.urandom(3) + b"\xfe\xfe\xfe" * 20,
+        {ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNKNOWN_FRAME_TYPE, ErrorCode.MALFORMED, ErrorCode.UNEXPECTED_FRAME},
+    ),
     "malformed_head": (struct.pack(">IB", 3, FrameType.REQUEST_HEAD) + b"\x09PO", {ErrorCode.MALFORMED}),
-    "declared_4gb": (frames.encode_request_head("POST", "/v1/fleet/push-object")
-                     + struct.pack(">IB", 0xFFFFFFFF, FrameType.BODY), {ErrorCode.FRAME_TOO_LARGE}),
+    "declared_4gb": (
+        frames.encode_request_head("POST", "/v1/fleet/push-object") + struct.pack(">IB", 0xFFFFFFFF, FrameType.BODY),
+        {ErrorCode.FRAME_TOO_LARGE},
+    ),
     "lz4_inflates_past_limit": (_lz4_bomb(), {ErrorCode.FRAME_TOO_LARGE}),
     "lz4_lies_about_size": (_lying_lz4(), {ErrorCode.MALFORMED}),
     "unknown_frame_type": (struct.pack(">IB", 0, 0x42), {ErrorCode.UNKNOWN_FRAME_TYPE}),
-    "path_outside_fleet": (b"".join(frames.encode_request("POST", "/v1/control/stop-run", [], b"")),
-                           {ErrorCode.PATH_NOT_ALLOWED}),
-    "runtime_api_path": (b"".join(frames.encode_request("POST", "/v1/runtime/pull-task-input", [], b"")),
-                         {ErrorCode.PATH_NOT_ALLOWED}),
-    "get_method": (b"".join(frames.encode_request("GET", "/v1/fleet/get-run", [], b"")),
-                   {ErrorCode.METHOD_NOT_ALLOWED}),
-    "truncated": (frames.encode_request_head("POST", "/v1/fleet/x") + frames.encode_body_chunk(b"abc"),
-                  {ErrorCode.TRUNCATED}),
-    "body_over_limit": (frames.encode_request_head("POST", "/v1/fleet/x")
-                        + frames.encode_body_chunk(os.urandom(60_000), compress=False) * 20,
-                        {ErrorCode.BODY_TOO_LARGE}),
+    "path_outside_fleet": (
+        b"".join(frames.encode_request("POST", "/v1/control/stop-run", [], b"")),
+        {ErrorCode.PATH_NOT_ALLOWED},
+    ),
+    "runtime_api_path": (
+        b"".join(frames.encode_request("POST", "/v1/runtime/pull-task-input", [], b"")),
+        {ErrorCode.PATH_NOT_ALLOWED},
+    ),
+    "get_method": (
+        b"".join(frames.encode_request("GET", "/v1/fleet/get-run", [], b"")),
+        {ErrorCode.METHOD_NOT_ALLOWED},
+    ),
+    "truncated": (
+        frames.encode_request_head("POST", "/v1/fleet/x") + frames.encode_body_chunk(b"abc"),
+        {ErrorCode.TRUNCATED},
+    ),
+    "body_over_limit": (
+        frames.encode_request_head("POST", "/v1/fleet/x")
+        + frames.encode_body_chunk(os.urandom(60_000), compress=False) * 20,
+        {ErrorCode.BODY_TOO_LARGE},
+    ),
 }
 
 
@@ -429,8 +464,11 @@ def test_client_that_cannot_verify_the_server_is_refused_while_others_are_served
     async def scenario():
         stranger = FleetQuicClient("127.0.0.1", server.port, cafile=str(other_ca["ca_cert"]), settings=SMALL)
         friend = client_for(server, certs)
-        results = await asyncio.gather(stranger.request("POST", "/v1/fleet/echo", [], b"x"),
-                                       friend.request("POST", "/v1/fleet/echo", [], b"ok"), return_exceptions=True)
+        results = await asyncio.gather(
+            stranger.request("POST", "/v1/fleet/echo", [], b"x"),
+            friend.request("POST", "/v1/fleet/echo", [], b"ok"),
+            return_exceptions=True,
+        )
         await stranger.close()
         await friend.close()
         return results
@@ -451,8 +489,9 @@ def test_certificate_failure_surfaces_as_a_final_httpx_error(server, other_ca):
 
 def test_wrong_protocol_version_fails_the_handshake(server, certs):
     async def scenario():
-        client = FleetQuicClient("127.0.0.1", server.port, cafile=str(certs["ca_cert"]), settings=SMALL,
-                                 alpn="flq-fleet/2")
+        client = FleetQuicClient(
+            "127.0.0.1", server.port, cafile=str(certs["ca_cert"]), settings=SMALL, alpn="flq-fleet/2"
+        )
         try:
             return await client.request("POST", "/v1/fleet/echo", [], b"")
         except QuicConnectFailed as exc:
@@ -484,8 +523,7 @@ def test_nothing_listening_is_a_connect_error(certs):
 
 
 def test_pending_datagrams_reads_what_is_queued_up_to_a_limit_without_waiting():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
         rx.bind(("127.0.0.1", 0))
         rx.setblocking(False)
         for i in range(5):
@@ -534,6 +572,7 @@ def test_server_restart_is_retryable_then_recovers(certs, graceful):
 
 # --- the real Flower SuperLink app, over QUIC, with Flower's own Fleet connection ------------
 
+
 def test_flower_fleet_connection_over_quic(certs, monkeypatch, tmp_path):
     from flq.transport.flower_pins import FLEET_CLIENT_GLOBAL, FLEET_CONNECTION_MODULE, create_app
     from flq.transport.supernode_quic import QuicClientOptions, make_quic_fleet_client_class
@@ -546,7 +585,8 @@ def test_flower_fleet_connection_over_quic(certs, monkeypatch, tmp_path):
     state = app.state.linkstate_factory.state()
     try:
         with FLEET_CONNECTION_MODULE.http_request_response(
-                f"127.0.0.1:{server.port}", False, str(certs["ca_cert"])) as conn:
+            f"127.0.0.1:{server.port}", False, str(certs["ca_cert"])
+        ) as conn:
             node_id, receive = conn[0], conn[1]
             # register + activate went over QUIC, through Flower's node-auth middleware
             assert [n.status for n in state.get_node_info(node_ids=[node_id])] == ["online"]

@@ -14,24 +14,74 @@ def synthetic_round(server_round, clock_s, score, late_edge):
     edge_status = "late" if late_edge else "ok"
     edge_compute_s, edge_comm_s = (70.0, 25.0) if late_edge else (35.0, 15.0)  # 95 s vs 50 s, deadline 60 s
     clients = [
-        ClientRoundRecord(node_id=11, status="ok", partition_id=0, tier="gpu-24g", rank=8, bits=16, steps=8,
-                          compute_s=0.4, comm_s=0.6, round_s=1.0, bytes_up=1_000_000, bytes_down=1_000_000,
-                          peak_mem_mb=900.0),
-        ClientRoundRecord(node_id=12, status="ok", partition_id=1, tier="gpu-32g", rank=8, bits=16, steps=8,
-                          compute_s=0.3, comm_s=0.1, round_s=0.4, bytes_up=1_000_000, bytes_down=1_000_000,
-                          peak_mem_mb=950.0),
-        ClientRoundRecord(node_id=13, status=edge_status, partition_id=2, tier="cpu-edge", rank=4, bits=16, steps=8,
-                          compute_s=edge_compute_s, comm_s=edge_comm_s, round_s=edge_compute_s + edge_comm_s,
-                          bytes_up=500_000, bytes_down=1_000_000,
-                          peak_mem_mb=1400.0, on_time=not late_edge),
+        ClientRoundRecord(
+            node_id=11,
+            status="ok",
+            partition_id=0,
+            tier="gpu-24g",
+            rank=8,
+            bits=16,
+            steps=8,
+            compute_s=0.4,
+            comm_s=0.6,
+            round_s=1.0,
+            bytes_up=1_000_000,
+            bytes_down=1_000_000,
+            peak_mem_mb=900.0,
+        ),
+        ClientRoundRecord(
+            node_id=12,
+            status="ok",
+            partition_id=1,
+            tier="gpu-32g",
+            rank=8,
+            bits=16,
+            steps=8,
+            compute_s=0.3,
+            comm_s=0.1,
+            round_s=0.4,
+            bytes_up=1_000_000,
+            bytes_down=1_000_000,
+            peak_mem_mb=950.0,
+        ),
+        ClientRoundRecord(
+            node_id=13,
+            status=edge_status,
+            partition_id=2,
+            tier="cpu-edge",
+            rank=4,
+            bits=16,
+            steps=8,
+            compute_s=edge_compute_s,
+            comm_s=edge_comm_s,
+            round_s=edge_compute_s + edge_comm_s,
+            bytes_up=500_000,
+            bytes_down=1_000_000,
+            peak_mem_mb=1400.0,
+            on_time=not late_edge,
+        ),
     ]
     return RoundRecord(
-        server_round=server_round, clock="virtual", clock_s=clock_s, round_s=60.0, wall_s=5.0 * server_round,
-        deadline_s=60.0, policy="drop", score_name="accuracy", score=score, eval_loss=1.0, train_loss=1.0,
-        bytes_up=2_500_000, bytes_down=3_000_000, num_sampled=3, num_accepted=2 if late_edge else 3,
+        server_round=server_round,
+        clock="virtual",
+        clock_s=clock_s,
+        round_s=60.0,
+        wall_s=5.0 * server_round,
+        deadline_s=60.0,
+        policy="drop",
+        score_name="accuracy",
+        score=score,
+        eval_loss=1.0,
+        train_loss=1.0,
+        bytes_up=2_500_000,
+        bytes_down=3_000_000,
+        num_sampled=3,
+        num_accepted=2 if late_edge else 3,
         clients=clients,
-        client_eval=[ClientEvalRecord(n, p, t, s, 1.0, 20)
-                     for n, p, t, s in [(11, 0, "gpu-24g", 0.9), (12, 1, "gpu-32g", 0.8), (13, 2, "cpu-edge", 0.5)]],
+        client_eval=[
+            ClientEvalRecord(n, p, t, s, 1.0, 20)
+            for n, p, t, s in [(11, 0, "gpu-24g", 0.9), (12, 1, "gpu-32g", 0.8), (13, 2, "cpu-edge", 0.5)]
+        ],
     )
 
 
@@ -48,7 +98,7 @@ def run_dir(tmp_path):
 def table_row(out, label):
     for line in out.splitlines():
         if line.startswith(label + " "):
-            return line.split()[len(label.split()):]
+            return line.split()[len(label.split()) :]
     raise AssertionError(f"no row {label!r} in:\n{out}")
 
 
@@ -56,11 +106,11 @@ def test_report_prints_the_summary_and_writes_the_figures(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert table_row(out, "metric") == ["drop-run"]
-    assert table_row(out, "target") == ["0.7"]                       # from run.json
+    assert table_row(out, "target") == ["0.7"]  # from run.json
     assert table_row(out, "rounds to target") == ["3"]
     # 120 + (0.7 - 0.6) / (0.8 - 0.6) x 60 = 150 s.
     assert table_row(out, "clock s to target") == ["150.0"]
-    assert table_row(out, "rounds within deadline") == ["33%"]       # only round 2 had nobody late
+    assert table_row(out, "rounds within deadline") == ["33%"]  # only round 2 had nobody late
     assert table_row(out, "MB up / round") == ["2.50"]
     assert table_row(out, "client worst") == ["0.5000"]
     # Jain: (0.9 + 0.8 + 0.5)^2 / (3 x (0.81 + 0.64 + 0.25)) = 4.84 / 5.1 = 0.9490.
@@ -91,7 +141,7 @@ def test_several_runs_side_by_side_with_a_comparison_plot(run_dir, tmp_path, cap
     assert main(["report", str(run_dir), str(other), "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
     assert table_row(out, "metric") == ["drop-run", "wait-run"]
-    assert table_row(out, "target") == ["0.7", "n/a"]               # the second run has no run.json
+    assert table_row(out, "target") == ["0.7", "n/a"]  # the second run has no run.json
     assert table_row(out, "rounds to target") == ["3", "n/a"]
     assert table_row(out, "final score") == ["0.8000", "0.9000"]
     assert (out_dir / "compare_score_vs_clock.png").is_file()

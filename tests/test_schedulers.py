@@ -60,12 +60,36 @@ def run_rounds(scheduler, federation: SimulatedFederation, rounds: int, first: i
     return history
 
 
-def report(node: int, status: str = "ok", rank: int = 8, bits: int = 16, steps: int = 8, compute_s: float = 8.0,
-           transfer_s: float = 1.0, loss_before: float | None = 1.0, loss_after: float | None = 0.9,
-           num_examples: int = 64, tier: str | None = "cpu") -> ClientReport:
-    return ClientReport(node, status, rank, bits, tier, steps, num_examples, compute_s, transfer_s,
-                        compute_s + transfer_s, rank * BYTES_PER_RANK, rank * BYTES_PER_RANK,
-                        loss_before, loss_after, status == "ok")
+def report(
+    node: int,
+    status: str = "ok",
+    rank: int = 8,
+    bits: int = 16,
+    steps: int = 8,
+    compute_s: float = 8.0,
+    transfer_s: float = 1.0,
+    loss_before: float | None = 1.0,
+    loss_after: float | None = 0.9,
+    num_examples: int = 64,
+    tier: str | None = "cpu",
+) -> ClientReport:
+    return ClientReport(
+        node,
+        status,
+        rank,
+        bits,
+        tier,
+        steps,
+        num_examples,
+        compute_s,
+        transfer_s,
+        compute_s + transfer_s,
+        rank * BYTES_PER_RANK,
+        rank * BYTES_PER_RANK,
+        loss_before,
+        loss_after,
+        status == "ok",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -191,9 +215,44 @@ def test_bandit_pushes_down_a_client_that_failed_and_lets_it_recover():
     for server_round in range(2, 8):
         a = scheduler.assign(server_round, clients, 40.0)[1]
         step_s = STEP_S[16] * TIERS["cpu"].compute_factor
-        scheduler.observe(server_round, [report(1, "ok", rank=a.rank, steps=a.local_steps,
-                                                compute_s=a.local_steps * step_s, transfer_s=0.5)], None)
+        scheduler.observe(
+            server_round,
+            [report(1, "ok", rank=a.rank, steps=a.local_steps, compute_s=a.local_steps * step_s, transfer_s=0.5)],
+            None,
+        )
     assert scheduler.assign(9, clients, 40.0)[1].local_steps > after_failure.local_steps
+
+
+def test_bandit_caution_recovers_over_on_time_rounds_and_the_work_comes_back():
+    # The test above also passes while caution never recovers (its reports alone narrow the time
+    # model enough). Here a twin that never failed gets the same on-time reports, so both learn the
+    # same time model and only the failure's caution sets them apart: the gap must close.
+    deadline = 20.0
+    missed, steady = bandit(), bandit()
+    clients = [ClientInfo(1, "cpu")]
+    missed.observe(1, [report(1, "failed", steps=0, compute_s=0.0, transfer_s=0.0)], None)
+    steady.observe(1, [], None)
+    row = missed.table.rows([1])[0]
+    assert missed.table["caution"][row] == missed.miss_backoff
+    step_s = STEP_S[16] * TIERS["cpu"].compute_factor
+    cautions, assigned = [], []
+    for server_round in range(2, 12):
+        a, twin = missed.assign(server_round, clients, deadline)[1], steady.assign(server_round, clients, deadline)[1]
+        assigned.append((a, twin))
+        on_time = report(1, "ok", rank=a.rank, steps=a.local_steps, compute_s=a.local_steps * step_s, transfer_s=0.5)
+        missed.observe(server_round, [on_time], None)
+        steady.observe(server_round, [on_time], None)
+        cautions.append(missed.table["caution"][row])
+    # caution - 1 shrinks by the factor ``recovery`` every on-time round, towards its floor of 1
+    excess = missed.miss_backoff - 1.0
+    assert cautions == pytest.approx([1.0 + excess * missed.recovery**k for k in range(1, 11)])
+    assert 1.0 <= cautions[-1] < 1.05
+    # ... so the shrunk budget grows back towards the deadline, and the steps with it
+    (first, first_twin), (last, last_twin) = assigned[0], assigned[-1]
+    budgets = [a.budget_s for a, _ in assigned]
+    assert budgets == sorted(budgets) and budgets[0] < 0.7 * deadline < 0.95 * deadline < budgets[-1]
+    assert first.local_steps < first_twin.local_steps
+    assert last.local_steps == last_twin.local_steps > first.local_steps
 
 
 def test_bandit_cuts_steps_not_rank_for_a_compute_bound_client():
@@ -209,25 +268,39 @@ def test_bandit_cuts_steps_not_rank_for_a_compute_bound_client():
 def test_bandit_lowers_rank_first_for_a_client_on_a_slow_link():
     slow_link = dict(TIERS, cpu=StandInTier("cpu", 0.25, 8_000, 0.5, 1.0, 50.0, 0.0, 64))
     federation = SimulatedFederation([SimClient(1, "cpu"), SimClient(2, "gpu")], deadline_s=30.0, tiers=slow_link)
-    scheduler = BanditScheduler(DEFAULTS, tiers=slow_link, step_time_prior=STEP_S, bytes_per_rank=BYTES_PER_RANK,
-                                arms=(32,))
+    scheduler = BanditScheduler(
+        DEFAULTS, tiers=slow_link, step_time_prior=STEP_S, bytes_per_rank=BYTES_PER_RANK, arms=(32,)
+    )
     final, reports, _ = run_rounds(scheduler, federation, 5)[-1]
-    assert final[1].rank < 8 < final[2].rank      # transfer-bound: little rank ...
-    assert final[1].local_steps >= DEFAULTS.local_steps // 2   # ... but it keeps its work
+    assert final[1].rank < 8 < final[2].rank  # transfer-bound: little rank ...
+    assert final[1].local_steps >= DEFAULTS.local_steps // 2  # ... but it keeps its work
     assert all(r.status == "ok" for r in reports)
 
 
 def test_bandit_gives_a_higher_rank_to_a_client_that_shows_spare_time():
     # The prior thinks the cpu link is slow; reports show it is fast: its rank goes up.
     pessimistic = dict(TIERS, cpu=StandInTier("cpu", 1.0, 8_000, 1.0, 2.0, 50.0, 0.0, 64))
-    scheduler = BanditScheduler(DEFAULTS, tiers=pessimistic, step_time_prior=STEP_S, bytes_per_rank=BYTES_PER_RANK,
-                                arms=(32,))
+    scheduler = BanditScheduler(
+        DEFAULTS, tiers=pessimistic, step_time_prior=STEP_S, bytes_per_rank=BYTES_PER_RANK, arms=(32,)
+    )
     clients = [ClientInfo(1, "cpu"), ClientInfo(2, "gpu")]
     first = scheduler.assign(1, clients, 40.0)[1]
     for server_round in range(1, 5):
         a = scheduler.assign(server_round, clients, 40.0)[1]
-        scheduler.observe(server_round, [report(1, "ok", rank=a.rank, steps=a.local_steps,
-                                                compute_s=a.local_steps * 2.2, transfer_s=0.1 + 0.01 * a.rank)], None)
+        scheduler.observe(
+            server_round,
+            [
+                report(
+                    1,
+                    "ok",
+                    rank=a.rank,
+                    steps=a.local_steps,
+                    compute_s=a.local_steps * 2.2,
+                    transfer_s=0.1 + 0.01 * a.rank,
+                )
+            ],
+            None,
+        )
     assert scheduler.assign(5, clients, 40.0)[1].rank > first.rank
 
 
@@ -270,7 +343,7 @@ def test_bandit_under_the_budget_policy_gives_the_cap_and_lets_clients_stop_in_t
         assert all(0 < a.budget_s <= 60.0 for a in assignments.values())
         assert on_time_share(reports) == 1.0
     edge_steps = [r.steps for r in history[-1][1] if r.tier == "edge"]
-    assert max(edge_steps) < 8   # the slow clients stopped themselves
+    assert max(edge_steps) < 8  # the slow clients stopped themselves
 
 
 def test_bandit_shrinks_the_budget_of_a_client_that_missed():
@@ -308,10 +381,10 @@ def test_bandit_gives_a_smaller_batch_to_a_client_late_even_at_one_step():
         assert {assignments[n].batch_size for n in (0, 1, 2, 100, 101, 102)} == {None}  # one full step fits
         edge = [(assignments[n], r) for n, r in zip((200, 201, 202), reports[6:])]
         assert all(1 <= a.batch_size < 8 and a.local_steps == 1 for a, _ in edge)
-        assert all(r.num_examples == a.batch_size for a, r in edge)   # the batch the client trained
+        assert all(r.num_examples == a.batch_size for a, r in edge)  # the batch the client trained
     for assignments, reports, _ in full_steps[4:]:
         assert {a.batch_size for a in assignments.values()} == {None}
-        assert [r.status for r in reports[6:]] == ["late"] * 3         # one full step is all they can do
+        assert [r.status for r in reports[6:]] == ["late"] * 3  # one full step is all they can do
 
 
 def test_bandit_learns_compute_per_example_so_small_batches_teach_full_ones():
@@ -322,8 +395,8 @@ def test_bandit_learns_compute_per_example_so_small_batches_teach_full_ones():
         scheduler.observe(1, [report(1, steps=steps, num_examples=num_examples, compute_s=compute_s)], None)
         return scheduler.assign(2, [ClientInfo(1, "cpu")], 30.0)[1]
 
-    half_batches = after(steps=4, num_examples=16, compute_s=17.6)   # 16 examples in 17.6 s
-    full_batches = after(steps=2, num_examples=16, compute_s=17.6)   # the same work in 2 full steps
+    half_batches = after(steps=4, num_examples=16, compute_s=17.6)  # 16 examples in 17.6 s
+    full_batches = after(steps=2, num_examples=16, compute_s=17.6)  # the same work in 2 full steps
     twice_as_fast = after(steps=4, num_examples=32, compute_s=17.6)
     assert half_batches == full_batches
     assert twice_as_fast.local_steps > full_batches.local_steps
@@ -347,8 +420,12 @@ MEMORY = MemoryModel(backbone_mb_16bit=6_000, activation_mb=500, adapter_mb_per_
 
 def test_bandit_chooses_the_most_bits_that_fit_the_memory_limit():
     scheduler = bandit(arms=(8,), memory_model=MEMORY)
-    clients = [ClientInfo(1, "gpu", memory_limit_mb=24_000), ClientInfo(2, "cpu", memory_limit_mb=4_000),
-               ClientInfo(3, "edge", memory_limit_mb=2_500), ClientInfo(4, "edge", memory_limit_mb=2_100)]
+    clients = [
+        ClientInfo(1, "gpu", memory_limit_mb=24_000),
+        ClientInfo(2, "cpu", memory_limit_mb=4_000),
+        ClientInfo(3, "edge", memory_limit_mb=2_500),
+        ClientInfo(4, "edge", memory_limit_mb=2_100),
+    ]
     out = scheduler.assign(1, clients, None)
     assert [out[n].bits for n in (1, 2, 3, 4)] == [16, 8, 4, 4]
     # 4 bits: 1500 + 500 MB, so 2,100 MB leaves room for rank 10 at most
@@ -404,8 +481,7 @@ def test_round_level_bandit_tries_every_arm_first_nearest_the_default():
 def test_bandit_skips_the_reward_when_no_loss_is_known():
     scheduler = bandit(arms=(4, 8))
     scheduler.assign(1, [ClientInfo(1, "cpu")], 40.0)
-    scheduler.observe(1, [report(1, "ok", loss_before=None, loss_after=None)],
-                      RoundOutcome(1, 20.0, 40.0, None, None))
+    scheduler.observe(1, [report(1, "ok", loss_before=None, loss_after=None)], RoundOutcome(1, 20.0, 40.0, None, None))
     assert scheduler.average_rank.counts.sum() == 0
     # with client losses but no global one, the clients' losses stand in
     scheduler.assign(2, [ClientInfo(1, "cpu")], 40.0)
@@ -416,13 +492,14 @@ def test_bandit_skips_the_reward_when_no_loss_is_known():
 def test_waterfill_meets_the_target_mean_under_ceilings():
     assert waterfill_ranks(np.array([2, 10, 10]), 1, 6).tolist() == [2, 8, 8]
     assert waterfill_ranks(np.array([2, 10, 10]), 1, 5).tolist() == [2, 7, 6]
-    assert waterfill_ranks(np.array([2, 3, 4]), 1, 20).tolist() == [2, 3, 4]   # unreachable: ceilings
-    assert waterfill_ranks(np.array([8, 8]), 2, 1).tolist() == [2, 2]          # below the floor
+    assert waterfill_ranks(np.array([2, 3, 4]), 1, 20).tolist() == [2, 3, 4]  # unreachable: ceilings
+    assert waterfill_ranks(np.array([8, 8]), 2, 1).tolist() == [2, 2]  # below the floor
 
 
 def test_largest_fitting_finds_the_last_value_that_fits_per_row():
-    values, found = largest_fitting(np.array([1, 1, 5]), np.array([10, 10, 9]),
-                                    lambda v: v * np.array([3.0, 20.0, 1.0]) <= 20.0)
+    values, found = largest_fitting(
+        np.array([1, 1, 5]), np.array([10, 10, 9]), lambda v: v * np.array([3.0, 20.0, 1.0]) <= 20.0
+    )
     assert values.tolist() == [6, 1, 9] and found.tolist() == [True, True, True]
     values, found = largest_fitting(np.array([2]), np.array([9]), lambda v: v < 1)
     assert values.tolist() == [2] and found.tolist() == [False]
@@ -432,17 +509,17 @@ def test_client_table_rows_stay_right_when_the_same_list_is_asked_again_or_chang
     table = ClientTable({"x": 0.0})
     ids = [30, 10, 20]
     assert table.rows(ids).tolist() == [0, 1, 2]
-    assert table.rows(list(ids)).tolist() == [0, 1, 2]       # same clients, same order
-    ids.append(40)                                           # the caller's list grew
+    assert table.rows(list(ids)).tolist() == [0, 1, 2]  # same clients, same order
+    ids.append(40)  # the caller's list grew
     assert table.rows(ids).tolist() == [0, 1, 2, 3]
     assert table.rows([40, 30]).tolist() == [3, 0]
-    assert table.rows((30, 10)).tolist() == [0, 1]           # any sequence, not only lists
+    assert table.rows((30, 10)).tolist() == [0, 1]  # any sequence, not only lists
     with pytest.raises(ValueError):
-        table.rows([30, 10, 20, 40])[0] = 5                  # a shared answer cannot be edited
+        table.rows([30, 10, 20, 40])[0] = 5  # a shared answer cannot be edited
     restored = ClientTable({"x": 0.0})
     restored.rows([99])
     restored.load_state_dict(table.state_dict())
-    assert restored.rows([99]).tolist() == [4]               # a load forgets the last lookup
+    assert restored.rows([99]).tolist() == [4]  # a load forgets the last lookup
 
 
 def test_online_linear_time_recovers_a_line_and_narrows_with_data():
@@ -495,12 +572,16 @@ def test_lite_averages_with_factor_0_3_seeded_by_the_first_value():
     scheduler = LiteScheduler(DEFAULTS)
     clients = [ClientInfo(n, "cpu") for n in (1, 2, 3)]
     lite_round_one(scheduler, clients)
-    scheduler.observe(2, [report(1, "ok", rank=16, loss_before=0.5, loss_after=0.2, num_examples=200,
-                                 compute_s=9.0, transfer_s=1.0)], None)
+    scheduler.observe(
+        2,
+        [report(1, "ok", rank=16, loss_before=0.5, loss_after=0.2, num_examples=200, compute_s=9.0, transfer_s=1.0)],
+        None,
+    )
     ema_gain, ema_throughput = 0.3 * 0.3 + 0.7 * 0.5, 0.3 * 20.0 + 0.7 * 10.0
     assert scheduler.scores(scheduler.table.rows([1]))[0] == pytest.approx(0.6 * ema_gain + 0.4 * ema_throughput)
     assert scheduler.table["ema_time_per_rank"][scheduler.table.rows([1])[0]] == pytest.approx(
-        0.3 * 10.0 / 16 + 0.7 * 10.0 / 8)
+        0.3 * 10.0 / 16 + 0.7 * 10.0 / 8
+    )
 
 
 def test_lite_corrects_rounding_to_the_budget_in_score_order():
@@ -518,8 +599,9 @@ def test_lite_scores_a_new_client_1_and_halves_a_failed_one():
     clients = [ClientInfo(n, "cpu") for n in (1, 2, 3)]
     lite_round_one(scheduler, clients)
     before = scheduler.scores(scheduler.table.rows([1]))[0]
-    scheduler.observe(2, [report(1, "failed", steps=0, compute_s=0.0, transfer_s=0.0, loss_before=None,
-                                 loss_after=None)], None)
+    scheduler.observe(
+        2, [report(1, "failed", steps=0, compute_s=0.0, transfer_s=0.0, loss_before=None, loss_after=None)], None
+    )
     assert scheduler.scores(scheduler.table.rows([1, 7])).tolist() == pytest.approx([before / 2, 1.0])
 
 
@@ -547,28 +629,32 @@ SOLVER = SolverScheduler(DEFAULTS).solver
 
 def test_relaxed_problem_equalises_times_at_the_chosen_average():
     # min max(10 + r1, 20 + r2) with r1 + r2 = 16: 10 + r1 = 20 + r2 -> r = (13, 3), T = 23
-    solution = solve_relaxed_ranks(np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]),
-                                   8, None, SOLVER)
+    solution = solve_relaxed_ranks(
+        np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]), 8, None, SOLVER
+    )
     assert solution.problem == "P1"
     assert solution.ranks.tolist() == pytest.approx([13.0, 3.0], abs=1e-4)
     assert solution.time_bound_s[0] == pytest.approx(23.0, abs=1e-4)
-    feasible = solve_relaxed_ranks(np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]),
-                                   8, 30.0, SOLVER)
+    feasible = solve_relaxed_ranks(
+        np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]), 8, 30.0, SOLVER
+    )
     assert feasible.ranks.tolist() == pytest.approx([13.0, 3.0], abs=1e-4)
 
 
 def test_relaxed_problem_falls_back_to_the_largest_average_the_deadline_allows():
     # a 21 s deadline cannot hold the average 8 (T >= 23): max r1 + r2 with 10 + r1 <= 21, 20 + r2 <= 21
-    solution = solve_relaxed_ranks(np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]),
-                                   8, 21.0, SOLVER)
+    solution = solve_relaxed_ranks(
+        np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([64.0, 64.0]), 8, 21.0, SOLVER
+    )
     assert solution.problem == "P2"
     assert solution.ranks.tolist() == pytest.approx([11.0, 1.0], abs=1e-4)
 
 
 def test_relaxed_problem_respects_rank_caps():
     # caps (4, 64): r1 <= 4, so r2 = 12 and T = max(10 + 4, 20 + 12) = 32
-    solution = solve_relaxed_ranks(np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([4.0, 64.0]),
-                                   8, None, SOLVER)
+    solution = solve_relaxed_ranks(
+        np.array([10.0, 20.0]), np.array([1.0, 1.0]), 1, np.array([4.0, 64.0]), 8, None, SOLVER
+    )
     assert solution.ranks.tolist() == pytest.approx([4.0, 12.0], abs=1e-4)
 
 
@@ -578,7 +664,7 @@ def test_rounding_gives_units_by_largest_fraction_within_sum_and_time():
     # floors 12, 3, 5 (sum 20, room 2); by fraction: client 1 (13 -> 23 s fits), client 3
     # (6 -> 23 s fits); client 2 would not get one anyway (sum reached)
     assert round_ranks(relaxed, fixed, per_rank, 1, np.array([64, 64, 64])).tolist() == [13, 3, 6]
-    slower = np.array([10.0, 20.0, 17.5])   # client 3 at 6 would take 23.5 s > 23: stays at 5
+    slower = np.array([10.0, 20.0, 17.5])  # client 3 at 6 would take 23.5 s > 23: stays at 5
     assert round_ranks(relaxed, slower, per_rank, 1, np.array([64, 64, 64])).tolist() == [13, 3, 5]
 
 
@@ -590,7 +676,7 @@ def test_solver_scheduler_meets_the_deadline_in_its_own_time_model():
     fixed, per_rank = scheduler.time_model(scheduler.table.rows(list(range(9))))
     assert np.all(fixed + per_rank * ranks <= 90.0)
     assert ranks.sum() == 8 * 9
-    assert ranks[6:].max() < ranks[:3].min()   # the slowest tier gets the smallest ranks
+    assert ranks[6:].max() < ranks[:3].min()  # the slowest tier gets the smallest ranks
     assert {a.local_steps for a in out.values()} == {8}
 
 
@@ -618,8 +704,8 @@ def test_solver_scheduler_learns_a_slow_client_from_its_report():
 def test_report_columns_charge_all_but_compute_to_transfer():
     reports = [
         ClientReport(1, "ok", 8, 16, compute_s=3.0, transfer_s=1.0, round_s=4.5),  # round known: 4.5 - 3
-        ClientReport(2, "failed", 8, 16, transfer_s=2.0),                         # no round time: its transfer
-        ClientReport(3, "late", 8, 16, compute_s=1.0, transfer_s=float("nan")),    # neither: nothing
+        ClientReport(2, "failed", 8, 16, transfer_s=2.0),  # no round time: its transfer
+        ClientReport(3, "late", 8, 16, compute_s=1.0, transfer_s=float("nan")),  # neither: nothing
         ClientReport(4, "ok", 8, 16, compute_s=1.0, transfer_s=-1.0, round_s=-2.0),
     ]
     columns = ReportColumns(reports)

@@ -24,20 +24,47 @@ from flq.metrics.summary import (
 )
 
 
-def make_round(server_round, clock_s, score, *, round_s=10.0, deadline_s=None, clients=(), client_eval=(),
-               rejected=(), bytes_up=0, bytes_down=0, score_name="accuracy", policy="drop"):
+def make_round(
+    server_round,
+    clock_s,
+    score,
+    *,
+    round_s=10.0,
+    deadline_s=None,
+    clients=(),
+    client_eval=(),
+    rejected=(),
+    bytes_up=0,
+    bytes_down=0,
+    score_name="accuracy",
+    policy="drop",
+):
     return RoundRecord(
-        server_round=server_round, clock="virtual", clock_s=clock_s, round_s=round_s, wall_s=float(server_round),
-        deadline_s=deadline_s, policy=policy, score_name=score_name, score=score, eval_loss=None, train_loss=None,
-        bytes_up=bytes_up, bytes_down=bytes_down, num_sampled=len(clients),
-        num_accepted=sum(c.status == "ok" for c in clients), clients=list(clients), client_eval=list(client_eval),
+        server_round=server_round,
+        clock="virtual",
+        clock_s=clock_s,
+        round_s=round_s,
+        wall_s=float(server_round),
+        deadline_s=deadline_s,
+        policy=policy,
+        score_name=score_name,
+        score=score,
+        eval_loss=None,
+        train_loss=None,
+        bytes_up=bytes_up,
+        bytes_down=bytes_down,
+        num_sampled=len(clients),
+        num_accepted=sum(c.status == "ok" for c in clients),
+        clients=list(clients),
+        client_eval=list(client_eval),
         rejected=list(rejected),
     )
 
 
 def client(node_id, status="ok", tier="gpu-24g", round_s=5.0, on_time=True, peak_mem_mb=0.0):
-    return ClientRoundRecord(node_id=node_id, status=status, tier=tier, round_s=round_s, on_time=on_time,
-                             peak_mem_mb=peak_mem_mb)
+    return ClientRoundRecord(
+        node_id=node_id, status=status, tier=tier, round_s=round_s, on_time=on_time, peak_mem_mb=peak_mem_mb
+    )
 
 
 def scores_at(scores, clocks, **kw):
@@ -114,14 +141,21 @@ def test_higher_is_better_by_score_name():
 # -- deadlines ----------------------------------------------------------------------------
 def test_within_deadline_needs_the_round_on_time_and_nobody_late():
     on_time = make_round(1, 8.0, 0.5, round_s=8.0, deadline_s=10.0, clients=[client(1, round_s=8.0)])
-    dropped = make_round(2, 18.0, 0.5, round_s=10.0, deadline_s=10.0,
-                         clients=[client(1, round_s=6.0), client(2, "late", round_s=14.0, on_time=False)])
-    failed_only = make_round(3, 26.0, 0.5, round_s=8.0, deadline_s=10.0,
-                             clients=[client(1, round_s=8.0), client(2, "failed", round_s=0.0)])
+    dropped = make_round(
+        2,
+        18.0,
+        0.5,
+        round_s=10.0,
+        deadline_s=10.0,
+        clients=[client(1, round_s=6.0), client(2, "late", round_s=14.0, on_time=False)],
+    )
+    failed_only = make_round(
+        3, 26.0, 0.5, round_s=8.0, deadline_s=10.0, clients=[client(1, round_s=8.0), client(2, "failed", round_s=0.0)]
+    )
     too_long = make_round(4, 38.0, 0.5, round_s=12.0, deadline_s=10.0, clients=[client(1, round_s=12.0)])
     assert round_within_deadline(on_time, 10.0)
-    assert not round_within_deadline(dropped, 10.0)       # the round ended at the deadline, but someone was late
-    assert round_within_deadline(failed_only, 10.0)       # a crash is a failure, not lateness
+    assert not round_within_deadline(dropped, 10.0)  # the round ended at the deadline, but someone was late
+    assert round_within_deadline(failed_only, 10.0)  # a crash is a failure, not lateness
     assert not round_within_deadline(too_long, 10.0)
     # 2 of 4 rounds within their deadline.
     assert deadline_share([on_time, dropped, failed_only, too_long]) == pytest.approx(0.5)
@@ -131,7 +165,7 @@ def test_a_wait_baseline_is_judged_against_a_given_deadline():
     # wait keeps late replies: status ok, on_time True (no deadline), but 14 s > 10 s.
     fast = make_round(1, 8.0, 0.5, round_s=8.0, policy="wait", clients=[client(1, round_s=8.0)])
     slow = make_round(2, 22.0, 0.5, round_s=14.0, policy="wait", clients=[client(1, round_s=14.0)])
-    assert deadline_share([fast, slow]) is None           # no deadline anywhere: not applicable
+    assert deadline_share([fast, slow]) is None  # no deadline anywhere: not applicable
     assert deadline_share([fast, slow], deadline_s=10.0) == pytest.approx(0.5)
     assert deadline_share([fast, slow], deadline_s=20.0) == pytest.approx(1.0)
 
@@ -143,18 +177,25 @@ def test_an_accepted_reply_marked_late_misses_the_deadline():
 
 # -- bytes --------------------------------------------------------------------------------
 def test_bytes_per_round_mean_and_totals():
-    records = [make_round(1, 1.0, None, bytes_up=100, bytes_down=1000),
-               make_round(2, 2.0, None, bytes_up=300, bytes_down=3000)]
+    records = [
+        make_round(1, 1.0, None, bytes_up=100, bytes_down=1000),
+        make_round(2, 2.0, None, bytes_up=300, bytes_down=3000),
+    ]
     assert bytes_per_round(records) == {
-        "bytes_up_per_round": 200.0, "bytes_down_per_round": 2000.0,
-        "bytes_up_total": 400, "bytes_down_total": 4000, "bytes_total": 4400,
+        "bytes_up_per_round": 200.0,
+        "bytes_down_per_round": 2000.0,
+        "bytes_up_total": 400,
+        "bytes_down_total": 4000,
+        "bytes_total": 4400,
     }
 
 
 # -- fairness -----------------------------------------------------------------------------
 def evals(scores):
-    return [ClientEvalRecord(node_id=i, partition_id=i, tier=None, score=s, loss=0.0, num_examples=10)
-            for i, s in enumerate(scores)]
+    return [
+        ClientEvalRecord(node_id=i, partition_id=i, tier=None, score=s, loss=0.0, num_examples=10)
+        for i, s in enumerate(scores)
+    ]
 
 
 def test_jain_index_hand_computed():
@@ -197,16 +238,29 @@ def test_fairness_without_client_evaluation_is_none():
 # -- per tier -----------------------------------------------------------------------------
 def tiered_rounds():
     return [
-        make_round(1, 10.0, 0.5, deadline_s=10.0, clients=[
-            client(1, tier="gpu-24g", peak_mem_mb=900.0),
-            client(2, "late", tier="cpu-edge", on_time=False, peak_mem_mb=1500.0),
-            client(3, tier=None, peak_mem_mb=100.0),
-        ]),
-        make_round(2, 20.0, 0.6, deadline_s=10.0, rejected=[{"node_id": 1, "reason": "bad shape"}], clients=[
-            client(1, "rejected", tier="gpu-24g", peak_mem_mb=1200.0),
-            client(2, "late", tier="cpu-edge", on_time=False, peak_mem_mb=1400.0),
-            client(4, "oom", tier="jetson-nano", peak_mem_mb=0.0),
-        ]),
+        make_round(
+            1,
+            10.0,
+            0.5,
+            deadline_s=10.0,
+            clients=[
+                client(1, tier="gpu-24g", peak_mem_mb=900.0),
+                client(2, "late", tier="cpu-edge", on_time=False, peak_mem_mb=1500.0),
+                client(3, tier=None, peak_mem_mb=100.0),
+            ],
+        ),
+        make_round(
+            2,
+            20.0,
+            0.6,
+            deadline_s=10.0,
+            rejected=[{"node_id": 1, "reason": "bad shape"}],
+            clients=[
+                client(1, "rejected", tier="gpu-24g", peak_mem_mb=1200.0),
+                client(2, "late", tier="cpu-edge", on_time=False, peak_mem_mb=1400.0),
+                client(4, "oom", tier="jetson-nano", peak_mem_mb=0.0),
+            ],
+        ),
     ]
 
 

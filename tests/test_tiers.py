@@ -33,7 +33,9 @@ def test_the_packaged_file_is_next_to_the_module():
 
 
 def test_a_user_file_overrides_by_name_and_adds_new_tiers(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [tiers.gpu-24g]
 compute_factor = 0.5
 uplink_mbps = 1.0
@@ -48,7 +50,8 @@ rtt_ms = 90.0
 loss = 0.02
 threads = 4
 max_rank = 2
-""")
+""",
+    )
     tiers = load_tiers(path)
     assert tiers["gpu-24g"] == TierProfile("gpu-24g", 0.5, 1.0, 2.0, 3.0)  # replaced whole, defaults elsewhere
     assert tiers["phone"].threads == 4 and tiers["phone"].loss == 0.02 and tiers["phone"].max_rank == 2

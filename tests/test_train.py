@@ -19,7 +19,9 @@ def toy_classification() -> TextData:
 @pytest.fixture
 def tiny_classifier(tiny_llama_dir):
     torch.manual_seed(0)
-    lm = LoraModel(BackboneSpec(str(tiny_llama_dir), "sequence-classification", 32, num_labels=2), LoraSpec(2.0, "auto"))
+    lm = LoraModel(
+        BackboneSpec(str(tiny_llama_dir), "sequence-classification", 32, num_labels=2), LoraSpec(2.0, "auto")
+    )
     lm.use_rank(4)
     return lm
 

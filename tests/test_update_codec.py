@@ -8,11 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flq.transport.array_codec import CodecError, DecodeLimits, Scheme, read_header, unpack_tensor
-from flq.transport.update_codec import (
+from flq.codec.array_codec import CodecError, DecodeLimits, Scheme, read_header, unpack_tensor
+from flq.codec.update_codec import (
     DEFAULT_BLOCK_SIZE,
     SCHEMES,
     ErrorFeedback,
+    bytes_per_element,
     compensate,
     decode_adapter,
     decode_tensor,
@@ -164,8 +165,12 @@ magnitudes = st.sampled_from([0.0, 1e-40, 1e-30, 1e-6, 1.0, 1e6, 1e30])
 
 @st.composite
 def float_tensors(draw):
-    shape = draw(st.one_of(hnp.array_shapes(min_dims=1, max_dims=1, max_side=300),
-                           hnp.array_shapes(min_dims=2, max_dims=2, max_side=40)))
+    shape = draw(
+        st.one_of(
+            hnp.array_shapes(min_dims=1, max_dims=1, max_side=300),
+            hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
+        )
+    )
     scale = draw(magnitudes)
     kind = draw(st.sampled_from(["normal", "constant_rows", "sparse", "elements"]))
     if kind == "elements":
@@ -322,3 +327,13 @@ def test_fp32_feedback_leaves_no_residual():
 def test_dequantize_of_quantize_matches_decode(dense):
     for scheme in SCHEMES:
         assert np.array_equal(dequantize(quantize(dense, scheme)), decode_tensor(encode_tensor(dense, scheme)))
+
+
+@pytest.mark.parametrize("scheme", ["fp32", "fp16", "int8", "int4"])
+def test_bytes_per_element_is_what_an_encoded_tensor_carries(scheme):
+    # The scheduler's wire-size prior reads this figure: it must be the codec's own, scales included.
+    numel = 512 * 128 * 4
+    x = np.random.default_rng(0).normal(size=numel).astype(np.float32)
+    encoded = encode_adapter({"x": x}, scheme, lz4=False)
+    header = len(encode_adapter({"x": x[:0]}, scheme, lz4=False)["x"])
+    assert (encoded_nbytes(encoded) - header) / numel == pytest.approx(bytes_per_element(scheme), abs=1e-4)

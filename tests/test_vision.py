@@ -17,9 +17,9 @@ from safetensors.numpy import load_file
 
 from flq.adapter import adapter_rank, is_lora_key, truncate_to_rank
 from flq.client_app import LocalTraining, local_training
+from flq.codec.flower_records import adapter_to_array_record, array_record_nbytes, array_record_to_adapter
 from flq.config import RunConfig
 from flq.sim.tiers import load_tiers
-from flq.simulate import PROJECT_DIR
 from flq.strategy.aggregation import AGGREGATION_RULES, aggregate
 from flq.task.data import DataError
 from flq.task.images import IMAGE_TASK, encode_images, load_image_data
@@ -28,12 +28,16 @@ from flq.task.model_cache import resolve_model
 from flq.task.models import BackboneSpec, ModelTaskError, load_backbone
 from flq.task.partition import DataSpec, client_split, load_source, server_and_pool_indices, server_test_data
 from flq.task.train import evaluate, make_batches, train_steps
-from flq.testing import make_tiny_mobilevit
-from flq.transport.flower_records import adapter_to_array_record, array_record_nbytes, array_record_to_adapter
+from harness.simulation import PROJECT_DIR
+from harness.tiny_models import make_tiny_mobilevit
 
 DIGITS = DataSpec("digits", IMAGE_TASK, server_test_size=300, partitioner="dirichlet", dirichlet_alpha=0.5)
-ATTENTION_TARGETS = {"attention.attention.query", "attention.attention.key", "attention.attention.value",
-                     "attention.output.dense"}
+ATTENTION_TARGETS = {
+    "attention.attention.query",
+    "attention.attention.key",
+    "attention.attention.value",
+    "attention.output.dense",
+}
 TRANSFORMER_LAYERS = 2 + 4 + 3  # MobileViT's three transformer blocks
 
 
@@ -99,16 +103,21 @@ def test_folder_per_class_of_images_of_any_size(tmp_path):
     assert data.images[1].shape == (8, 20, 3) and data.images[3][0, 0].tolist() == [0, 0, 255]
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"images": np.zeros((4, 8, 8))}, r"missing array\(s\) \['labels'\]"),
-    ({"pixels": np.zeros((4, 8, 8)), "y": np.arange(4)}, r"missing array\(s\) \['images', 'labels'\]"),
-    ({"images": np.zeros((4, 8)), "labels": np.arange(4)}, r"'images': expected shape"),
-    ({"images": np.zeros((4, 8, 8)), "labels": np.arange(3)}, r"one label per image"),
-    ({"images": np.full((4, 8, 8), 300), "labels": np.arange(4)}, r"pixel values must lie in 0\.\.255"),
-    ({"images": np.zeros((4, 8, 8)), "labels": np.zeros(4, dtype=int)}, r"at least 2 distinct labels"),
-    ({"images": np.array([np.zeros((2, 2)), np.zeros((3, 3))], dtype=object), "labels": np.arange(2)},
-     r"not Python objects"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"images": np.zeros((4, 8, 8))}, r"missing array\(s\) \['labels'\]"),
+        ({"pixels": np.zeros((4, 8, 8)), "y": np.arange(4)}, r"missing array\(s\) \['images', 'labels'\]"),
+        ({"images": np.zeros((4, 8)), "labels": np.arange(4)}, r"'images': expected shape"),
+        ({"images": np.zeros((4, 8, 8)), "labels": np.arange(3)}, r"one label per image"),
+        ({"images": np.full((4, 8, 8), 300), "labels": np.arange(4)}, r"pixel values must lie in 0\.\.255"),
+        ({"images": np.zeros((4, 8, 8)), "labels": np.zeros(4, dtype=int)}, r"at least 2 distinct labels"),
+        (
+            {"images": np.array([np.zeros((2, 2)), np.zeros((3, 3))], dtype=object), "labels": np.arange(2)},
+            r"not Python objects",
+        ),
+    ],
+)
 def test_bad_npz_gives_a_clear_error(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
@@ -143,8 +152,9 @@ def test_dirichlet_and_pathological_partitioning_as_for_text():
     assert sorted(set(data.labels[i] for i in test_idx)) == list(range(10))  # stratified
     splits = [client_split(DIGITS, p, 3) for p in range(3)]
     assert sum(len(s.train) + len(s.test) for s in splits) == len(pool)
-    pathological = DataSpec("digits", IMAGE_TASK, server_test_size=300, partitioner="pathological",
-                            classes_per_client=2)
+    pathological = DataSpec(
+        "digits", IMAGE_TASK, server_test_size=300, partitioner="pathological", classes_per_client=2
+    )
     for p in range(5):
         split = client_split(pathological, p, 5)
         assert len(set(split.train.labels) | set(split.test.labels)) <= 2
@@ -158,8 +168,10 @@ def test_lora_attaches_to_the_attention_and_projection_layers_and_the_head_train
     assert len(names) == 4 * TRANSFORMER_LAYERS
     assert {re.sub(r"^.*\.transformer\.layer\.\d+\.", "", n) for n in names} == ATTENTION_TARGETS
     state = lm.adapter_state()
-    assert sorted(k for k in state if not is_lora_key(k)) == ["base_model.model.classifier.bias",
-                                                             "base_model.model.classifier.weight"]
+    assert sorted(k for k in state if not is_lora_key(k)) == [
+        "base_model.model.classifier.bias",
+        "base_model.model.classifier.weight",
+    ]
     assert adapter_rank(state) == 4 and state["base_model.model.classifier.weight"].shape == (10, 384)
     trainable = {n for n, p in lm.model.named_parameters() if p.requires_grad}
     assert all("lora_" in n or "classifier.modules_to_save" in n for n in trainable)
@@ -235,7 +247,9 @@ def one_round(mobilevit_dir):
         lm.use_rank(rank)
         lm.load_adapter_state(truncate_to_rank(initial, rank))
         torch.manual_seed(partition)
-        stats = train_steps(lm.model, make_batches(IMAGE_TASK, split.train, lm.processor, 16, 0, seed=partition), 25, 3e-3)
+        stats = train_steps(
+            lm.model, make_batches(IMAGE_TASK, split.train, lm.processor, 16, 0, seed=partition), 25, 3e-3
+        )
         states.append(lm.adapter_state())
         weights.append(stats.num_examples)
     lm.use_rank(8)
@@ -297,8 +311,8 @@ def test_a_scheduler_batch_cap_only_ever_lowers_the_batch():
     cpu = torch.device("cpu")
     assert local_training(cfg, tiers["reference"], 32, cpu, batch_cap=3).batch_size == 3
     assert local_training(cfg, tiers["jetson-nano"], 32, cpu, batch_cap=12).batch_size == 12  # below its 16
-    assert local_training(cfg, tiers["reference"], 32, cpu, batch_cap=20).batch_size == 8    # never above
-    assert local_training(cfg, tiers["reference"], 32, cpu, batch_cap=0).batch_size == 8     # 0: none asked
+    assert local_training(cfg, tiers["reference"], 32, cpu, batch_cap=20).batch_size == 8  # never above
+    assert local_training(cfg, tiers["reference"], 32, cpu, batch_cap=0).batch_size == 8  # 0: none asked
 
 
 @pytest.mark.parametrize("autocast, dtype", [(None, torch.float32), (torch.bfloat16, torch.bfloat16)])
@@ -326,18 +340,32 @@ def test_the_documented_vision_overrides_are_a_valid_run_config():
 
 
 VISION = {
-    "task": IMAGE_TASK, "data": "digits", "backbone-bits": 32, "lora-rank": 8, "num-server-rounds": 2,
-    "scheduler": "table", "client-ranks": "list:8,2,4", "tiers": "list:jetson-nano,reference,reference",
-    "clients-per-round": 3, "local-steps": 8, "batch-size": 8, "learning-rate": 0.003, "eval-batch-size": 100,
-    "server-test-size": 300, "partitioner": "dirichlet", "dirichlet-alpha": 0.5, "update-codec": "int8",
+    "task": IMAGE_TASK,
+    "data": "digits",
+    "backbone-bits": 32,
+    "lora-rank": 8,
+    "num-server-rounds": 2,
+    "scheduler": "table",
+    "client-ranks": "list:8,2,4",
+    "tiers": "list:jetson-nano,reference,reference",
+    "clients-per-round": 3,
+    "local-steps": 8,
+    "batch-size": 8,
+    "learning-rate": 0.003,
+    "eval-batch-size": 100,
+    "server-test-size": 300,
+    "partitioner": "dirichlet",
+    "dirichlet-alpha": 0.5,
+    "update-codec": "int8",
 }
 
 
 @pytest.fixture(scope="module")
-def vision_run(flower_sim, mobilevit_dir):
+def vision_run(flower_sim, mobilevit_dir):  # a real `flwr run`: its tests are e2e
     return flower_sim.run({**VISION, "model": str(mobilevit_dir)}, num_supernodes=3, name="vision")
 
 
+@pytest.mark.e2e
 def test_a_vision_federation_reports_accuracy_every_round(vision_run):
     rounds = vision_run.rounds()
     assert [r["server_round"] for r in rounds] == [1, 2]
@@ -351,6 +379,7 @@ def test_a_vision_federation_reports_accuracy_every_round(vision_run):
     assert config["r"] == 8 and "classifier" in config["modules_to_save"]
 
 
+@pytest.mark.e2e
 def test_mixed_ranks_and_the_jetsons_hints_hold_in_the_federation(vision_run):
     for r in vision_run.rounds():
         clients = {c["partition_id"]: c for c in r["clients"]}

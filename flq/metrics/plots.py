@@ -14,12 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ..status import ClientStatus
 from .records import (
-    STATUS_FAILED,
-    STATUS_LATE,
-    STATUS_OK,
-    STATUS_OOM,
-    STATUS_REJECTED,
     ClientRoundRecord,
     RoundRecord,
 )
@@ -30,7 +26,12 @@ RANK_FIGURE = "rank_heatmap.png"
 COMPARISON_FIGURE = "compare_score_vs_clock.png"
 
 # Letters drawn over a heatmap cell whose client did not count.
-STATUS_MARKS = {STATUS_LATE: "late", STATUS_REJECTED: "rej", STATUS_FAILED: "fail", STATUS_OOM: "oom"}
+STATUS_MARKS = {
+    ClientStatus.LATE: "late",
+    ClientStatus.REJECTED: "rej",
+    ClientStatus.FAILED: "fail",
+    ClientStatus.OOM: "oom",
+}
 _DPI = 120
 
 
@@ -97,7 +98,7 @@ def slowest_per_tier(record: RoundRecord) -> dict[str, ClientRoundRecord]:
     update): the round waits for the slowest, so that is the tier's share of the round."""
     slowest: dict[str, ClientRoundRecord] = {}
     for c in record.clients:
-        if c.status not in (STATUS_OK, STATUS_LATE):
+        if c.status not in (ClientStatus.OK, ClientStatus.LATE):
             continue
         key = c.tier or "untiered"
         if key not in slowest or c.round_s > slowest[key].round_s:
@@ -123,9 +124,11 @@ def plot_tier_time_breakdown(records: Sequence[RoundRecord], path: str | Path) -
     deadlines = {r.deadline_s for r in records if r.deadline_s is not None}
     for d in deadlines:
         ax.axhline(d, color="red", linestyle="--", linewidth=1)
-    handles = [Patch(color=c, label=t) for t, c in zip(tiers, colors)]
-    handles += [Patch(facecolor="white", edgecolor="black", label="compute"),
-                Patch(facecolor="white", edgecolor="black", hatch="//", label="transfer")]
+    handles = [Patch(color=c, label=t) for t, c in zip(tiers, colors, strict=True)]
+    handles += [
+        Patch(facecolor="white", edgecolor="black", label="compute"),
+        Patch(facecolor="white", edgecolor="black", hatch="//", label="transfer"),
+    ]
     if deadlines:
         handles.append(Patch(color="red", label="deadline"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")

@@ -17,39 +17,32 @@ ROUNDS_FILE = "rounds.jsonl"
 SUMMARY_FILE = "summary.json"
 RUN_INFO_FILE = "run.json"
 
-# Client statuses (see flq.scheduler.base.ClientReport).
-STATUS_OK = "ok"
-STATUS_LATE = "late"
-STATUS_REJECTED = "rejected"
-STATUS_FAILED = "failed"
-STATUS_OOM = "oom"
-
 
 @dataclass
 class ClientRoundRecord:
     """One sampled client in one round, whatever became of its reply."""
 
     node_id: int
-    status: str                        # ok | late | rejected | failed | oom
+    status: str  # a flq.status.ClientStatus
     partition_id: int | None = None
     tier: str | None = None
     rank: int = 0
     bits: int = 0
     steps: int = 0
     num_examples: int = 0
-    batch_size: int = 0                # examples per step the scheduler gave it (0: its own batch)
+    batch_size: int = 0  # examples per step the scheduler gave it (0: its own batch)
     loss_before: float | None = None
     loss_after: float | None = None
-    compute_s: float = 0.0             # on the run's clock (virtual: measured x tier factor)
-    measured_compute_s: float = 0.0    # what this machine measured
-    comm_s: float = 0.0                # transfer (+ handshake) time on the run's clock
-    round_s: float = 0.0               # compute_s + comm_s
-    bytes_up: int = 0                  # bytes of the update the client sent
-    bytes_down: int = 0                # bytes of the adapter the client received
+    compute_s: float = 0.0  # on the run's clock (virtual: measured x tier factor)
+    measured_compute_s: float = 0.0  # what this machine measured
+    comm_s: float = 0.0  # transfer (+ handshake) time on the run's clock
+    round_s: float = 0.0  # compute_s + comm_s
+    bytes_up: int = 0  # bytes of the update the client sent
+    bytes_down: int = 0  # bytes of the adapter the client received
     peak_mem_mb: float = 0.0
-    threads: int = 0                   # torch threads the client trained with (0: not reported)
+    threads: int = 0  # torch threads the client trained with (0: not reported)
     on_time: bool = True
-    reason: str = ""                   # why it was rejected / failed / late
+    reason: str = ""  # why it was rejected / failed / late
 
 
 @dataclass
@@ -67,24 +60,24 @@ class ClientEvalRecord:
 @dataclass
 class RoundRecord:
     server_round: int
-    clock: str                         # "virtual" (simulation) or "real" (deployment)
-    clock_s: float                     # cumulative run time on that clock at round end
-    round_s: float                     # this round's length on that clock
-    wall_s: float                      # cumulative real wall time since the run started
+    clock: str  # "virtual" (simulation) or "real" (deployment)
+    clock_s: float  # cumulative run time on that clock at round end
+    round_s: float  # this round's length on that clock
+    wall_s: float  # cumulative real wall time since the run started
     deadline_s: float | None
-    policy: str                        # wait | drop | budget
-    score_name: str                    # accuracy | perplexity
-    score: float | None                # global score on the server's held-out set
+    policy: str  # wait | drop | budget
+    score_name: str  # accuracy | perplexity
+    score: float | None  # global score on the server's held-out set
     eval_loss: float | None
-    train_loss: float | None           # example-weighted mean of accepted clients' loss_after
-    bytes_up: int                      # sum over clients of bytes sent to the server
-    bytes_down: int                    # sum over clients of bytes received
+    train_loss: float | None  # example-weighted mean of accepted clients' loss_after
+    bytes_up: int  # sum over clients of bytes sent to the server
+    bytes_down: int  # sum over clients of bytes received
     num_sampled: int
     num_accepted: int
     clients: list[ClientRoundRecord] = field(default_factory=list)
     client_eval: list[ClientEvalRecord] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {node_id, reason}
-    scheduler: str | None = None       # the scheduler's name
+    scheduler: str | None = None  # the scheduler's name
     scheduler_ms: float | None = None  # its assign + observe time this round (real milliseconds)
 
     def to_json(self) -> str:

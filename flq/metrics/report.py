@@ -29,13 +29,21 @@ class ReportError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directory (holds rounds.jsonl)")
-    parser.add_argument("--target", type=float, default=None,
-                        help="target score for time-to-target (default: target-score from each run.json)")
-    parser.add_argument("--deadline", type=float, default=None,
-                        help="deadline (s) to judge runs that had none, e.g. a wait baseline")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"figure folder (default: RUN_DIR/{FIGURES_DIR} for one run, "
-                             f"./{DEFAULT_MULTI_OUT} for several)")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="target score for time-to-target (default: target-score from each run.json)",
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=None, help="deadline (s) to judge runs that had none, e.g. a wait baseline"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"figure folder (default: RUN_DIR/{FIGURES_DIR} for one run, ./{DEFAULT_MULTI_OUT} for several)",
+    )
 
 
 @dataclass
@@ -72,7 +80,7 @@ def build_reports(
 ) -> list[RunReport]:
     labels = run_labels(run_dirs)
     reports = []
-    for label, run_dir in zip(labels, run_dirs):
+    for label, run_dir in zip(labels, run_dirs, strict=True):
         records = load_records(run_dir)
         run_target = target if target is not None else configured_target(run_dir)
         summary = summarize_records(run_dir, records, run_target, deadline_s)
@@ -90,8 +98,9 @@ def summarize_run(run_dir: Path, target: float | None = None, deadline_s: float 
     return summarize_records(run_dir, records, target if target is not None else configured_target(run_dir), deadline_s)
 
 
-def summarize_records(run_dir: Path, records: Sequence[RoundRecord], target: float | None,
-                      deadline_s: float | None) -> dict[str, Any]:
+def summarize_records(
+    run_dir: Path, records: Sequence[RoundRecord], target: float | None, deadline_s: float | None
+) -> dict[str, Any]:
     try:
         higher_is_better = higher_is_better_for(records[-1].score_name)
     except ValueError as exc:
@@ -127,7 +136,7 @@ def configured_target(run_dir: Path) -> float | None:
 def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's folder name, or its full path where two runs share a name."""
     names = [d.resolve().name for d in run_dirs]
-    return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs)]
+    return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs, strict=True)]
 
 
 def figure_dir(run_dir: Path, label: str, out: Path | None, several: bool) -> Path:
@@ -195,7 +204,7 @@ def format_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:]))]
+        cells = [row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True))]
         lines.append("  ".join(cells))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .records import STATUS_LATE, STATUS_OK, SUMMARY_FILE, RoundRecord
+from ..status import ClientStatus
+from .records import SUMMARY_FILE, RoundRecord
 
-UNTIERED = "untiered"              # key for clients that reported no tier
+UNTIERED = "untiered"  # key for clients that reported no tier
 
 
 def higher_is_better_for(score_name: str) -> bool:
@@ -53,9 +54,9 @@ def best_score(records: Sequence[RoundRecord], higher_is_better: bool) -> float 
 
 @dataclass(frozen=True)
 class TargetHit:
-    rounds: int                        # the first round whose score reached the target
-    clock_s: float                     # interpolated clock time the target was crossed
-    clock_s_at_round: float            # clock time at the end of that round (no interpolation)
+    rounds: int  # the first round whose score reached the target
+    clock_s: float  # interpolated clock time the target was crossed
+    clock_s_at_round: float  # clock time at the end of that round (no interpolation)
 
 
 def time_to_target(records: Sequence[RoundRecord], target: float, higher_is_better: bool) -> TargetHit | None:
@@ -90,9 +91,9 @@ def round_within_deadline(record: RoundRecord, deadline_s: float) -> bool:
     if record.round_s > deadline_s:
         return False
     for c in record.clients:
-        if c.status == STATUS_LATE:
+        if c.status == ClientStatus.LATE:
             return False
-        if c.status == STATUS_OK and (not c.on_time or c.round_s > deadline_s):
+        if c.status == ClientStatus.OK and (not c.on_time or c.round_s > deadline_s):
             return False
     return True
 
@@ -186,7 +187,7 @@ def dropped_per_tier(records: Sequence[RoundRecord]) -> dict[str, int]:
     for r in records:
         for c in r.clients:
             key = _tier_key(c.tier)
-            counts[key] = counts.get(key, 0) + (c.status == STATUS_LATE)
+            counts[key] = counts.get(key, 0) + (c.status == ClientStatus.LATE)
     return dict(sorted(counts.items()))
 
 

@@ -35,7 +35,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The solver baseline needs cvxpy (~1 s to import): load it only when asked for.
+    # The solver baseline needs cvxpy (slow to import): load it only when asked for.
     if name == "SolverScheduler":
         from .solver import SolverScheduler
 

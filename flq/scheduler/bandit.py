@@ -15,10 +15,10 @@ smaller batch for the round (fewer examples per step) rather than a step it will
 a client that misses a deadline or fails is pushed down at once and recovers over on-time rounds.
 Cost per round, n clients: O(n log n), no solver: whole-column numpy work (about 16
 evaluations of the time models inside binary searches over steps and rank, a histogram
-water-fill) plus one sort that groups identical assignments. Measured on the shared 2-core
-machine (benchmarks/results/scheduler_decision_time.md, assign + observe, median): 1.3 ms at
-10 clients, 2.9 ms at 1,000, 12.0 ms at 10,000 (assign 5.3 ms; observe 6.8 ms, most of it
-reading the 10,000 report objects, one attribute at a time); 4-9x less than ``solver``.
+water-fill) plus one sort that groups identical assignments; at many clients most of observe's
+time goes to reading the report objects, one attribute at a time. Measured times per round
+(assign and observe, against ``solver`` and the other schedulers):
+benchmarks/results/scheduler_decision_time.md, summarised in docs/schedulers.md.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .priors import (
     MemoryModel,
     latency_s,
     memory_limit_mb,
+    own_batch_size,
     reference_step_s,
     tier_profile,
     tier_rank_ceiling,
@@ -73,8 +74,14 @@ class AverageRankBandit:
     played are tried first (``exploration_order``). Deterministic.
     """
 
-    def __init__(self, arms: Sequence[int], first_arm: int, discount: float = 0.95,
-                 exploration: float = 0.15, level_smoothing: float = 0.5) -> None:
+    def __init__(
+        self,
+        arms: Sequence[int],
+        first_arm: int,
+        discount: float = 0.95,
+        exploration: float = 0.15,
+        level_smoothing: float = 0.5,
+    ) -> None:
         if not arms:
             raise ValueError("the average-rank bandit needs at least one arm")
         self.arms = sorted(set(int(a) for a in arms))
@@ -85,7 +92,7 @@ class AverageRankBandit:
         self.counts = np.zeros(len(self.arms))
         self.sums = np.zeros(len(self.arms))
         self.reward_level: float | None = None
-        self.pending: dict[int, int] = {}   # round -> arm index chosen for it
+        self.pending: dict[int, int] = {}  # round -> arm index chosen for it
 
     def choose(self, server_round: int) -> int:
         """The average rank for ``server_round`` (remembered until its reward arrives)."""
@@ -112,8 +119,11 @@ class AverageRankBandit:
             return
         level = self.reward_level if self.reward_level else abs(reward)
         normalised = float(np.clip(reward / level, -3.0, 3.0)) if level > 0 else 0.0
-        self.reward_level = (abs(reward) if self.reward_level is None
-                             else self.level_smoothing * self.reward_level + (1 - self.level_smoothing) * abs(reward))
+        self.reward_level = (
+            abs(reward)
+            if self.reward_level is None
+            else self.level_smoothing * self.reward_level + (1 - self.level_smoothing) * abs(reward)
+        )
         self.counts *= self.discount
         self.sums *= self.discount
         self.counts[index] += 1.0
@@ -172,7 +182,9 @@ def _finite(value: float | None) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def largest_fitting(low: np.ndarray, high: np.ndarray, fits: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def largest_fitting(
+    low: np.ndarray, high: np.ndarray, fits: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the largest integer v in [low, high] with ``fits(v)``, by binary search.
 
     Returns (value, found); where ``fits(low)`` fails, value is ``low`` and found False.
@@ -306,16 +318,18 @@ class BanditScheduler(RankScheduler):
         self.noise_cv = noise_cv
         candidate_arms = {min(max(int(a), defaults.rank_min), defaults.rank_max) for a in arms}
         self.average_rank = AverageRankBandit(sorted(candidate_arms), defaults.rank, discount, exploration)
-        self.table = ClientTable({
-            **OnlineLinearTime.column_defaults("compute_"),
-            **OnlineLinearTime.column_defaults("transfer_"),
-            "caution": 1.0,
-            "tier_rank_cap": float(defaults.rank_max),
-            "oom_rank_cap": float(defaults.rank_max),
-            "bits_cap": float(max(self.bits_options + [defaults.bits])),
-            "table_bits": float(defaults.bits),
-            "own_batch": float(defaults.batch_size),   # examples per step the client trains at
-        })
+        self.table = ClientTable(
+            {
+                **OnlineLinearTime.column_defaults("compute_"),
+                **OnlineLinearTime.column_defaults("transfer_"),
+                "caution": 1.0,
+                "tier_rank_cap": float(defaults.rank_max),
+                "oom_rank_cap": float(defaults.rank_max),
+                "bits_cap": float(max(self.bits_options + [defaults.bits])),
+                "table_bits": float(defaults.bits),
+                "own_batch": float(defaults.batch_size),  # examples per step the client trains at
+            }
+        )
         self.compute_time = OnlineLinearTime(self.table, "compute_", forgetting)
         self.transfer_time = OnlineLinearTime(self.table, "transfer_", forgetting)
         self._step_s_by_bits: dict[int, float] = {}
@@ -345,20 +359,22 @@ class BanditScheduler(RankScheduler):
         d, cv = self.defaults, self.prior_cv
         profile = tier_profile(self.tiers, tier)
         factor = float(profile.compute_factor)
-        own_batch = int(getattr(profile, "batch_size", None) or d.batch_size)
+        own_batch = own_batch_size(profile, d.batch_size)
         one_step = factor * self._ref_step_s(d.bits) * own_batch / d.batch_size
         full_work = one_step * d.local_steps
         # compute_s = w0 + w1 * (examples * reference seconds per example): w1 is the client's
         # compute factor
-        self.compute_time.set_prior(rows, 0.0, max(cv * full_work, 1e-3), factor, max(cv * factor, 1e-3),
-                                    self.noise_cv * full_work)
+        self.compute_time.set_prior(
+            rows, 0.0, max(cv * full_work, 1e-3), factor, max(cv * factor, 1e-3), self.noise_cv * full_work
+        )
         per_rank = transfer_s_per_rank(profile, self.bytes_per_rank)
         latency = latency_s(profile)
         per_rank_sd = cv * per_rank if per_rank > 0 else UNKNOWN_TRANSFER_SD_PER_RANK
         typical = latency + per_rank * d.rank
         # transfer_s = w0 + w1 * rank: latency plus seconds per rank unit over its links
-        self.transfer_time.set_prior(rows, latency, max(cv * typical, latency, 0.05), per_rank, per_rank_sd,
-                                     max(self.noise_cv * typical, 0.01))
+        self.transfer_time.set_prior(
+            rows, latency, max(cv * typical, latency, 0.05), per_rank, per_rank_sd, max(self.noise_cv * typical, 0.01)
+        )
         self.table["tier_rank_cap"][rows] = tier_rank_ceiling(profile, d.rank_max)
         self.table["table_bits"][rows] = d.tier_bits.get(tier, d.bits) if tier is not None else d.bits
         self.table["own_batch"][rows] = own_batch
@@ -371,11 +387,21 @@ class BanditScheduler(RankScheduler):
             return {}
         d = self.defaults
         node_ids = list(map(attrgetter("node_id"), clients))
-        rows = self.table.rows(node_ids, lambda new, positions: self._init_rows(new, [clients[p].tier for p in positions]))
+        rows = self.table.rows(
+            node_ids, lambda new, positions: self._init_rows(new, [clients[p].tier for p in positions])
+        )
         bits, memory_cap = self._bits_and_memory_ceiling(rows, clients)
-        ceilings = np.minimum.reduce([
-            self.table["tier_rank_cap"][rows], self.table["oom_rank_cap"][rows], memory_cap,
-        ]).astype(np.int64).clip(d.rank_min, d.rank_max)
+        ceilings = (
+            np.minimum.reduce(
+                [
+                    self.table["tier_rank_cap"][rows],
+                    self.table["oom_rank_cap"][rows],
+                    memory_cap,
+                ]
+            )
+            .astype(np.int64)
+            .clip(d.rank_min, d.rank_max)
+        )
         target = self.average_rank.choose(server_round)
         cap = np.full(len(rows), d.local_steps, dtype=np.int64)
         if deadline_s is None or deadline_s <= 0:
@@ -386,7 +412,9 @@ class BanditScheduler(RankScheduler):
             steps = cap
         return assignments_by_node(node_ids, ranks, bits, steps, budgets, batches)
 
-    def _bits_and_memory_ceiling(self, rows: np.ndarray, clients: Sequence[ClientInfo]) -> tuple[np.ndarray, np.ndarray]:
+    def _bits_and_memory_ceiling(
+        self, rows: np.ndarray, clients: Sequence[ClientInfo]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Backbone bits per client, and the highest rank its memory holds at those bits."""
         d = self.defaults
         no_limit = np.full(len(rows), float(d.rank_max))
@@ -419,8 +447,9 @@ class BanditScheduler(RankScheduler):
             limits.append(by_tier[c.tier])
         return np.asarray(limits, dtype=np.float64)
 
-    def _fit_to_deadline(self, rows: np.ndarray, bits: np.ndarray, ceilings: np.ndarray, target: int,
-                         deadline_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _fit_to_deadline(
+        self, rows: np.ndarray, bits: np.ndarray, ceilings: np.ndarray, target: int, deadline_s: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Ranks, steps, time budgets and batch sizes (0: the client's own) predicted to
         finish by the deadline w.h.p.
 
@@ -434,15 +463,17 @@ class BanditScheduler(RankScheduler):
         step_x = example_x * own_batch
         compute, transfer = self.compute_time.line(rows), self.transfer_time.line(rows)
 
-        def fits_work(ranks: np.ndarray, z: float, unit_x: np.ndarray,
-                      at: slice | np.ndarray = slice(None)) -> Callable[[np.ndarray], np.ndarray]:
+        def fits_work(
+            ranks: np.ndarray, z: float, unit_x: np.ndarray, at: slice | np.ndarray = slice(None)
+        ) -> Callable[[np.ndarray], np.ndarray]:
             """At ``ranks``, do ``k`` units of work (``unit_x`` reference seconds each: a step,
             an example) fit? For the rows ``at`` only, if given (``ranks`` still covers all)."""
             r = ranks.astype(np.float64)
             base, spread = transfer.mean(r)[at] + compute.m0[at], transfer.var(r)[at] + compute.v0[at]
             m1, v1, v2, unit, room = compute.m1[at], compute.v1[at], compute.v2[at], unit_x[at], limit[at]
-            return lambda k: base + m1 * (x := k * unit) + z * np.sqrt(
-                np.maximum(spread + x * (v1 + v2 * x), 0.0)) <= room
+            return lambda k: (
+                base + m1 * (x := k * unit) + z * np.sqrt(np.maximum(spread + x * (v1 + v2 * x), 0.0)) <= room
+            )
 
         def fits_steps(ranks: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
             return fits_work(ranks, z, step_x)
@@ -450,8 +481,10 @@ class BanditScheduler(RankScheduler):
         def fits_ranks(steps: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
             x = steps * step_x
             base, spread = compute.mean(x) + transfer.m0, compute.var(x) + transfer.v0
-            return lambda r: base + transfer.m1 * r + z * np.sqrt(
-                np.maximum(spread + r * (transfer.v1 + transfer.v2 * r), 0.0)) <= limit
+            return lambda r: (
+                base + transfer.m1 * r + z * np.sqrt(np.maximum(spread + r * (transfer.v1 + transfer.v2 * r), 0.0))
+                <= limit
+            )
 
         n = len(rows)
         rank_low = np.full(n, d.rank_min, dtype=np.int64)
@@ -472,8 +505,11 @@ class BanditScheduler(RankScheduler):
         batches = np.zeros(n, dtype=np.int64)
         short = np.flatnonzero(~one_step_fits & (own_batch > self.min_batch_size))
         if self.shrink_batch and short.size:
-            batches[short], _ = largest_fitting(np.full(short.size, self.min_batch_size, dtype=np.int64),
-                                                own_batch[short] - 1, fits_work(ranks, z, example_x, short))
+            batches[short], _ = largest_fitting(
+                np.full(short.size, self.min_batch_size, dtype=np.int64),
+                own_batch[short] - 1,
+                fits_work(ranks, z, example_x, short),
+            )
         # The ClientApp takes its own predicted transfers out of the budget: it gets its whole
         # time, the deadline shrunk by its caution.
         resolution = deadline_s / BUDGET_LEVELS
@@ -490,8 +526,9 @@ class BanditScheduler(RankScheduler):
             self.average_rank.forget(server_round)
         if not len(columns):
             return
-        rows = self.table.rows(columns.node_ids,
-                               lambda new, positions: self._init_rows(new, [reports[p].tier for p in positions]))
+        rows = self.table.rows(
+            columns.node_ids, lambda new, positions: self._init_rows(new, [reports[p].tier for p in positions])
+        )
         self._learn_times(rows, columns)
         self._update_caution(rows, columns)
         self._learn_memory(rows, columns)
@@ -530,7 +567,9 @@ class BanditScheduler(RankScheduler):
             if self.memory_model is not None and bits > lowest_bits:
                 self.table["bits_cap"][row] = max(b for b in self.bits_options if b < bits)
             else:
-                self.table["oom_rank_cap"][row] = max(self.defaults.rank_min, min(rank // 2, self.table["oom_rank_cap"][row]))
+                self.table["oom_rank_cap"][row] = max(
+                    self.defaults.rank_min, min(rank // 2, self.table["oom_rank_cap"][row])
+                )
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -18,10 +18,10 @@ class ClientInfo:
     """What the server knows about a client before assigning it work."""
 
     node_id: int
-    tier: str | None = None            # tier preset name, if the client reported one
+    tier: str | None = None  # tier preset name, if the client reported one
     partition_id: int | None = None
     memory_limit_mb: float | None = None
-    num_examples: int | None = None    # size of its training split, if known
+    num_examples: int | None = None  # size of its training split, if known
     num_partitions: int | None = None
 
 
@@ -31,10 +31,10 @@ class Assignment:
 
     rank: int
     bits: int
-    local_steps: int                   # step cap; with a budget the client may stop earlier
-    budget_s: float | None = None      # time budget on the run's clock (None: no budget)
-    codec: str | None = None           # update codec for this client (None: the run's)
-    batch_size: int | None = None      # examples per step, below the client's own (None: its own)
+    local_steps: int  # step cap; with a budget the client may stop earlier
+    budget_s: float | None = None  # time budget on the run's clock (None: no budget)
+    codec: str | None = None  # update codec for this client (None: the run's)
+    batch_size: int | None = None  # examples per step, below the client's own (None: its own)
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ class ClientReport:
     tier: str | None = None
     steps: int = 0
     num_examples: int = 0
-    compute_s: float = 0.0             # on the run's clock (scaled by the tier in simulation)
-    transfer_s: float = 0.0            # on the run's clock
-    round_s: float = 0.0               # compute_s + transfer_s (+ handshakes)
+    compute_s: float = 0.0  # on the run's clock (scaled by the tier in simulation)
+    transfer_s: float = 0.0  # on the run's clock
+    round_s: float = 0.0  # compute_s + transfer_s (+ handshakes)
     bytes_up: int = 0
     bytes_down: int = 0
     loss_before: float | None = None
@@ -68,7 +68,7 @@ class RoundOutcome:
     """Round-level signal: what the global model gained for the time the round took."""
 
     server_round: int
-    round_s: float                     # the round's length on the run's clock
+    round_s: float  # the round's length on the run's clock
     deadline_s: float | None
     global_loss_before: float | None
     global_loss_after: float | None
@@ -86,7 +86,7 @@ class RankScheduler(ABC):
     ) -> dict[int, Assignment]:
         """Return an assignment for every client in ``clients``, keyed by node id."""
 
-    def observe(
+    def observe(  # noqa: B027 - a no-op by design: static schedulers learn nothing
         self,
         server_round: int,
         reports: Sequence[ClientReport],
@@ -98,7 +98,7 @@ class RankScheduler(ABC):
         """JSON-serialisable state (for checkpoints)."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - stateless by default
         """Restore what ``state_dict`` returned."""
 
 
@@ -106,12 +106,12 @@ class RankScheduler(ABC):
 class SchedulerDefaults:
     """Run-config values every scheduler starts from."""
 
-    rank: int                          # the homogeneous rank (``fixed``)
-    rank_max: int                      # the global adapter rank: nobody gets more
+    rank: int  # the homogeneous rank (``fixed``)
+    rank_max: int  # the global adapter rank: nobody gets more
     rank_min: int = 1
     bits: int = 16
     local_steps: int = 8
-    batch_size: int = 8                # the run's examples per step (a tier may have its own)
+    batch_size: int = 8  # the run's examples per step (a tier may have its own)
     tier_ranks: dict[str, int] = field(default_factory=dict)
     tier_bits: dict[str, int] = field(default_factory=dict)
 
@@ -161,5 +161,7 @@ class TableScheduler(RankScheduler):
         for c in clients:
             rank = int(self.ranks.value_for(c.partition_id, c.num_partitions, c.tier))
             bits = int(self.bits.value_for(c.partition_id, c.num_partitions, c.tier))
-            out[c.node_id] = Assignment(rank=rank, bits=bits, local_steps=self.defaults.local_steps, budget_s=deadline_s)
+            out[c.node_id] = Assignment(
+                rank=rank, bits=bits, local_steps=self.defaults.local_steps, budget_s=deadline_s
+            )
         return out

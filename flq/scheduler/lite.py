@@ -7,8 +7,7 @@ miss, ranks proportional to score within a budget of r_bar * n, rounded, clamped
 [r_min, r_max], corrected greedily to the budget, then each capped so that
 EMA(time per rank unit) * rank fits the deadline. Bits, local steps and budget are the
 run's (like ``fixed``). Cost per round: O(n log n) (a stable sort for the budget correction),
-no solver; measured (assign + observe, median, shared 2-core machine): 0.8 ms at 10 clients,
-2.5 ms at 1,000, 14 ms at 10,000 (benchmarks/results/scheduler_decision_time.md).
+no solver; measured times per round: benchmarks/results/scheduler_decision_time.md.
 
 Faithful to FedRankLite-SLM (github.com/81wallace18/fedranklite-slm, ``src/schedulers/lite.py``):
 
@@ -74,8 +73,9 @@ class LiteScheduler(RankScheduler):
         if not 1 <= self.r_bar <= defaults.rank_max:
             raise ValueError(f"r_bar {self.r_bar} must be in [1, rank_max={defaults.rank_max}]")
         # seen: 0 until a client's first measurement seeds its averages
-        self.table = ClientTable({"seen": 0.0, "ema_gain": 0.0, "ema_throughput": 0.0,
-                                  "ema_time_per_rank": 0.0, "missed": 0.0})
+        self.table = ClientTable(
+            {"seen": 0.0, "ema_gain": 0.0, "ema_throughput": 0.0, "ema_time_per_rank": 0.0, "missed": 0.0}
+        )
 
     # -- observe ----------------------------------------------------------------------
     def observe(self, server_round: int, reports: Sequence[ClientReport], outcome: RoundOutcome | None = None) -> None:
@@ -167,7 +167,7 @@ class LiteScheduler(RankScheduler):
         with np.errstate(over="ignore"):  # a vanishing time per rank fits any rank
             ratio = np.minimum(deadline_s / np.where(known, per_rank, 1.0), d.rank_max + 1)
         fitting = np.floor(ratio).astype(np.int64)
-        fitting -= (np.where(known, per_rank, 0.0) * fitting > deadline_s)  # float rounding
+        fitting -= np.where(known, per_rank, 0.0) * fitting > deadline_s  # float rounding
         return np.where(known, np.maximum(np.minimum(ranks, fitting), d.rank_min), ranks)
 
     # -- state ------------------------------------------------------------------------

@@ -78,6 +78,12 @@ def tier_profile(tiers: Mapping[str, Any] | None, name: str | None) -> Any:
     return fallback if name is None else tiers.get(name, fallback)
 
 
+def own_batch_size(tier: Any, run_batch_size: int) -> int:
+    """Examples per step a client of ``tier`` trains at on its own: the tier's ``batch_size``
+    hint, else the run's. ``tier``: a TierProfile or any object like it (or None)."""
+    return int(getattr(tier, "batch_size", None) or run_batch_size)
+
+
 def reference_step_s(step_time_prior: Mapping[int, float] | None, bits: int) -> float:
     """Seconds per local step on the reference machine at ``bits`` (nearest bits if absent)."""
     if not step_time_prior:

@@ -1,16 +1,55 @@
-"""Build a scheduler by name: the one place the run config meets the scheduler classes."""
+"""Build a scheduler by name: the one place the run config meets the scheduler classes.
+
+``SCHEDULERS`` (the names), which options each one takes from a run (``build_for_run``), and
+how ``build_scheduler`` passes priors: nothing outside this module branches on a scheduler name.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bandit import BanditScheduler
 from .base import FixedRankScheduler, RankScheduler, SchedulerDefaults, TableScheduler
 from .lite import LiteScheduler
+from .spread import parse_spread
 from .tier import TierScheduler
 
-SCHEDULERS = ("fixed", "table", "tier", "bandit", "lite", "solver")
+if TYPE_CHECKING:  # flq.config imports SCHEDULERS from here
+    from ..config import RunConfig
+
+
+def build_for_run(cfg: RunConfig, *, tiers: Mapping[str, Any] | None = None, **priors: Any) -> RankScheduler:
+    """The scheduler ``cfg.scheduler`` with the run's defaults and the options the run sets.
+
+    ``priors``: what ``build_scheduler`` takes (``step_time_prior``, ``bytes_per_rank``) plus,
+    for the schedulers that use one, a ``memory_model``.
+    """
+    defaults = SchedulerDefaults(
+        rank=cfg.start_rank,
+        rank_max=cfg.lora_rank,
+        bits=cfg.backbone_bits,
+        local_steps=cfg.local_steps,
+        batch_size=cfg.batch_size,
+        tier_ranks=_tier_table(cfg.client_ranks),
+        tier_bits=_tier_table(cfg.client_bits),
+    )
+    memory_model = priors.pop("memory_model", None)
+    options: dict[str, Any] = {}
+    if cfg.scheduler == "table":
+        options = {"ranks": cfg.client_ranks, "bits": cfg.client_bits}
+    elif cfg.scheduler == "bandit":
+        options["stop_on_budget"] = cfg.policy == "budget"
+        if memory_model is not None:
+            options["memory_model"] = memory_model
+    return build_scheduler(cfg.scheduler, defaults, tiers=tiers, seed=cfg.seed, **priors, **options)
+
+
+def _tier_table(spec: str) -> dict[str, int]:
+    """``tier:NAME=VALUE,...`` as a dict (the ``tier`` scheduler's table); {} for other specs."""
+    if not spec.startswith("tier:"):
+        return {}
+    return {name: int(value) for name, value in parse_spread(spec).by_tier}
 
 
 def build_scheduler(
@@ -80,3 +119,5 @@ _BUILDERS: dict[str, Callable[[SchedulerDefaults, dict, dict], RankScheduler]] =
     "lite": _lite,
     "solver": _solver,
 }
+
+SCHEDULERS = tuple(_BUILDERS)

@@ -7,10 +7,8 @@ tier table, the run's local steps, the deadline as budget), in two stages: the a
 rank with the best observed loss-decrease rate, then per-client ranks from a relaxed
 linear program (continuous ranks) solved with cvxpy, then rounding. Cost per round:
 building and solving an LP with n + 1 variables and ~3n constraints (cvxpy's
-canonicalisation plus an interior-point solve, CLARABEL here; roughly linear in n at these
-sizes, with a ~5 ms floor); measured (assign + observe, median, shared 2-core machine):
-7.9 ms at 10 clients, 21 ms at 1,000, 148 ms at 10,000
-(benchmarks/results/scheduler_decision_time.md).
+canonicalisation plus an interior-point solve, CLARABEL here; roughly linear in n, over a
+fixed floor per solve); measured times per round: benchmarks/results/scheduler_decision_time.md.
 
 What is solved, exactly. Client i at rank r takes FAH-QLoRA's time
 
@@ -80,9 +78,9 @@ class RelaxedRanks:
     """A stage-2 solution: continuous ranks, each client's time bound, which problem gave it."""
 
     ranks: np.ndarray
-    time_bound_s: np.ndarray       # per client: P1's T for everyone, or P2's own bound
-    max_total: int                 # rounding keeps sum(ranks) within this
-    problem: str                   # "P1" (average met) or "P2" (deadline-limited)
+    time_bound_s: np.ndarray  # per client: P1's T for everyone, or P2's own bound
+    max_total: int  # rounding keeps sum(ranks) within this
+    problem: str  # "P1" (average met) or "P2" (deadline-limited)
 
 
 def solve_relaxed_ranks(
@@ -109,22 +107,25 @@ def solve_relaxed_ranks(
     p1 = cp.Problem(cp.Minimize(round_s), constraints)
     p1.solve(solver=solver)
     if p1.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
-        return RelaxedRanks(np.asarray(r.value).reshape(n), np.full(n, float(round_s.value)),
-                            int(round(target_sum)), "P1")
+        return RelaxedRanks(
+            np.asarray(r.value).reshape(n), np.full(n, float(round_s.value)), int(round(target_sum)), "P1"
+        )
     if deadline_s is None or p1.status not in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
         raise cp.SolverError(f"P1 ended {p1.status}")
     bound = np.maximum(deadline_s, fixed_s + per_rank_s * rank_min)
     r2 = cp.Variable(n)
-    p2 = cp.Problem(cp.Maximize(cp.sum(r2)),
-                    [fixed_s + cp.multiply(per_rank_s, r2) <= bound, r2 >= rank_min, r2 <= rank_caps])
+    p2 = cp.Problem(
+        cp.Maximize(cp.sum(r2)), [fixed_s + cp.multiply(per_rank_s, r2) <= bound, r2 >= rank_min, r2 <= rank_caps]
+    )
     p2.solve(solver=solver)
     if p2.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
         raise cp.SolverError(f"P2 ended {p2.status}")
     return RelaxedRanks(np.asarray(r2.value).reshape(n), bound, int(rank_caps.sum()), "P2")
 
 
-def round_ranks(relaxed: RelaxedRanks, fixed_s: np.ndarray, per_rank_s: np.ndarray, rank_min: int,
-                rank_caps: np.ndarray) -> np.ndarray:
+def round_ranks(
+    relaxed: RelaxedRanks, fixed_s: np.ndarray, per_rank_s: np.ndarray, rank_min: int, rank_caps: np.ndarray
+) -> np.ndarray:
     """Integer ranks: floors, then +1 by largest fractional part within the sum and the times."""
     values = np.clip(relaxed.ranks, rank_min, rank_caps)
     ranks = np.floor(values + 1e-6).astype(np.int64)
@@ -166,8 +167,11 @@ class AverageRankByRate:
         self.rates[index] = rate if old is None else self.smoothing * rate + (1 - self.smoothing) * old
 
     def state_dict(self) -> dict[str, Any]:
-        return {"candidates": self.candidates, "rates": list(self.rates),
-                "pending": {str(r): i for r, i in self.pending.items()}}
+        return {
+            "candidates": self.candidates,
+            "rates": list(self.rates),
+            "pending": {str(r): i for r, i in self.pending.items()},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if list(state["candidates"]) != self.candidates:
@@ -225,8 +229,9 @@ class SolverScheduler(RankScheduler):
         self.stage1 = AverageRankByRate(sorted(clipped), defaults.rank)
         # step_s: seconds per step at rank r_max; per_rank_s: transfer s per rank unit;
         # fixed_transfer_s: round trips; rank_cap: the tier's max rank
-        self.table = ClientTable({"step_s": 1.0, "per_rank_s": 0.0, "fixed_transfer_s": 0.0,
-                                  "rank_cap": float(defaults.rank_max)})
+        self.table = ClientTable(
+            {"step_s": 1.0, "per_rank_s": 0.0, "fixed_transfer_s": 0.0, "rank_cap": float(defaults.rank_max)}
+        )
 
     # -- priors -----------------------------------------------------------------------
     def _init_rows(self, rows: np.ndarray, tiers: Sequence[str | None]) -> None:
@@ -258,7 +263,9 @@ class SolverScheduler(RankScheduler):
             return {}
         d = self.defaults
         node_ids = list(map(attrgetter("node_id"), clients))
-        rows = self.table.rows(node_ids, lambda new, positions: self._init_rows(new, [clients[p].tier for p in positions]))
+        rows = self.table.rows(
+            node_ids, lambda new, positions: self._init_rows(new, [clients[p].tier for p in positions])
+        )
         average = self.stage1.choose(server_round)
         ranks = self._client_ranks(rows, average, deadline_s)
         bits = by_tier(list(map(attrgetter("tier"), clients)), lambda t: d.tier_bits.get(t, d.bits))
@@ -283,8 +290,9 @@ class SolverScheduler(RankScheduler):
         self.stage1.record(server_round, loss_decrease_per_s(columns, outcome))
         if not len(columns):
             return
-        rows = self.table.rows(columns.node_ids,
-                               lambda new, positions: self._init_rows(new, [reports[p].tier for p in positions]))
+        rows = self.table.rows(
+            columns.node_ids, lambda new, positions: self._init_rows(new, [reports[p].tier for p in positions])
+        )
         self._learn_step_time(rows, columns)
         self._learn_transfer(rows, columns)
 

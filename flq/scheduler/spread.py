@@ -23,7 +23,7 @@ class SpreadError(ValueError):
 
 @dataclass(frozen=True)
 class Spread:
-    kind: str                      # same | cycle | groups | list | tier
+    kind: str  # same | cycle | groups | list | tier
     items: tuple[str, ...]
     by_tier: tuple[tuple[str, str], ...] = ()
 
@@ -85,8 +85,9 @@ def parse_spread(spec: str) -> Spread:
     return Spread("tier", (), tuple(pairs))
 
 
-def parse_int_spread(spec: str, what: str, allowed: tuple[int, ...] | None = None,
-                     low: int | None = None, high: int | None = None) -> Spread:
+def parse_int_spread(
+    spec: str, what: str, allowed: tuple[int, ...] | None = None, low: int | None = None, high: int | None = None
+) -> Spread:
     """``parse_spread`` plus a check that every value is an integer in range."""
     spread = parse_spread(spec)
     for value in spread.values():

@@ -4,8 +4,8 @@ It observes nothing. It decides each client's rank from its tier: the run's tier
 (``SchedulerDefaults.tier_ranks``) when it names the tier, else the tier profile's
 ``max_rank``, else the run's rank, always within [rank_min, rank_max]; bits from
 ``tier_bits`` or the run's bits; the run's local steps; the deadline as budget. Cost per
-round: O(n) dictionary look-ups, one Assignment per distinct tier; measured ~1 ms at 10,000
-clients (benchmarks/results/scheduler_decision_time.md).
+round: O(n) dictionary look-ups, one Assignment per distinct tier; measured times per round:
+benchmarks/results/scheduler_decision_time.md.
 """
 
 from __future__ import annotations

@@ -46,8 +46,14 @@ class OnlineLinearTime:
 
     FIELDS = ("p00", "p01", "p11", "h0", "h1", "prior_p00", "prior_p11", "prior_h0", "prior_h1", "noise_var")
 
-    def __init__(self, table: ClientTable, prefix: str, forgetting: float = 0.8,
-                 noise_smoothing: float = 0.7, min_noise_cv: float = 0.02) -> None:
+    def __init__(
+        self,
+        table: ClientTable,
+        prefix: str,
+        forgetting: float = 0.8,
+        noise_smoothing: float = 0.7,
+        min_noise_cv: float = 0.02,
+    ) -> None:
         self.table = table
         self.prefix = prefix
         self.forgetting = forgetting
@@ -56,17 +62,28 @@ class OnlineLinearTime:
 
     @classmethod
     def column_defaults(cls, prefix: str) -> dict[str, float]:
-        return {f"{prefix}{name}": 1.0 if name in ("p00", "p11", "prior_p00", "prior_p11", "noise_var") else 0.0
-                for name in cls.FIELDS}
+        return {
+            f"{prefix}{name}": 1.0 if name in ("p00", "p11", "prior_p00", "prior_p11", "noise_var") else 0.0
+            for name in cls.FIELDS
+        }
 
     def _col(self, name: str) -> np.ndarray:
         return self.table.columns[self.prefix + name]
 
     def set_prior(self, rows: np.ndarray, mean0: float, sd0: float, mean1: float, sd1: float, noise_sd: float) -> None:
         p00, p11 = 1.0 / sd0**2, 1.0 / sd1**2
-        values = {"p00": p00, "p01": 0.0, "p11": p11, "h0": p00 * mean0, "h1": p11 * mean1,
-                  "prior_p00": p00, "prior_p11": p11, "prior_h0": p00 * mean0, "prior_h1": p11 * mean1,
-                  "noise_var": max(noise_sd, 1e-6) ** 2}
+        values = {
+            "p00": p00,
+            "p01": 0.0,
+            "p11": p11,
+            "h0": p00 * mean0,
+            "h1": p11 * mean1,
+            "prior_p00": p00,
+            "prior_p11": p11,
+            "prior_h0": p00 * mean0,
+            "prior_h1": p11 * mean1,
+            "noise_var": max(noise_sd, 1e-6) ** 2,
+        }
         for name, value in values.items():
             self._col(name)[rows] = value
 

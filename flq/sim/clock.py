@@ -19,23 +19,25 @@ from typing import Any
 
 from .tiers import REFERENCE_TIER, TierError, TierProfile
 
-POLICIES = ("wait", "drop", "budget")
+POLICIES = ("wait", "drop", "budget")  # what a round does with clients past its deadline
+# Which clock a run keeps: auto = virtual in simulation, real in a deployment.
+CLOCKS = ("auto", "virtual", "real")
 
 # Round trips before the first request can go out on a NEW connection.
 # TCP: SYN/SYN-ACK (1) + TLS 1.3 (1) or TLS 1.2 (2); QUIC folds transport and TLS 1.3 into one,
 # and a resumed QUIC session sends its request in the first flight (0-RTT).
 HANDSHAKE_RTTS: dict[str, int] = {
-    "persistent": 0,        # connection kept open across rounds: no handshake
+    "persistent": 0,  # connection kept open across rounds: no handshake
     "tcp": 1,
     "tcp+tls1.3": 2,
     "tcp+tls1.2": 3,
     "quic": 1,
     "quic-0rtt": 0,
 }
-DEFAULT_TRANSPORT = "tcp+tls1.3"   # Flower's stock Fleet API over TLS
+DEFAULT_TRANSPORT = "tcp+tls1.3"  # Flower's stock Fleet API over TLS
 
-MSS_BYTES = 1460                   # TCP payload per packet on a 1500-byte MTU path
-MATHIS_C = math.sqrt(1.5)          # Mathis et al. (1997) constant for periodic loss, no delayed ACKs
+MSS_BYTES = 1460  # TCP payload per packet on a 1500-byte MTU path
+MATHIS_C = math.sqrt(1.5)  # Mathis et al. (1997) constant for periodic loss, no delayed ACKs
 
 
 @dataclass(frozen=True)

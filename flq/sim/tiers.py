@@ -28,16 +28,16 @@ class TierError(ValueError):
 @dataclass(frozen=True)
 class TierProfile:
     name: str
-    compute_factor: float              # x slower than the reference machine's measured compute (GPUs < 1)
+    compute_factor: float  # x slower than the reference machine's measured compute (GPUs < 1)
     uplink_mbps: float
     downlink_mbps: float
     rtt_ms: float
-    loss: float = 0.0                  # packet loss fraction in [0, 1)
+    loss: float = 0.0  # packet loss fraction in [0, 1)
     memory_limit_mb: float | None = None
-    threads: int | None = None         # CPU tiers only
-    max_rank: int | None = None        # hint: rank ceiling (None: the run's)
-    batch_size: int | None = None      # hint: None = the run's batch size
-    mixed_precision: bool = False      # hint: autocast to bf16/fp16
+    threads: int | None = None  # CPU tiers only
+    max_rank: int | None = None  # hint: rank ceiling (None: the run's)
+    batch_size: int | None = None  # hint: None = the run's batch size
+    mixed_precision: bool = False  # hint: autocast to bf16/fp16
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:

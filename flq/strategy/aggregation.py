@@ -77,8 +77,7 @@ class Aggregator(ABC):
         self._previous = previous_global
         self._pairs = lora_pairs(previous_global.keys())
         self._dense_sums = {
-            key: np.zeros(previous_global[key].shape, _ACCUMULATOR_DTYPE)
-            for key in dense_keys(previous_global.keys())
+            key: np.zeros(previous_global[key].shape, _ACCUMULATOR_DTYPE) for key in dense_keys(previous_global.keys())
         }
 
     def add(self, client_state: Mapping[str, np.ndarray], weight: float) -> None:
@@ -206,9 +205,7 @@ class SvdAggregator(Aggregator):
 
     rule = "svd"
 
-    def __init__(
-        self, previous_global: Mapping[str, np.ndarray], r_max: int, buffer_rank: int = 128
-    ) -> None:
+    def __init__(self, previous_global: Mapping[str, np.ndarray], r_max: int, buffer_rank: int = 128) -> None:
         """``buffer_rank``: components buffered before one GEMM updates the product sums."""
         super().__init__(previous_global, r_max)
         # Clients are buffered side by side ([w_1 B_1 | w_2 B_2 | ...] and [A_1; A_2; ...])
@@ -291,9 +288,7 @@ def make_aggregator(rule: str, previous_global: Mapping[str, np.ndarray], r_max:
     try:
         aggregator_class = _AGGREGATORS[rule]
     except KeyError:
-        raise ValueError(
-            f"unknown aggregation rule {rule!r}; choose one of {', '.join(AGGREGATION_RULES)}"
-        ) from None
+        raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(AGGREGATION_RULES)}") from None
     return aggregator_class(previous_global, r_max)
 
 
@@ -339,9 +334,7 @@ def split_by_svd(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]
     return a, b
 
 
-def _positive_leading_signs(
-    u: np.ndarray, s: np.ndarray, vt: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _positive_leading_signs(u: np.ndarray, s: np.ndarray, vt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flip (u_k, v_k) pairs so each u_k's largest-magnitude entry is positive.
 
     An SVD is unique only up to these sign pairs; fixing them makes the factors a function

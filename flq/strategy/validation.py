@@ -123,15 +123,10 @@ def _array_types_problem(state: Mapping[str, object]) -> str | None:
     return None
 
 
-def _dense_shapes_problem(
-    state: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray]
-) -> str | None:
+def _dense_shapes_problem(state: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray]) -> str | None:
     for key in dense_keys(template.keys()):
         if state[key].shape != template[key].shape:
-            return (
-                f"dense tensor {key!r} has shape {state[key].shape}, "
-                f"expected {template[key].shape}"
-            )
+            return f"dense tensor {key!r} has shape {state[key].shape}, expected {template[key].shape}"
     return None
 
 
@@ -143,9 +138,7 @@ def _lora_shapes_problem(
 ) -> str | None:
     ranks: dict[int, str] = {}  # rank -> first module seen at that rank
     for prefix, (a_key, b_key) in lora_pairs(template.keys()).items():
-        problem = _pair_problem(
-            prefix, state[a_key], state[b_key], template[a_key], template[b_key], r_max
-        )
+        problem = _pair_problem(prefix, state[a_key], state[b_key], template[a_key], template[b_key], r_max)
         if problem is not None:
             return problem
         ranks.setdefault(state[a_key].shape[0], prefix)
@@ -176,13 +169,9 @@ def _pair_problem(
     if rank > r_max:
         return f"LoRA pair {prefix!r} has rank {rank}, above r_max={r_max}"
     if a.shape[1] != template_a.shape[1]:
-        return (
-            f"LoRA A of {prefix!r} has in_features {a.shape[1]}, expected {template_a.shape[1]}"
-        )
+        return f"LoRA A of {prefix!r} has in_features {a.shape[1]}, expected {template_a.shape[1]}"
     if b.shape[0] != template_b.shape[0]:
-        return (
-            f"LoRA B of {prefix!r} has out_features {b.shape[0]}, expected {template_b.shape[0]}"
-        )
+        return f"LoRA B of {prefix!r} has out_features {b.shape[0]}, expected {template_b.shape[0]}"
     return None
 
 

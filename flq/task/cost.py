@@ -4,9 +4,9 @@ hold) and time per step (a prior for schedulers, which then learn each client's 
 An estimate, not a measurement (peak memory is measured while training): weights at the
 backbone's bits (embeddings and norms stay at 16 bits when linear layers are quantized),
 the LoRA factors and head with their gradients and two AdamW moments in float32, the
-activations kept for backward, and a fixed runtime overhead. On this machine's measured
-SmolLM2 runs it lands within 15% of the measured peak (tests/test_memory.py pins the
-arithmetic; docs/clock.md explains its use).
+activations kept for backward, and a fixed runtime overhead. How near it lands to the
+measured peak of SmolLM2 runs: benchmarks/results/peak_memory.md (estimate vs training peak;
+docs/clock.md explains its use).
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# Calibrated on this machine (SmolLM2-135M, bf16, batch 8 x 64, rank 8; /proc VmRSS/VmHWM):
-# imports 266 MB, + client data 462 MB, + model 677 MB, training peak 1,542 MB (4 bits: 1,674).
-RUNTIME_OVERHEAD_MB = 450.0          # Python + torch + transformers + flwr + the client's data
+# Calibrated on the reference machine (SmolLM2-135M, bf16, batch 8 x 64, rank 8; /proc VmRSS/VmHWM)
+# against the measured after-load and training peaks of benchmarks/results/peak_memory.md
+# (benchmarks/peak_memory.py remeasures them).
+RUNTIME_OVERHEAD_MB = 450.0  # Python + torch + transformers + flwr + the client's data
 BYTES_PER_WEIGHT = {32: 4.0, 16: 2.0, 8: 1.0 + 0.02, 4: 0.5 + 0.04}  # incl. quantization constants
-ACTIVATION_BYTES_PER_VALUE = 100.0   # per batch x seq x hidden x layer: saved activations + allocator slack
+ACTIVATION_BYTES_PER_VALUE = 100.0  # per batch x seq x hidden x layer: saved activations + allocator slack
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    linear_params: int               # parameters in transformer linear layers (quantizable)
-    other_params: int                # embeddings, norms, heads (kept at 16/32 bits)
+    linear_params: int  # parameters in transformer linear layers (quantizable)
+    other_params: int  # embeddings, norms, heads (kept at 16/32 bits)
     hidden: int
     layers: int
 
@@ -76,8 +77,9 @@ def estimate_train_memory_mb(shape: ModelShape, bits: int, adapter_params: int, 
 
 # Seconds per local step per (1e9 linear parameters x 1e3 tokens in the batch) on the reference
 # machine (2-core x86 CPU), by backbone bits. Measured with SmolLM2-135M, batch 8 x 64 tokens,
-# median of 3 steps after a warm-up: bf16 1.28-1.5 s, fp32 2.11 s, nf4 2.5-3.2 s (bitsandbytes
-# dequantizes on CPU), int8 ~2.7 s. A prior only: schedulers replace it with measurements.
+# median of 3 steps after a warm-up (the reference step times: docs/clock.md, "How the compute
+# factors were calibrated"); 8 and 4 bits are slower than 16 because bitsandbytes dequantizes on
+# CPU. A prior only: schedulers replace it with measurements.
 STEP_S_PER_GPARAM_KTOKEN = {32: 39.0, 16: 26.0, 8: 50.0, 4: 55.0}
 
 

@@ -33,7 +33,7 @@ class DataError(ValueError):
 class TaskData(Protocol):
     """What partitioning and the train/eval loops need of a data set, whatever its examples are."""
 
-    labels: list[int] | None          # None for causal-LM text
+    labels: list[int] | None  # None for causal-LM text
     label_names: list[str] | None
 
     @property
@@ -47,7 +47,7 @@ class TaskData(Protocol):
 @dataclass
 class TextData:
     texts: list[str]
-    labels: list[int] | None          # None for causal-LM text
+    labels: list[int] | None  # None for causal-LM text
     label_names: list[str] | None
 
     def __post_init__(self) -> None:

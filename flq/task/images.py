@@ -21,13 +21,15 @@ from .data import DataError, encode_labels
 IMAGE_TASK = "image-classification"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 NPZ_IMAGES, NPZ_LABELS, NPZ_LABEL_NAMES = "images", "labels", "label_names"
-SOURCES_HINT = ("'digits' (scikit-learn's bundled 8x8 digits), a folder with one sub-folder of images per "
-                "class, or an .npz with arrays 'images' (N, H, W[, C]) and 'labels' (N,)")
+SOURCES_HINT = (
+    "'digits' (scikit-learn's bundled 8x8 digits), a folder with one sub-folder of images per "
+    "class, or an .npz with arrays 'images' (N, H, W[, C]) and 'labels' (N,)"
+)
 
 
 @dataclass
 class ImageData:
-    images: list[np.ndarray]          # each (H, W, 3) uint8 RGB; sizes may differ
+    images: list[np.ndarray]  # each (H, W, 3) uint8 RGB; sizes may differ
     labels: list[int]
     label_names: list[str]
 
@@ -112,8 +114,10 @@ def _load_npz(path: Path) -> ImageData:
     with archive:
         missing = [k for k in (NPZ_IMAGES, NPZ_LABELS) if k not in archive.files]
         if missing:
-            raise DataError(f"{path}: missing array(s) {missing} (found {sorted(archive.files)}); "
-                            f"an image .npz needs 'images' (N, H, W[, C]) and 'labels' (N,)")
+            raise DataError(
+                f"{path}: missing array(s) {missing} (found {sorted(archive.files)}); "
+                f"an image .npz needs 'images' (N, H, W[, C]) and 'labels' (N,)"
+            )
         try:
             raw_images = archive[NPZ_IMAGES]
             raw_labels = archive[NPZ_LABELS]
@@ -122,8 +126,10 @@ def _load_npz(path: Path) -> ImageData:
             raise DataError(f"{path}: {exc} (store numbers or strings, not Python objects)") from exc
     images = to_rgb_uint8(raw_images, f"{path}: 'images'")
     if raw_labels.ndim != 1 or len(raw_labels) != len(images):
-        raise DataError(f"{path}: 'labels' must be 1-D with one label per image, "
-                        f"got shape {raw_labels.shape} for {len(images)} images")
+        raise DataError(
+            f"{path}: 'labels' must be 1-D with one label per image, "
+            f"got shape {raw_labels.shape} for {len(images)} images"
+        )
     labels, label_names = _npz_labels(path, raw_labels, names)
     return ImageData(list(images), labels, label_names)
 
@@ -152,7 +158,9 @@ def to_rgb_uint8(array: np.ndarray, where: str) -> np.ndarray:
     elif a.ndim == 4 and a.shape[-1] not in (1, 3, 4) and a.shape[1] in (1, 3, 4):
         a = a.transpose(0, 2, 3, 1)  # channels first
     if a.ndim != 4 or a.shape[-1] not in (1, 3, 4):
-        raise DataError(f"{where}: expected shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1/3/4, got {a.shape}")
+        raise DataError(
+            f"{where}: expected shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1/3/4, got {a.shape}"
+        )
     if a.dtype.kind == "f":
         if not np.isfinite(a).all():
             raise DataError(f"{where}: contains NaN or infinite values")

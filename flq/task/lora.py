@@ -49,7 +49,7 @@ PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM
 
 @dataclass(frozen=True)
 class LoraSpec:
-    scaling: float                  # alpha / rank, the same for every rank
+    scaling: float  # alpha / rank, the same for every rank
     targets: tuple[str, ...] | str  # module names, "all-linear" or "auto"
     dropout: float = 0.0
 
@@ -66,9 +66,7 @@ class LoraModel:
         self.targets = resolve_targets(self.base, lora.targets)
         self.heads = [name for name in HEAD_MODULES if hasattr(self.base, name)]
         if backbone.task != "causal-lm" and not self.heads:
-            raise ValueError(
-                f"{backbone.model}: no classification head found (looked for {HEAD_MODULES})"
-            )
+            raise ValueError(f"{backbone.model}: no classification head found (looked for {HEAD_MODULES})")
         self.peft = None
         self.rank: int | None = None
 

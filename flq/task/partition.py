@@ -98,7 +98,9 @@ def _partition_indices(spec: DataSpec, num_partitions: int) -> tuple[tuple[int, 
     try:
         parts = [tuple(partitioner.load_partition(p)["idx"]) for p in range(num_partitions)]
     except ValueError as exc:  # e.g. Dirichlet cannot reach its minimum partition size
-        raise DataError(f"cannot split {len(pool)} examples into {num_partitions} {spec.partitioner} partitions: {exc}") from exc
+        raise DataError(
+            f"cannot split {len(pool)} examples into {num_partitions} {spec.partitioner} partitions: {exc}"
+        ) from exc
     return tuple(parts)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class MobileViTShape:
-    image_size: int = 32                       # the processor resizes every image to this square
+    image_size: int = 32  # the processor resizes every image to this square
     hidden_sizes: tuple[int, ...] = (32, 48, 64)  # transformer widths of the three MobileViT blocks
     neck_hidden_sizes: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 384)  # conv widths; the last feeds the head
     num_attention_heads: int = 2
@@ -30,17 +30,23 @@ class MobileViTShape:
 CALIBRATION_IMAGES = 256
 
 
-def save_random_mobilevit(path: Path, shape: MobileViTShape = MobileViTShape(), num_labels: int = 10,
-                          seed: int = 0) -> Path:
+def save_random_mobilevit(
+    path: Path, shape: MobileViTShape = MobileViTShape(), num_labels: int = 10, seed: int = 0
+) -> Path:
     """Build a seeded random MobileViT classifier and its image processor config at ``path``."""
     import torch
     from transformers import MobileViTConfig, MobileViTForImageClassification, MobileViTImageProcessorPil
 
     config = MobileViTConfig(
-        image_size=shape.image_size, hidden_sizes=list(shape.hidden_sizes),
-        neck_hidden_sizes=list(shape.neck_hidden_sizes), num_attention_heads=shape.num_attention_heads,
-        expand_ratio=shape.expand_ratio, mlp_ratio=shape.mlp_ratio, num_labels=num_labels,
-        hidden_dropout_prob=0.0, classifier_dropout_prob=0.0,
+        image_size=shape.image_size,
+        hidden_sizes=list(shape.hidden_sizes),
+        neck_hidden_sizes=list(shape.neck_hidden_sizes),
+        num_attention_heads=shape.num_attention_heads,
+        expand_ratio=shape.expand_ratio,
+        mlp_ratio=shape.mlp_ratio,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        classifier_dropout_prob=0.0,
     )
     torch.manual_seed(seed)
     model = MobileViTForImageClassification(config)

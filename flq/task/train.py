@@ -43,7 +43,7 @@ class TrainStats:
 @dataclass
 class EvalStats:
     loss: float
-    score: float            # accuracy, or perplexity for causal LM
+    score: float  # accuracy, or perplexity for causal LM
     num_examples: int
 
 

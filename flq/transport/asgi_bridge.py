@@ -15,9 +15,15 @@ OnHead = Callable[[int, list[tuple[str, str]]], None]
 OnBody = Callable[[bytes, bool], None]
 
 
-def http_scope(method: str, path: str, headers: list[tuple[str, str]], *,
-               client: tuple[str, int] | None, server: tuple[str, int] | None,
-               state: dict[str, Any] | None = None) -> dict[str, Any]:
+def http_scope(
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    *,
+    client: tuple[str, int] | None,
+    server: tuple[str, int] | None,
+    state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     raw_path = path.encode("ascii")
     path_only, _, query = raw_path.partition(b"?")
     return {
@@ -38,8 +44,9 @@ def http_scope(method: str, path: str, headers: list[tuple[str, str]], *,
     }
 
 
-async def call_asgi(app: ASGIApp, scope: dict[str, Any], body: bytes, *, on_head: OnHead, on_body: OnBody,
-                    disconnected: asyncio.Event) -> None:
+async def call_asgi(
+    app: ASGIApp, scope: dict[str, Any], body: bytes, *, on_head: OnHead, on_body: OnBody, disconnected: asyncio.Event
+) -> None:
     """Feed `body` to the app, report its response through `on_head` / `on_body`.
 
     `disconnected` is set by the caller when the peer goes away; the app then sees

@@ -28,8 +28,12 @@ DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "FLQ development"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "FLQ development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _san(names: list[str]) -> x509.SubjectAlternativeName:
@@ -48,8 +52,9 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         os.chmod(path, 0o600)
 
 
-def make_certificates(outdir: str | os.PathLike, names: list[str] | tuple[str, ...] = (),
-                      days: int = 365) -> dict[str, Path]:
+def make_certificates(
+    outdir: str | os.PathLike, names: list[str] | tuple[str, ...] = (), days: int = 365
+) -> dict[str, Path]:
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     all_names = list(dict.fromkeys([*DEFAULT_NAMES, *names]))
@@ -59,13 +64,27 @@ def make_certificates(outdir: str | os.PathLike, names: list[str] | tuple[str, .
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("FLQ development CA")).issuer_name(_name("FLQ development CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(valid_from).not_valid_after(valid_to)
+        .subject_name(_name("FLQ development CA"))
+        .issuer_name(_name("FLQ development CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_to)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -73,9 +92,12 @@ def make_certificates(outdir: str | os.PathLike, names: list[str] | tuple[str, .
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(all_names[0])).issuer_name(ca_cert.subject)
-        .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(valid_from).not_valid_after(valid_to)
+        .subject_name(_name(all_names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_to)
         .add_extension(_san(all_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -84,10 +106,18 @@ def make_certificates(outdir: str | os.PathLike, names: list[str] | tuple[str, .
     )
 
     pem = serialization.Encoding.PEM
-    key_format = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8,
-                      encryption_algorithm=serialization.NoEncryption())
-    paths = {k: out / f for k, f in (("ca_cert", "ca.crt"), ("ca_key", "ca.key"),
-                                     ("server_cert", "server.pem"), ("server_key", "server.key"))}
+    key_format = dict(
+        encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption()
+    )
+    paths = {
+        k: out / f
+        for k, f in (
+            ("ca_cert", "ca.crt"),
+            ("ca_key", "ca.key"),
+            ("server_cert", "server.pem"),
+            ("server_key", "server.key"),
+        )
+    }
     _write(paths["ca_cert"], ca_cert.public_bytes(pem))
     _write(paths["ca_key"], ca_key.private_bytes(**key_format), private=True)
     _write(paths["server_cert"], server_cert.public_bytes(pem))
@@ -98,8 +128,12 @@ def make_certificates(outdir: str | os.PathLike, names: list[str] | tuple[str, .
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flq.transport.certs", description=__doc__.split("\n\n")[0])
     parser.add_argument("outdir", help="folder to write ca.crt, ca.key, server.pem, server.key into")
-    parser.add_argument("--name", action="append", default=[],
-                        help="extra DNS name or IP address for the server certificate (repeatable)")
+    parser.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="extra DNS name or IP address for the server certificate (repeatable)",
+    )
     parser.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     args = parser.parse_args(argv)
     paths = make_certificates(args.outdir, args.name, args.days)

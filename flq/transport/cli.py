@@ -31,17 +31,34 @@ from .supernode_quic import QuicClientOptions, default_session_file, install_qui
 
 def _add_quic_tuning_args(group: argparse._ArgumentGroup) -> None:
     defaults = QuicSettings()
-    group.add_argument("--quic-idle-timeout", type=float, default=defaults.idle_timeout, metavar="SECONDS",
-                       help=f"close a QUIC connection after this long without a packet (default {defaults.idle_timeout:g})")
-    group.add_argument("--quic-max-message-mib", type=int, default=defaults.limits.max_body >> 20, metavar="MIB",
-                       help="largest request or response body accepted over QUIC "
-                            f"(default {defaults.limits.max_body >> 20})")
-    group.add_argument("--quic-congestion-control", choices=("westwood", "reno", "cubic"), default=defaults.congestion_control,
-                       help=f"QUIC congestion controller (default {defaults.congestion_control}: "
-                            "keeps its window on random loss, see flq/transport/congestion.py)")
-    group.add_argument("--quic-resume-paths", action=argparse.BooleanOptionalAction, default=defaults.resume_paths,
-                       help="with westwood, a new connection starts from half the pipe this process last measured "
-                            "to the same peer host (careful resumption; default on)")
+    group.add_argument(
+        "--quic-idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        metavar="SECONDS",
+        help=f"close a QUIC connection after this long without a packet (default {defaults.idle_timeout:g})",
+    )
+    group.add_argument(
+        "--quic-max-message-mib",
+        type=int,
+        default=defaults.limits.max_body >> 20,
+        metavar="MIB",
+        help=f"largest request or response body accepted over QUIC (default {defaults.limits.max_body >> 20})",
+    )
+    group.add_argument(
+        "--quic-congestion-control",
+        choices=("westwood", "reno", "cubic"),
+        default=defaults.congestion_control,
+        help=f"QUIC congestion controller (default {defaults.congestion_control}: "
+        "keeps its window on random loss, see flq/transport/congestion.py)",
+    )
+    group.add_argument(
+        "--quic-resume-paths",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.resume_paths,
+        help="with westwood, a new connection starts from half the pipe this process last measured "
+        "to the same peer host (careful resumption; default on)",
+    )
 
 
 def _quic_settings(args: argparse.Namespace) -> QuicSettings:
@@ -59,27 +76,43 @@ def _quic_settings(args: argparse.Namespace) -> QuicSettings:
 
 def _add_superlink_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Fleet API over QUIC (FLQ)")
-    group.add_argument("--quic-address", default=None, metavar="HOST:PORT",
-                       help="UDP address of the Fleet API over QUIC (default: the same host and port "
-                            "number as the HTTP API, --host:--port, on UDP)")
-    group.add_argument("--quic-certfile", default=None,
-                       help="TLS certificate for QUIC (default: --ssl-certfile); required with --insecure")
+    group.add_argument(
+        "--quic-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="UDP address of the Fleet API over QUIC (default: the same host and port "
+        "number as the HTTP API, --host:--port, on UDP)",
+    )
+    group.add_argument(
+        "--quic-certfile",
+        default=None,
+        help="TLS certificate for QUIC (default: --ssl-certfile); required with --insecure",
+    )
     group.add_argument("--quic-keyfile", default=None, help="TLS key for QUIC (default: --ssl-keyfile)")
     _add_quic_tuning_args(group)
 
 
 def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Fleet API over QUIC (FLQ)")
-    group.add_argument("--quic-session-file", default=None, metavar="PATH",
-                       help="where to keep the TLS session ticket for 0-RTT reconnects (default: "
-                            "$FLWR_HOME/quic/session-<superlink>-node<port>.json)")
-    group.add_argument("--quic-server-name", default=None, metavar="NAME",
-                       help="name to verify in the SuperLink's certificate (default: the --superlink host)")
+    group.add_argument(
+        "--quic-session-file",
+        default=None,
+        metavar="PATH",
+        help="where to keep the TLS session ticket for 0-RTT reconnects (default: "
+        "$FLWR_HOME/quic/session-<superlink>-node<port>.json)",
+    )
+    group.add_argument(
+        "--quic-server-name",
+        default=None,
+        metavar="NAME",
+        help="name to verify in the SuperLink's certificate (default: the --superlink host)",
+    )
     _add_quic_tuning_args(group)
 
 
-def _parse(flower_parser: argparse.ArgumentParser, add_ours: Callable, prog: str,
-           argv: list[str]) -> tuple[argparse.Namespace, argparse.ArgumentParser, list[str]]:
+def _parse(
+    flower_parser: argparse.ArgumentParser, add_ours: Callable, prog: str, argv: list[str]
+) -> tuple[argparse.Namespace, argparse.ArgumentParser, list[str]]:
     """Parse Flower's flags plus ours; return the args, the parser and argv without our flags."""
     parser = flower_parser
     parser.prog = prog
@@ -112,8 +145,10 @@ def superlink_main(argv: list[str] | None = None) -> None:
     certfile = args.quic_certfile or args.ssl_certfile
     keyfile = args.quic_keyfile or args.ssl_keyfile
     if not certfile or not keyfile:
-        parser.error("QUIC always uses TLS 1.3: give --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile "
-                     "(or, with --insecure, --quic-certfile/--quic-keyfile)")
+        parser.error(
+            "QUIC always uses TLS 1.3: give --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile "
+            "(or, with --insecure, --quic-certfile/--quic-keyfile)"
+        )
     try:
         host, port = split_address(args.quic_address) if args.quic_address else (args.host, args.port)
     except ValueError as exc:
@@ -135,8 +170,10 @@ def supernode_main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, parser, flower_argv = _parse(_parse_args_run_supernode(), _add_supernode_args, "flq-supernode", argv)
     if args.insecure:
-        parser.error("--insecure is not supported: the QUIC Fleet transport always uses TLS 1.3. "
-                     "Give the SuperLink's CA certificate with --root-certificates instead.")
+        parser.error(
+            "--insecure is not supported: the QUIC Fleet transport always uses TLS 1.3. "
+            "Give the SuperLink's CA certificate with --root-certificates instead."
+        )
     try:
         split_address(args.superlink)
     except ValueError as exc:

@@ -1,10 +1,10 @@
 """A loss-tolerant congestion controller for aioquic: Reno's growth, Westwood's and Veno's answer to loss.
 
 Reno halves its window on every loss. On the links FLQ targets (Wi-Fi, cellular, long paths)
-much loss is random, not congestion, and halving on each one keeps the window tiny: measured
-here with 1% loss at 50 ms RTT, aioquic's Reno and Cubic moved a 4 MB adapter at ~0.3 MB/s,
-several times slower than Linux TCP. This controller keeps Reno's growth, except as below,
-and changes the answer to a loss:
+much loss is random, not congestion, and halving on each one keeps the window tiny: on
+emulated lossy links aioquic's Reno and Cubic moved an adapter far slower than this controller
+does (measured: docs/deployment.md, "How it works" and "Performance, measured"). This
+controller keeps Reno's growth, except as below, and changes the answer to a loss:
 
 * a loss while the smoothed RTT sits near its minimum had no queue behind it (TCP Veno's test):
   it is taken as random and the window is kept; slow start still ends when the RTT starts to
@@ -17,15 +17,16 @@ and changes the answer to a loss:
 * after a congestion loss the window grows by one datagram per RTT only while the RTT shows a
   queue; once the queue is gone it grows as in slow start again (TCP Westwood's agile probing).
   The rate behind the window it fell to was limited by that window, so Reno's creep kept it
-  there: measured at 50 ms and 1% loss, a persistent connection sat at ~300 KB (~5.5 MB/s)
-  round after round.
+  there: a persistent connection on a lossy link sat at that window round after round
+  (measured: docs/deployment.md, "How it works").
 
 A Fleet connection idles between rounds and carries small polls, so while the sender keeps less
 than half its window in flight (application-limited, RFC 9002 section 7.8) nothing it sees is
 about the path: the window neither grows nor shrinks, the delivery rate is not sampled, and
-HyStart ignores the RTT. Measured at 50 ms RTT and 1% loss without this rule: one lost poll (Reno's halving),
-a 0.26 MB/s sample from polls, or poll RTT jitter read as a queue each left a connection in
-congestion avoidance from ~14 KB, and its next 4 MB adapter took 2-4.6 s instead of ~0.8 s.
+HyStart ignores the RTT. Without this rule, one lost poll (Reno's halving), a delivery-rate
+sample from polls, or poll RTT jitter read as a queue each left a connection in congestion
+avoidance from a tiny window, and its next adapter took several times as long (measured:
+docs/deployment.md, "How it works"; tests/test_congestion.py holds these cases).
 
 Under congestion the delivery rate stops at the bottleneck and the RTT grows, so the window
 falls back to the bottleneck's pipe and drains the queue.
@@ -39,8 +40,8 @@ that host starts in slow start; once its first RTT sample shows the same kind of
 to half the remembered pipe, once. Pacing spreads the jump over an RTT, and a loss with a
 queue behind it falls back to the pipe measured on this connection, as above.
 
-Measured on the emulated links of benchmarks/transport_throughput.py; registered with aioquic
-as ``"westwood"`` on import.
+Measured on the emulated links of benchmarks/transport_throughput.py (results:
+benchmarks/results/transport_throughput.md); registered with aioquic as ``"westwood"`` on import.
 """
 
 from __future__ import annotations
@@ -219,10 +220,9 @@ class WestwoodCongestionControl(QuicCongestionControl):
         self._srtt = rtt if self._srtt is None else 0.875 * self._srtt + 0.125 * rtt
         # HyStart: leave slow start as the RTT grows, but only while the window is in use: the
         # RTTs of polls on an idle connection jitter with the hosts' load, not with a queue
-        # (measured: slow start ended at ~14 KB before the first adapter was sent).
+        # (without this check slow start ended before the first adapter was sent: docs/deployment.md).
         if self.ssthresh is None and not self.app_limited() and self._rtt_monitor.is_rtt_increasing(now=now, rtt=rtt):
             self.ssthresh = self.congestion_window
-
 
     def _plan_resume(self, now: float, first_rtt: float) -> None:
         """On the first RTT sample: jump later to half the remembered pipe if the path looks the same."""

@@ -14,7 +14,15 @@ FLOWER_VERSION = "1.41.0"
 
 # --- SuperLink ---------------------------------------------------------------------------
 # Builds Flower's FastAPI app (Fleet, Control and Runtime routes, middleware, shared state).
-from flwr.superlink.main import create_app  # noqa: E402
+# --- shared ------------------------------------------------------------------------------
+from flwr.supercore.http_logging import get_uvicorn_log_config  # noqa: E402
+from flwr.supercore.logger import console_handler  # noqa: E402
+
+# The subclass replaces ProtobufClient's PRIVATE `_client` (an httpx.Client) after __init__.
+from flwr.supercore.protobuf.client import ProtobufClient  # noqa: E402
+from flwr.supercore.telemetry import EventType, event  # noqa: E402
+from flwr.supercore.update_check import warn_if_flwr_update_available  # noqa: E402
+
 # The lifespan class `flower-superlink` hands to create_app (state, SuperExec, health).
 # PRIVATE: Flower's own CLI parser and its parse-and-validate step, reused so that every
 # Flower flag keeps its meaning; the second reads sys.argv.
@@ -24,22 +32,17 @@ from flwr.superlink.cli.flower_superlink import (  # noqa: E402
     _parse_superlink_lifespan_config,
 )
 from flwr.superlink.config_loader import SuperLinkLifespanConfig  # noqa: E402
+from flwr.superlink.main import create_app  # noqa: E402
 
 # --- SuperNode ---------------------------------------------------------------------------
 from flwr.supernode import fleet_http_connection  # noqa: E402
+
+# PRIVATE: Flower's SuperNode parser (reused as above) and its entry point.
+from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode, flower_supernode  # noqa: E402
+
 # `fleet_http_connection.http_request_response` builds its Fleet client through the module
 # global `FleetHttpClient`; flq-supernode substitutes a subclass there.
 from flwr.supernode.fleet_http_client import FleetHttpClient  # noqa: E402
-# PRIVATE: Flower's SuperNode parser (reused as above) and its entry point.
-from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode, flower_supernode  # noqa: E402
-# The subclass replaces ProtobufClient's PRIVATE `_client` (an httpx.Client) after __init__.
-from flwr.supercore.protobuf.client import ProtobufClient  # noqa: E402
-
-# --- shared ------------------------------------------------------------------------------
-from flwr.supercore.http_logging import get_uvicorn_log_config  # noqa: E402
-from flwr.supercore.logger import console_handler  # noqa: E402
-from flwr.supercore.telemetry import EventType, event  # noqa: E402
-from flwr.supercore.update_check import warn_if_flwr_update_available  # noqa: E402
 
 FLEET_CONNECTION_MODULE = fleet_http_connection
 FLEET_CLIENT_GLOBAL = "FleetHttpClient"
@@ -55,8 +58,22 @@ def check_flower_version() -> None:
 
 
 __all__ = [
-    "FLOWER_VERSION", "check_flower_version", "create_app", "SuperLinkLifespan", "SuperLinkLifespanConfig",
-    "_parse_args_run_superlink", "_parse_superlink_lifespan_config", "FleetHttpClient", "ProtobufClient",
-    "FLEET_CONNECTION_MODULE", "FLEET_CLIENT_GLOBAL", "_parse_args_run_supernode", "flower_supernode",
-    "get_uvicorn_log_config", "console_handler", "EventType", "event", "warn_if_flwr_update_available",
+    "FLOWER_VERSION",
+    "check_flower_version",
+    "create_app",
+    "SuperLinkLifespan",
+    "SuperLinkLifespanConfig",
+    "_parse_args_run_superlink",
+    "_parse_superlink_lifespan_config",
+    "FleetHttpClient",
+    "ProtobufClient",
+    "FLEET_CONNECTION_MODULE",
+    "FLEET_CLIENT_GLOBAL",
+    "_parse_args_run_supernode",
+    "flower_supernode",
+    "get_uvicorn_log_config",
+    "console_handler",
+    "EventType",
+    "event",
+    "warn_if_flwr_update_available",
 ]

@@ -222,15 +222,21 @@ def encode_frame(frame_type: FrameType, payload: bytes, *, compressed: bool = Fa
     return FRAME_HEADER.pack(len(payload), type_byte) + payload
 
 
-def encode_request_head(method: str, path: str, headers: Iterable[tuple[str, str]] = (),
-                        limits: Limits = DEFAULT_LIMITS) -> bytes:
+def encode_request_head(
+    method: str, path: str, headers: Iterable[tuple[str, str]] = (), limits: Limits = DEFAULT_LIMITS
+) -> bytes:
     if not _METHOD.fullmatch(method):
         raise FrameError(ErrorCode.MALFORMED, f"invalid method {method[:32]!r}")
     if len(path) > limits.max_path or not _PATH.fullmatch(path):
         raise FrameError(ErrorCode.MALFORMED, f"invalid path {path[:64]!r}")
     checked = _check_headers(headers, limits)
-    payload = (len(method).to_bytes(1, "big") + method.encode("ascii")
-               + len(path).to_bytes(2, "big") + path.encode("ascii") + _pack_headers(checked))
+    payload = (
+        len(method).to_bytes(1, "big")
+        + method.encode("ascii")
+        + len(path).to_bytes(2, "big")
+        + path.encode("ascii")
+        + _pack_headers(checked)
+    )
     if len(payload) > limits.max_head_bytes:
         raise FrameError(ErrorCode.FRAME_TOO_LARGE, f"request head of {len(payload)} bytes")
     return encode_frame(FrameType.REQUEST_HEAD, payload)
@@ -252,8 +258,9 @@ def decode_request_head(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Requ
     return RequestHead(method, path, headers)
 
 
-def encode_response_head(status: int, headers: Iterable[tuple[str, str]] = (),
-                         limits: Limits = DEFAULT_LIMITS) -> bytes:
+def encode_response_head(
+    status: int, headers: Iterable[tuple[str, str]] = (), limits: Limits = DEFAULT_LIMITS
+) -> bytes:
     if not 100 <= status <= 599:
         raise FrameError(ErrorCode.MALFORMED, f"invalid status {status}")
     payload = status.to_bytes(2, "big") + _pack_headers(_check_headers(headers, limits))
@@ -281,8 +288,7 @@ def encode_body_chunk(chunk: bytes, *, compress: bool = True) -> bytes:
     return encode_frame(FrameType.BODY, chunk)
 
 
-def decode_body(payload: bytes, compressed: bool, limits: Limits = DEFAULT_LIMITS,
-                budget: int | None = None) -> bytes:
+def decode_body(payload: bytes, compressed: bool, limits: Limits = DEFAULT_LIMITS, budget: int | None = None) -> bytes:
     """A BODY payload; `budget` is how many body bytes the message may still carry."""
     budget = limits.max_body if budget is None else budget
     if not compressed:
@@ -292,8 +298,9 @@ def decode_body(payload: bytes, compressed: bool, limits: Limits = DEFAULT_LIMIT
     reader = _Reader(payload)
     size = reader.u32("decompressed size")
     if size > limits.max_frame_payload:
-        raise FrameError(ErrorCode.FRAME_TOO_LARGE,
-                         f"LZ4 frame inflates to {size} bytes > limit {limits.max_frame_payload}")
+        raise FrameError(
+            ErrorCode.FRAME_TOO_LARGE, f"LZ4 frame inflates to {size} bytes > limit {limits.max_frame_payload}"
+        )
     if size > budget:
         raise FrameError(ErrorCode.BODY_TOO_LARGE, f"body exceeds {limits.max_body} bytes")
     packed = reader.take(len(payload) - 4, "LZ4 data")
@@ -334,24 +341,42 @@ def decode_error(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> PeerError:
 
 def encode_body(body: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE, compress: bool = True) -> list[bytes]:
     view = memoryview(body)
-    return [encode_body_chunk(bytes(view[i : i + chunk_size]), compress=compress)
-            for i in range(0, len(body), chunk_size)]
+    return [
+        encode_body_chunk(bytes(view[i : i + chunk_size]), compress=compress) for i in range(0, len(body), chunk_size)
+    ]
 
 
-def encode_request(method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes,
-                   *, limits: Limits = DEFAULT_LIMITS, compress: bool = True) -> list[bytes]:
+def encode_request(
+    method: str,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    compress: bool = True,
+) -> list[bytes]:
     if len(body) > limits.max_body:
         raise FrameError(ErrorCode.BODY_TOO_LARGE, f"request body of {len(body)} bytes")
-    return [encode_request_head(method, path, headers, limits),
-            *encode_body(body, chunk_size=min(DEFAULT_CHUNK_SIZE, limits.max_frame_payload), compress=compress),
-            encode_end()]
+    return [
+        encode_request_head(method, path, headers, limits),
+        *encode_body(body, chunk_size=min(DEFAULT_CHUNK_SIZE, limits.max_frame_payload), compress=compress),
+        encode_end(),
+    ]
 
 
-def encode_response(status: int, headers: Sequence[tuple[str, str]], body: bytes,
-                    *, limits: Limits = DEFAULT_LIMITS, compress: bool = True) -> list[bytes]:
-    return [encode_response_head(status, headers, limits),
-            *encode_body(body, chunk_size=min(DEFAULT_CHUNK_SIZE, limits.max_frame_payload), compress=compress),
-            encode_end()]
+def encode_response(
+    status: int,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    compress: bool = True,
+) -> list[bytes]:
+    return [
+        encode_response_head(status, headers, limits),
+        *encode_body(body, chunk_size=min(DEFAULT_CHUNK_SIZE, limits.max_frame_payload), compress=compress),
+        encode_end(),
+    ]
 
 
 # --- the stream decoder ------------------------------------------------------------------
@@ -428,8 +453,9 @@ class StreamDecoder:
             # a single payload byte is buffered.
             limit = self._max_payload(frame_type, compressed)
             if length > limit:
-                raise FrameError(ErrorCode.FRAME_TOO_LARGE,
-                                 f"{frame_type.name} frame declares {length} bytes > limit {limit}")
+                raise FrameError(
+                    ErrorCode.FRAME_TOO_LARGE, f"{frame_type.name} frame declares {length} bytes > limit {limit}"
+                )
             self._check_order(frame_type)
             end = FRAME_HEADER.size + length
             if len(buffer) < end:
@@ -446,8 +472,9 @@ class StreamDecoder:
             return
         if self._state == _AWAIT_HEAD:
             if frame_type is not self._head_type:
-                raise FrameError(ErrorCode.UNEXPECTED_FRAME,
-                                 f"{frame_type.name} frame where {self._head_type.name} was expected")
+                raise FrameError(
+                    ErrorCode.UNEXPECTED_FRAME, f"{frame_type.name} frame where {self._head_type.name} was expected"
+                )
         elif frame_type not in (FrameType.BODY, FrameType.END):
             raise FrameError(ErrorCode.UNEXPECTED_FRAME, f"{frame_type.name} frame inside a body")
 

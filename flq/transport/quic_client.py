@@ -85,8 +85,9 @@ class _PendingResponse:
 
 
 class _ClientConnection(QuicConnectionProtocol):
-    def __init__(self, quic: QuicConnection, stream_handler=None, *, client: FleetQuicClient,
-                 sock: socket.socket) -> None:
+    def __init__(
+        self, quic: QuicConnection, stream_handler=None, *, client: FleetQuicClient, sock: socket.socket
+    ) -> None:
         super().__init__(quic, stream_handler)
         self._client = client
         self.sock = sock  # the socket its transport reads, drained directly on each wake-up
@@ -158,9 +159,13 @@ class _ClientConnection(QuicConnectionProtocol):
             self.terminated = True
             reason = event.reason_phrase or f"error code {event.error_code:#x}"
             if not self.handshake.done():
-                self.handshake.set_exception(QuicConnectFailed(f"QUIC handshake with {self._client.target} failed: {reason}"))
+                self.handshake.set_exception(
+                    QuicConnectFailed(f"QUIC handshake with {self._client.target} failed: {reason}")
+                )
                 self.handshake.exception()  # retrieved: no "never retrieved" warning
-                error: QuicTransportError = QuicConnectFailed(f"QUIC connection to {self._client.target} failed: {reason}")
+                error: QuicTransportError = QuicConnectFailed(
+                    f"QUIC connection to {self._client.target} failed: {reason}"
+                )
             else:
                 error = QuicConnectionLost(f"QUIC connection to {self._client.target} closed: {reason}")
             for stream_id in list(self.pending):
@@ -177,7 +182,9 @@ class _ClientConnection(QuicConnectionProtocol):
                 elif isinstance(item, frames.BodyChunk):
                     pending.body += item.data
                 elif isinstance(item, frames.MessageEnd):
-                    self._finish(event.stream_id, Response(pending.head.status, pending.head.headers, bytes(pending.body)))
+                    self._finish(
+                        event.stream_id, Response(pending.head.status, pending.head.headers, bytes(pending.body))
+                    )
                 elif isinstance(item, frames.PeerError):
                     self._finish(event.stream_id, _error_response(item))
             if event.end_stream:
@@ -213,7 +220,7 @@ async def _close_when_drained(conn: _ClientConnection | None, transport: asyncio
     if conn is not None:
         try:
             await asyncio.wait_for(conn.wait_closed(), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     transport.close()
 
@@ -231,9 +238,18 @@ def _error_response(error: frames.PeerError) -> Response:
 class FleetQuicClient:
     """Owns at most one QUIC connection to `host:port`; must be used from one event loop."""
 
-    def __init__(self, host: str, port: int, *, server_name: str | None = None, cafile: str | None = None,
-                 cadata: bytes | None = None, settings: QuicSettings | None = None,
-                 ticket_file: TicketFile | None = None, alpn: str = frames.ALPN) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        server_name: str | None = None,
+        cafile: str | None = None,
+        cadata: bytes | None = None,
+        settings: QuicSettings | None = None,
+        ticket_file: TicketFile | None = None,
+        alpn: str = frames.ALPN,
+    ) -> None:
         self.host, self.port = host, port
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.server_name = server_name or host
@@ -290,23 +306,35 @@ class FleetQuicClient:
         except OSError as exc:
             raise QuicConnectFailed(f"cannot resolve {self.target}: {exc}") from None
         family, _, _, _, addr = infos[0]
-        config = client_configuration(self.server_name, self.settings, cafile=self._cafile, cadata=self._cadata,
-                                      session_ticket=self._ticket, alpn=self._alpn)
+        config = client_configuration(
+            self.server_name,
+            self.settings,
+            cafile=self._cafile,
+            cadata=self._cadata,
+            session_ticket=self._ticket,
+            alpn=self._alpn,
+        )
         ticket_arrived = asyncio.Event()
-        quic = QuicConnection(configuration=config,
-                              session_ticket_handler=lambda ticket: self._on_ticket(ticket, ticket_arrived))
+        quic = QuicConnection(
+            configuration=config, session_ticket_handler=lambda ticket: self._on_ticket(ticket, ticket_arrived)
+        )
         addr = addr[:2] if family == socket.AF_INET else addr
         if self.settings.resume_paths:
             remember_paths(quic, addr[0])
         sock = self._connected_socket(family, addr)
         self._transport, conn = await loop.create_datagram_endpoint(
-            lambda: _ClientConnection(quic, client=self, sock=sock), sock=sock)
+            lambda: _ClientConnection(quic, client=self, sock=sock), sock=sock
+        )
         conn.connect(addr)
         conn.ticket_arrived = ticket_arrived
         ticket = self._ticket
         # aioquic sends early data exactly when it resumes with a ticket that allows it.
-        conn.has_early_keys = bool(ticket is not None and ticket.is_valid and ticket.max_early_data_size
-                                   and ticket.server_name == self.server_name)
+        conn.has_early_keys = bool(
+            ticket is not None
+            and ticket.is_valid
+            and ticket.max_early_data_size
+            and ticket.server_name == self.server_name
+        )
         self._conn = conn
         self.stats.connections += 1
         self._keepalive = asyncio.ensure_future(self._ping_while_open(conn))
@@ -346,13 +374,25 @@ class FleetQuicClient:
         self.stats.handshakes += 1
         self.stats.resumed += int(event.session_resumed)
         self.stats.early_data_accepted += int(event.early_data_accepted)
-        log.info("QUIC connected to %s (resumed=%s, 0-RTT %s)", self.target, event.session_resumed,
-                 "accepted" if event.early_data_accepted else "not used")
+        log.info(
+            "QUIC connected to %s (resumed=%s, 0-RTT %s)",
+            self.target,
+            event.session_resumed,
+            "accepted" if event.early_data_accepted else "not used",
+        )
 
     # --- requests ---------------------------------------------------------------------
 
-    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, *,
-                      connect_timeout: float | None = None, read_timeout: float | None = None) -> Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> Response:
         data = b"".join(frames.encode_request(method, path, headers, body, limits=self.settings.limits))
         connect_timeout = connect_timeout or self.settings.handshake_timeout
         conn = await self._connection()
@@ -368,8 +408,9 @@ class FleetQuicClient:
         sent_at = loop.time()
 
         if not conn.handshake.done():
-            done, _ = await asyncio.wait([conn.handshake, pending.future], timeout=connect_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [conn.handshake, pending.future], timeout=connect_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:
                 self._drop_connection("handshake timeout")
                 conn.pending.pop(stream_id, None)
@@ -380,7 +421,7 @@ class FleetQuicClient:
                 raise conn.handshake.exception()
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), read_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             conn.cancel_stream(stream_id)
             if conn.last_received < sent_at and conn is self._conn:
                 # Nothing at all came back, not even an ACK: the peer is gone (crashed or
@@ -424,7 +465,7 @@ class FleetQuicClient:
         if conn is not None and not conn.terminated and conn.handshake.done() and not conn.handshake.exception():
             try:
                 await asyncio.wait_for(conn.ticket_arrived.wait(), TICKET_WAIT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._drop_connection("client disconnecting")  # the socket closes once drained
 
@@ -434,4 +475,3 @@ class FleetQuicClient:
         self._drop_connection("client closing")
         if transport is not None:
             await _close_when_drained(conn, transport)
-

@@ -70,12 +70,16 @@ class QuicHttpTransport(httpx.BaseTransport):
         connect = timeouts.get("connect") or self.client.settings.handshake_timeout
         read = timeouts.get("read") or _NO_TIMEOUT_GUARD
         path = request.url.raw_path.decode("ascii")
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers.raw
-                   if k.decode("latin-1").lower() not in _HOP_HEADERS]
+        headers = [
+            (k.decode("latin-1").lower(), v.decode("latin-1"))
+            for k, v in request.headers.raw
+            if k.decode("latin-1").lower() not in _HOP_HEADERS
+        ]
         body = request.read()
         future = asyncio.run_coroutine_threadsafe(
             self.client.request(request.method, path, headers, body, connect_timeout=connect, read_timeout=read),
-            self._loop)
+            self._loop,
+        )
         try:
             # The client enforces both timeouts itself; this outer bound is only a hang guard.
             response = future.result(connect + read + 5.0)

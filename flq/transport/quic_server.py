@@ -38,16 +38,18 @@ FLEET_PREFIX = "/v1/fleet/"
 # and confirm are idempotent), and pull-messages, whose replay can at worst hide a message
 # from its node, which an on-path attacker able to replay can do anyway by dropping packets.
 # Everything else (push-messages, register/unregister/deactivate-node) waits for the handshake.
-FLEET_EARLY_SAFE_PATHS = frozenset({
-    "/v1/fleet/send-node-heartbeat",
-    "/v1/fleet/get-run",
-    "/v1/fleet/get-fab",
-    "/v1/fleet/pull-object",
-    "/v1/fleet/push-object",
-    "/v1/fleet/pull-messages",
-    "/v1/fleet/confirm-message-received",
-    "/v1/fleet/activate-node",
-})
+FLEET_EARLY_SAFE_PATHS = frozenset(
+    {
+        "/v1/fleet/send-node-heartbeat",
+        "/v1/fleet/get-run",
+        "/v1/fleet/get-fab",
+        "/v1/fleet/pull-object",
+        "/v1/fleet/push-object",
+        "/v1/fleet/pull-messages",
+        "/v1/fleet/confirm-message-received",
+        "/v1/fleet/activate-node",
+    }
+)
 QUIC_APP_ERROR = 0x100  # application error code for STOP_SENDING on a refused stream
 
 
@@ -109,7 +111,9 @@ class _FleetServerConnection(QuicConnectionProtocol):
                 stream.disconnected.set()
             self._streams.clear()
             self._buffered = 0
-            log.info("QUIC connection from %s closed: %s", self._peer_text(), event.reason_phrase or "idle or peer closed")
+            log.info(
+                "QUIC connection from %s closed: %s", self._peer_text(), event.reason_phrase or "idle or peer closed"
+            )
 
     def datagram_received(self, data, addr) -> None:
         key = _addr_key(addr)
@@ -140,8 +144,12 @@ class _FleetServerConnection(QuicConnectionProtocol):
         stats.resumed += int(event.session_resumed)
         stats.early_data_accepted += int(event.early_data_accepted)
         self._handshake_done.set()
-        log.info("QUIC connection from %s (resumed=%s, 0-RTT %s)", self._peer_text(), event.session_resumed,
-                 "accepted" if event.early_data_accepted else "not used")
+        log.info(
+            "QUIC connection from %s (resumed=%s, 0-RTT %s)",
+            self._peer_text(),
+            event.session_resumed,
+            "accepted" if event.early_data_accepted else "not used",
+        )
 
     def _on_stream_data(self, event: events.StreamDataReceived) -> None:
         stream = self._streams.get(event.stream_id)
@@ -168,15 +176,17 @@ class _FleetServerConnection(QuicConnectionProtocol):
             if item.method != "POST":
                 raise frames.FrameError(frames.ErrorCode.METHOD_NOT_ALLOWED, f"method {item.method} not allowed")
             if not item.path.startswith(self._server.allowed_prefix):
-                raise frames.FrameError(frames.ErrorCode.PATH_NOT_ALLOWED,
-                                        f"path {item.path} is not served over QUIC "
-                                        f"(only {self._server.allowed_prefix}*)")
+                raise frames.FrameError(
+                    frames.ErrorCode.PATH_NOT_ALLOWED,
+                    f"path {item.path} is not served over QUIC (only {self._server.allowed_prefix}*)",
+                )
             stream.head = item
         elif isinstance(item, frames.BodyChunk):
             self._buffered += len(item.data)
             if self._buffered > self._server.max_buffered_per_connection:
-                raise frames.FrameError(frames.ErrorCode.BODY_TOO_LARGE,
-                                        "too many request bytes buffered on this connection")
+                raise frames.FrameError(
+                    frames.ErrorCode.BODY_TOO_LARGE, "too many request bytes buffered on this connection"
+                )
             stream.body += item.data
         elif isinstance(item, frames.MessageEnd):
             stream.dispatched = True
@@ -201,13 +211,23 @@ class _FleetServerConnection(QuicConnectionProtocol):
             await self._wait_handshake()
             if not self._handshake_done.is_set():
                 return  # never confirmed: possibly a replay, so never executed
-        scope = http_scope(head.method, head.path, list(head.headers), client=self._peer,
-                           server=server.address, state=server.lifespan_state())
+        scope = http_scope(
+            head.method,
+            head.path,
+            list(head.headers),
+            client=self._peer,
+            server=server.address,
+            state=server.lifespan_state(),
+        )
         try:
-            await call_asgi(server.app, scope, body,
-                            on_head=functools.partial(self._send_head, stream),
-                            on_body=functools.partial(self._send_body, stream),
-                            disconnected=stream.disconnected)
+            await call_asgi(
+                server.app,
+                scope,
+                body,
+                on_head=functools.partial(self._send_head, stream),
+                on_body=functools.partial(self._send_body, stream),
+                disconnected=stream.disconnected,
+            )
         except Exception:  # the app's own failure: it has answered 500 already
             log.exception("Fleet request %s over QUIC failed", head.path)
         finally:
@@ -217,8 +237,9 @@ class _FleetServerConnection(QuicConnectionProtocol):
     async def _wait_handshake(self) -> None:
         waiters = [asyncio.ensure_future(self._handshake_done.wait()), asyncio.ensure_future(self._terminated.wait())]
         try:
-            await asyncio.wait(waiters, timeout=self._server.settings.handshake_timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters, timeout=self._server.settings.handshake_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -240,8 +261,9 @@ class _FleetServerConnection(QuicConnectionProtocol):
         self._send(stream, frames.encode_response_head(status, kept[: limits.max_headers], limits))
 
     def _send_body(self, stream: _RequestStream, data: bytes, more: bool) -> None:
-        out = frames.encode_body(data, chunk_size=min(frames.DEFAULT_CHUNK_SIZE,
-                                                      self._server.settings.limits.max_frame_payload))
+        out = frames.encode_body(
+            data, chunk_size=min(frames.DEFAULT_CHUNK_SIZE, self._server.settings.limits.max_frame_payload)
+        )
         if not more:
             out.append(frames.encode_end())
         self._send(stream, b"".join(out), end=not more)
@@ -304,10 +326,18 @@ class _DrainingQuicServer(QuicServer):
 class FleetQuicServer:
     """Serves `app`'s Fleet routes over QUIC on one UDP socket, in the running event loop."""
 
-    def __init__(self, app: ASGIApp, *, certfile: str, keyfile: str, settings: QuicSettings | None = None,
-                 allowed_prefix: str = FLEET_PREFIX, early_safe_paths: Iterable[str] = FLEET_EARLY_SAFE_PATHS,
-                 lifespan_state: Callable[[], dict] = dict,
-                 max_buffered_per_connection: int | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        certfile: str,
+        keyfile: str,
+        settings: QuicSettings | None = None,
+        allowed_prefix: str = FLEET_PREFIX,
+        early_safe_paths: Iterable[str] = FLEET_EARLY_SAFE_PATHS,
+        lifespan_state: Callable[[], dict] = dict,
+        max_buffered_per_connection: int | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings or QuicSettings()
         self.allowed_prefix = allowed_prefix

@@ -29,7 +29,8 @@ class QuicSettings:
     # Flow-control windows: large enough that a 4 MB adapter never waits on a window update.
     max_data: int = 32 << 20
     max_stream_data: int = 16 << 20
-    # Measured here: default ~208 KiB buffers drop packets at QUIC speeds and cut throughput by a third.
+    # The kernel's default buffers (~208 KiB on Linux) drop packets at QUIC speeds and cost throughput
+    # (measured: docs/deployment.md, "Sockets and windows").
     socket_buffer: int = 4 << 20
     max_datagram_size: int = 1350  # fits a 1500-byte MTU with IPv6 + UDP headers to spare
     # Datagrams read per wake-up before answering: asyncio reads one per event-loop pass, and
@@ -55,9 +56,15 @@ def server_configuration(certfile: str, keyfile: str, settings: QuicSettings) ->
     return config
 
 
-def client_configuration(server_name: str, settings: QuicSettings, *, cafile: str | None = None,
-                         cadata: bytes | None = None, session_ticket: SessionTicket | None = None,
-                         alpn: str = ALPN) -> QuicConfiguration:
+def client_configuration(
+    server_name: str,
+    settings: QuicSettings,
+    *,
+    cafile: str | None = None,
+    cadata: bytes | None = None,
+    session_ticket: SessionTicket | None = None,
+    alpn: str = ALPN,
+) -> QuicConfiguration:
     config = _apply(QuicConfiguration(is_client=True, alpn_protocols=[alpn]), settings)
     config.server_name = server_name
     config.verify_mode = ssl.CERT_REQUIRED  # QUIC is always TLS 1.3 with a verified server
@@ -76,11 +83,17 @@ def set_socket_buffers(sock: socket.socket, size: int) -> tuple[int, int]:
                 sock.setsockopt(socket.SOL_SOCKET, force, size)
             except OSError:
                 pass
-    granted = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-               sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    granted = (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+    )
     if min(granted) < size:  # Linux reports twice the usable size, so this is a real shortfall
-        log.warning("UDP socket buffers limited to %s/%s bytes (asked %s); raise "
-                    "net.core.rmem_max / wmem_max for full QUIC throughput", *granted, size)
+        log.warning(
+            "UDP socket buffers limited to %s/%s bytes (asked %s); raise "
+            "net.core.rmem_max / wmem_max for full QUIC throughput",
+            *granted,
+            size,
+        )
     return granted
 
 

@@ -38,23 +38,30 @@ class QuicListen:
 def run_superlink(config: SuperLinkLifespanConfig, quic: QuicListen) -> None:
     """Blocking, like `flower-superlink`: returns when the server is asked to exit."""
     app = create_app(config, SuperLinkLifespan)
-    server = uvicorn.Server(uvicorn.Config(
-        app=app,
-        host=config.host,
-        port=config.port,
-        reload=False,
-        access_log=True,
-        log_config=get_uvicorn_log_config(console_handler.level),
-        ssl_keyfile=config.ssl_keyfile,
-        ssl_certfile=config.ssl_certfile,
-        workers=1,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app=app,
+            host=config.host,
+            port=config.port,
+            reload=False,
+            access_log=True,
+            log_config=get_uvicorn_log_config(console_handler.level),
+            ssl_keyfile=config.ssl_keyfile,
+            ssl_certfile=config.ssl_certfile,
+            workers=1,
+        )
+    )
     asyncio.run(_serve(server, app, quic))
 
 
 async def _serve(server: uvicorn.Server, app, quic: QuicListen) -> None:
-    fleet = FleetQuicServer(app, certfile=quic.certfile, keyfile=quic.keyfile, settings=quic.settings,
-                            lifespan_state=lambda: getattr(getattr(server, "lifespan", None), "state", {}))
+    fleet = FleetQuicServer(
+        app,
+        certfile=quic.certfile,
+        keyfile=quic.keyfile,
+        settings=quic.settings,
+        lifespan_state=lambda: getattr(getattr(server, "lifespan", None), "state", {}),
+    )
     http = asyncio.ensure_future(server.serve())
     # Start QUIC only once the app's lifespan (LinkState, SuperExec) is up, as HTTP does.
     while not server.started and not http.done():

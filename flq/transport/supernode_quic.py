@@ -41,8 +41,7 @@ def make_quic_fleet_client_class(options: QuicClientOptions) -> type[FleetHttpCl
         quic_options = options
 
         @classmethod
-        def from_server_address(cls, server_address, insecure, root_certificates, interceptors, *,
-                                retry_invoker=None):
+        def from_server_address(cls, server_address, insecure, root_certificates, interceptors, *, retry_invoker=None):
             if insecure:
                 raise ValueError("The QUIC Fleet transport always uses TLS 1.3: `insecure` is not supported.")
             host, port = split_address(server_address)
@@ -53,8 +52,13 @@ def make_quic_fleet_client_class(options: QuicClientOptions) -> type[FleetHttpCl
                 tls["cafile"] = str(root_certificates)
             # else: the system's default CA bundle, as Flower's own HTTPS client does
             transport = QuicHttpTransport(
-                host, port, server_name=options.server_name, settings=options.settings,
-                ticket_file=TicketFile(options.session_file) if options.session_file else None, **tls)
+                host,
+                port,
+                server_name=options.server_name,
+                settings=options.settings,
+                ticket_file=TicketFile(options.session_file) if options.session_file else None,
+                **tls,
+            )
             client = cls(f"https://{server_address}", interceptors=interceptors, retry_invoker=retry_invoker)
             timeout = client._client.timeout
             client._client.close()

@@ -49,15 +49,27 @@ def main(grid: Grid, context: Context) -> None:
     rng = np.random.default_rng(0)
     for size in [int(s) for s in str(cfg["sizes-bytes"]).split(",")]:
         for rep in range(int(cfg["reps"])):
-            for node_id in order[rep % len(order):] + order[: rep % len(order)]:
+            for node_id in order[rep % len(order) :] + order[: rep % len(order)]:
                 adapter = rng.standard_normal(size // 4).astype(np.float32)
-                content = RecordDict({"arrays": ArrayRecord({"adapter": Array(adapter)}),
-                                      "config": ConfigRecord({"size": size, "rep": rep})})
+                content = RecordDict(
+                    {
+                        "arrays": ArrayRecord({"adapter": Array(adapter)}),
+                        "config": ConfigRecord({"size": size, "rep": rep}),
+                    }
+                )
                 started = time.monotonic()
                 reply = _ask(grid, node_id, content, MessageType.TRAIN, float(cfg["round-timeout"]))
                 ok = reply is not None and reply.content["arrays"]["adapter"].numpy().nbytes == adapter.nbytes
-                out["rounds"].append({"node": str(node_id), "label": labels[node_id], "size": size, "rep": rep,
-                                      "ok": ok, "server_seconds": time.monotonic() - started})
+                out["rounds"].append(
+                    {
+                        "node": str(node_id),
+                        "label": labels[node_id],
+                        "size": size,
+                        "rep": rep,
+                        "ok": ok,
+                        "server_seconds": time.monotonic() - started,
+                    }
+                )
                 save()
     out["status"] = "ok"
     save()

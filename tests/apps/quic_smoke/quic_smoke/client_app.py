@@ -25,9 +25,11 @@ def train(msg: Message, context: Context) -> Message:
     w = msg.content["arrays"]["w"].numpy()
     rng = np.random.default_rng(1000 * rnd + pid)
     update = (w + 1.0 + 0.01 * rng.standard_normal(w.shape)).astype(np.float32)
-    content = RecordDict({
-        "arrays": ArrayRecord({"w": Array(update)}),
-        "metrics": MetricRecord({"num-examples": 10 + pid, "loss": float(np.abs(update).mean())}),
-        "node": ConfigRecord({"tier": tier, "partition-id": pid, "round": rnd}),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"w": Array(update)}),
+            "metrics": MetricRecord({"num-examples": 10 + pid, "loss": float(np.abs(update).mean())}),
+            "node": ConfigRecord({"tier": tier, "partition-id": pid, "round": rnd}),
+        }
+    )
     return Message(content=content, reply_to=msg)

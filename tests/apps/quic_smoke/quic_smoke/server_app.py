@@ -54,13 +54,17 @@ def main(grid: Grid, context: Context) -> None:
     result = {"status": "running", "run_id": context.run_id, "rounds": []}
     result_file = str(cfg["result-file"])
     try:
-        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1,
-                          min_available_nodes=int(cfg["min-nodes"]))
+        strategy = FedAvg(
+            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=int(cfg["min-nodes"])
+        )
         arrays = ArrayRecord({"w": Array(np.zeros(int(cfg["array-size"]), dtype=np.float32))})
         dropped: set[int] = set()
         for rnd in range(1, int(cfg["num-server-rounds"]) + 1):
-            messages = [m for m in strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
-                        if m.metadata.dst_node_id not in dropped]
+            messages = [
+                m
+                for m in strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
+                if m.metadata.dst_node_id not in dropped
+            ]
             sent = [m.metadata.dst_node_id for m in messages]
             replies = _collect(grid, messages, float(cfg["round-timeout"]), int(cfg["quorum"]))
             ok = [r for r in replies if not r.has_error()]
@@ -70,12 +74,17 @@ def main(grid: Grid, context: Context) -> None:
             new_arrays, metrics = strategy.aggregate_train(rnd, ok)
             if new_arrays is not None:
                 arrays = new_arrays
-            result["rounds"].append({
-                "round": rnd, "sent": [str(n) for n in sent], "replied": replied, "missed": [str(n) for n in missed],
-                "errors": [r.error.reason for r in replies if r.has_error()],
-                "metrics": dict(metrics) if metrics is not None else {},
-                "w_mean": float(arrays["w"].numpy().mean()),
-            })
+            result["rounds"].append(
+                {
+                    "round": rnd,
+                    "sent": [str(n) for n in sent],
+                    "replied": replied,
+                    "missed": [str(n) for n in missed],
+                    "errors": [r.error.reason for r in replies if r.has_error()],
+                    "metrics": dict(metrics) if metrics is not None else {},
+                    "w_mean": float(arrays["w"].numpy().mean()),
+                }
+            )
             _write(result_file, result)
         result["status"] = "ok"
     except Exception:  # the test reads this; flwr run would exit 0 either way

@@ -54,14 +54,14 @@ _FIXED = struct.Struct("<4sBBBBB3sIII")
 FIXED_HEADER_NBYTES = _FIXED.size  # 24
 MAX_U32 = 2**32 - 1
 
-# LZ4 only where it pays: dense float and int8 bytes do not shrink (measured ratio 1.0),
-# zero-heavy bodies (a fresh LoRA B) shrink ~250x. Two cheap probes gate a full compress,
+# LZ4 only where it pays: dense float and int8 bytes do not shrink, zero-heavy bodies (a fresh
+# LoRA B) shrink by orders of magnitude (benchmarks/results/codec_throughput.md). Two cheap probes gate a full compress,
 # and the result is kept only when it saves at least LZ4_MIN_SAVING of the raw size.
-LZ4_MIN_BODY = 256              # below this the 15+ byte frame overhead eats any gain
-LZ4_ZERO_FRACTION = 0.25        # share of zero bytes that makes compression worth trying
-LZ4_ZERO_SAMPLES = 4096         # bytes sampled (evenly strided) to estimate the zero share
-LZ4_PROBE_NBYTES = 4096         # prefix compressed to catch repetitive non-zero data
-LZ4_PROBE_RATIO = 0.75          # prefix must shrink to this share to justify a full pass
+LZ4_MIN_BODY = 256  # below this the 15+ byte frame overhead eats any gain
+LZ4_ZERO_FRACTION = 0.25  # share of zero bytes that makes compression worth trying
+LZ4_ZERO_SAMPLES = 4096  # bytes sampled (evenly strided) to estimate the zero share
+LZ4_PROBE_NBYTES = 4096  # prefix compressed to catch repetitive non-zero data
+LZ4_PROBE_RATIO = 0.75  # prefix must shrink to this share to justify a full pass
 LZ4_MIN_SAVING = 0.10
 
 
@@ -119,10 +119,10 @@ class DecodeLimits:
     """
 
     max_ndim: int = 8
-    max_elements: int = 1 << 26             # per tensor: 64 Mi elements = 256 MiB as float32
+    max_elements: int = 1 << 26  # per tensor: 64 Mi elements = 256 MiB as float32
     max_bytes: int = (1 << 28) + (1 << 20)  # per encoded tensor: fp32 at max_elements + slack
-    max_tensors: int = 4096                 # per adapter
-    max_total_elements: int = 1 << 27       # per adapter: 512 MiB of decoded float32
+    max_tensors: int = 4096  # per adapter
+    max_total_elements: int = 1 << 27  # per adapter: 512 MiB of decoded float32
 
     def __post_init__(self) -> None:
         for name in ("max_ndim", "max_elements", "max_bytes", "max_tensors", "max_total_elements"):
@@ -143,7 +143,7 @@ class PackedTensor:
     shape: tuple[int, ...]
     block_size: int
     scales: np.ndarray  # float32, (num_scales,)
-    payload: Buffer     # raw, uncompressed
+    payload: Buffer  # raw, uncompressed
 
     @property
     def numel(self) -> int:
@@ -193,8 +193,16 @@ def pack_tensor(tensor: PackedTensor, *, lz4: bool = True) -> bytes:
     if body_nbytes > MAX_U32:
         raise ValueError(f"encoded body of {body_nbytes} B does not fit the u32 length field")
     head = _FIXED.pack(
-        MAGIC, FORMAT_VERSION, int(tensor.scheme), DTYPE_FLOAT32, flags, len(tensor.shape),
-        b"\0\0\0", tensor.block_size, tensor.scales.size, body_nbytes,
+        MAGIC,
+        FORMAT_VERSION,
+        int(tensor.scheme),
+        DTYPE_FLOAT32,
+        flags,
+        len(tensor.shape),
+        b"\0\0\0",
+        tensor.block_size,
+        tensor.scales.size,
+        body_nbytes,
     )
     dims = struct.pack(f"<{len(tensor.shape)}I", *tensor.shape)
     return b"".join((head, dims, *body))
@@ -247,17 +255,23 @@ def read_header(data: Buffer, limits: DecodeLimits = DEFAULT_LIMITS) -> TensorHe
         raise CodecError(f"encoded tensor is {len(data)} B, over the limit of {limits.max_bytes} B")
     if len(data) < FIXED_HEADER_NBYTES:
         raise CodecError(f"truncated: {len(data)} B is shorter than the {FIXED_HEADER_NBYTES} B header")
-    (magic, version, scheme_id, dtype_id, flags, ndim, reserved,
-     block_size, num_scales, body_nbytes) = _FIXED.unpack_from(data, 0)
+    (magic, version, scheme_id, dtype_id, flags, ndim, reserved, block_size, num_scales, body_nbytes) = (
+        _FIXED.unpack_from(data, 0)
+    )
     _check_fixed_fields(magic, version, scheme_id, dtype_id, flags, ndim, reserved, limits)
     header_nbytes = FIXED_HEADER_NBYTES + 4 * ndim
     if len(data) < header_nbytes:
         raise CodecError(f"truncated: {len(data)} B, header with ndim={ndim} needs {header_nbytes} B")
     shape = struct.unpack_from(f"<{ndim}I", data, FIXED_HEADER_NBYTES)
     header = TensorHeader(
-        version=version, scheme=Scheme(scheme_id), compressed=bool(flags & FLAG_LZ4),
-        shape=tuple(shape), block_size=block_size, num_scales=num_scales,
-        body_nbytes=body_nbytes, header_nbytes=header_nbytes,
+        version=version,
+        scheme=Scheme(scheme_id),
+        compressed=bool(flags & FLAG_LZ4),
+        shape=tuple(shape),
+        block_size=block_size,
+        num_scales=num_scales,
+        body_nbytes=body_nbytes,
+        header_nbytes=header_nbytes,
     )
     _check_counts(header, limits)
     _check_total_length(header, len(data))
@@ -313,7 +327,7 @@ def _check_total_length(h: TensorHeader, actual: int) -> None:
 def unpack_tensor(data: Buffer, limits: DecodeLimits = DEFAULT_LIMITS) -> PackedTensor:
     """Validate ``data`` and split it into scales and the raw (decompressed) payload."""
     header = read_header(data, limits)
-    body = memoryview(data)[header.header_nbytes:header.total_nbytes]
+    body = memoryview(data)[header.header_nbytes : header.total_nbytes]
     if header.compressed:
         body = memoryview(decompress_bounded(body, header.raw_body_nbytes))
     scales_end = 4 * header.num_scales

@@ -9,10 +9,10 @@ Schemes (every decode returns float32):
 * ``int4``: the same with absmax / 7, q in [-7, 7], packed two per byte.
 
 Why per-block and not per-row: a LoRA B is (out, r), so at r = 8 per-row scales would cost
-4 bytes per 8 elements (int8 ratio 2.7x instead of ~3.9x); blocks of the flattened tensor cost
-the same for A and B whatever the rank. Defaults: int8 blocks of 512 (scale overhead 0.8%,
-~3.94x vs fp32 on a SmolLM2 r=8 adapter, headers included), int4 blocks of 128 (finer, since
-its step is 18x coarser; ~7.4x). Per element, |x - decoded| <= scale / 2 (plus float32
+4 bytes per 8 elements; blocks of the flattened tensor cost the same for A and B whatever the
+rank. Defaults: int8 blocks of 512 (one 4-byte scale per 512 bytes), int4 blocks of 128 (finer,
+since its step is 18x coarser); the ratios they reach on a real adapter are in
+benchmarks/results/codec_accuracy.md and codec_throughput.md. Per element, |x - decoded| <= scale / 2 (plus float32
 rounding), scale being the stored scale of its block.
 
 LZ4 is applied by ``array_codec`` only where a cheap probe says the payload shrinks (the
@@ -38,6 +38,7 @@ from .array_codec import (
     Scheme,
     pack_tensor,
     parse_scheme,
+    raw_payload_nbytes,
     read_header,
     unpack_tensor,
 )
@@ -57,7 +58,7 @@ INT4_OFFSET = 8  # a nibble stores q + 8; 8 is zero (also the padding of an odd 
 def _split_blocks(flat: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Views of ``flat``: the full blocks as (n_full, block) and the short tail (maybe empty)."""
     n_full = flat.size // block
-    return flat[: n_full * block].reshape(n_full, block), flat[n_full * block:]
+    return flat[: n_full * block].reshape(n_full, block), flat[n_full * block :]
 
 
 def _block_absmax(flat: np.ndarray, block: int) -> np.ndarray:
@@ -222,6 +223,14 @@ def check_tensor_count(count: int, limits: DecodeLimits) -> None:
 def check_total_elements(total: int, limits: DecodeLimits) -> None:
     if total > limits.max_total_elements:
         raise CodecError(f"adapter declares {total} elements in all, over the limit of {limits.max_total_elements}")
+
+
+def bytes_per_element(scheme: str | Scheme) -> float:
+    """Payload bytes per element in ``scheme``, its block scales included (headers and LZ4 not counted)."""
+    s = parse_scheme(scheme)
+    block = DEFAULT_BLOCK_SIZE.get(s)
+    scale_bytes = 4.0 / block if block else 0.0  # one float32 scale per block
+    return raw_payload_nbytes(s, 2) / 2 + scale_bytes
 
 
 def encoded_nbytes(encoded: Mapping[str, Buffer]) -> int:

@@ -1,0 +1,131 @@
+"""The strategy's traffic with the grid: waiting for nodes, timed exchanges, and reading replies.
+
+Flower types in, plain data out: a train reply becomes a ``TrainReply`` (status, what the
+client measured, the decoded and validated update) that the round's accounting records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from .. import wire
+from ..adapter import AdapterState, add
+from ..codec.array_codec import CodecError, DecodeLimits
+from ..codec.flower_records import array_record_nbytes, array_record_to_adapter
+from ..logs import log
+from ..metrics.records import ClientEvalRecord
+from ..status import ClientStatus
+from .accounting import ClientPlan
+from .roster import NodeProfile
+from .validation import validate_update
+
+
+@dataclass(frozen=True)
+class TrainRound:
+    """One round's plan: a message and a ``ClientPlan`` per sampled node (iterates the messages)."""
+
+    global_state: AdapterState  # the global adapter the plans were cut from
+    plans: dict[int, ClientPlan]
+    messages: list[Message]
+    assign_s: float  # the scheduler's decision time
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self.messages)
+
+
+def wait_for_nodes(grid: Grid, at_least: int) -> list[int]:
+    """The connected nodes' ids, once there are ``at_least`` of them."""
+    while len(ids := sorted(grid.get_node_ids())) < at_least:
+        log.info("waiting for nodes: %d connected, %d needed", len(ids), at_least)
+        time.sleep(1.0)
+    return ids
+
+
+def profile_queries(node_ids: Iterable[int]) -> list[Message]:
+    """One query per node: who are you (partition, tier, data size, memory)?"""
+    ask = RecordDict({wire.CONFIG: ConfigRecord({"ask": "profile"})})
+    return [Message(ask, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
+
+
+def send_and_receive_timed(
+    grid: Grid, messages: Iterable[Message], timeout: float
+) -> tuple[list[Message], dict[int, float]]:
+    """Push, then poll like ``Grid.send_and_receive``; also return each reply's arrival (s after the push)."""
+    start = time.monotonic()
+    pending = {i for i in grid.push_messages(list(messages)) if i}
+    arrival_s: dict[int, float] = {}
+    replies: list[Message] = []
+    while pending and time.monotonic() - start < timeout:
+        for reply in grid.pull_messages(list(pending)):
+            replies.append(reply)
+            pending.discard(reply.metadata.reply_to_message_id)
+            arrival_s[reply.metadata.src_node_id] = time.monotonic() - start
+        if pending:
+            time.sleep(0.2)
+    return replies, arrival_s
+
+
+def reply_metrics(reply: Message) -> tuple[Mapping, Mapping]:
+    """(metrics, info) of a reply without an error; empty where the client sent none."""
+    return reply.content.get(wire.METRICS, MetricRecord()), reply.content.get(wire.INFO, ConfigRecord())
+
+
+def read_eval_reply(reply: Message, profile: NodeProfile) -> ClientEvalRecord:
+    """The global adapter's score on one client's own test split (NaN where it sent none)."""
+    m, _ = reply_metrics(reply)
+    score, loss = float(m.get(wire.SCORE, float("nan"))), float(m.get(wire.LOSS, float("nan")))
+    return ClientEvalRecord(
+        profile.node_id, profile.partition_id, profile.tier, score, loss, int(m.get(wire.NUM_EXAMPLES, 0))
+    )
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """One train reply, read: what became of it, what the client measured, and its adapter."""
+
+    status: ClientStatus
+    metrics: Mapping = field(default_factory=dict)
+    info: Mapping = field(default_factory=dict)
+    bytes_up: int = 0
+    reason: str = ""
+    state: AdapterState | None = None  # the client's adapter (what it was sent + its delta) if accepted
+
+
+def read_train_reply(
+    reply: Message, plan: ClientPlan, global_state: AdapterState, rank_max: int, limits: DecodeLimits
+) -> TrainReply:
+    """Decode and validate one train reply; never raises for what a client sent."""
+    if reply.has_error():
+        return TrainReply(ClientStatus.FAILED, reason=f"client error: {last_line(reply.error.reason)}")
+    metrics, info = reply_metrics(reply)
+    if str(info.get(wire.STATUS, ClientStatus.OK)) == ClientStatus.OOM:
+        return TrainReply(ClientStatus.OOM, metrics, info, reason=str(info.get(wire.REASON, "")))
+    arrays = reply.content.get(wire.ARRAYS)
+    if not isinstance(arrays, ArrayRecord):
+        return TrainReply(ClientStatus.REJECTED, metrics, info, reason="reply has no adapter arrays")
+    bytes_up = array_record_nbytes(arrays)
+    try:
+        delta = array_record_to_adapter(arrays, limits)
+    except (CodecError, ValueError, TypeError) as exc:
+        return TrainReply(ClientStatus.REJECTED, metrics, info, bytes_up, f"undecodable update: {exc}")
+    num_examples = int(metrics.get(wire.NUM_EXAMPLES, 0))
+    reason = validate_update(
+        delta, global_state, rank_max, expected_rank=plan.assignment.rank, num_examples=num_examples
+    )
+    if reason is not None:
+        log.warning("round reply from node %d rejected: %s", plan.node_id, reason)
+        return TrainReply(ClientStatus.REJECTED, metrics, info, bytes_up, reason)
+    # The server adds the delta to its exact global (not to the quantized copy the client
+    # decoded), so broadcast quantization error never accumulates in the global adapter.
+    return TrainReply(ClientStatus.OK, metrics, info, bytes_up, state=add(plan.sent, delta))
+
+
+def last_line(reason: str) -> str:
+    """A ClientApp exception arrives as a whole traceback: its last line says what went wrong."""
+    lines = [line for line in str(reason).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else str(reason)

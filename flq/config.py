@@ -18,6 +18,7 @@ from .scheduler.registry import SCHEDULERS
 from .scheduler.spread import SpreadError, parse_int_spread
 from .sim.clock import CLOCKS, HANDSHAKE_RTTS, POLICIES
 from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS
+from .strategy.server_optimizer import SERVER_OPTIMIZERS
 
 TASKS = ("sequence-classification", "causal-lm", "image-classification")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
@@ -68,6 +69,12 @@ class RunConfig:
     quant_type: str = "nf4"
     aggregation: str = "rank-wise"
     aggregation_weight: str = "examples-per-step"
+    # server optimizer over the aggregated update (Reddi et al.; flq/strategy/server_optimizer.py)
+    server_optimizer: str = "fedavg"
+    server_lr: float = 1.0
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 0.001
     # who gets which rank and bits
     scheduler: str = "fixed"
     base_rank: int = 0
@@ -164,6 +171,15 @@ class RunConfig:
             self.aggregation_weight in AGGREGATION_WEIGHTS,
             f"aggregation-weight must be one of {AGGREGATION_WEIGHTS}, got {self.aggregation_weight!r}",
         )
+        check(
+            self.server_optimizer in SERVER_OPTIMIZERS,
+            f"server-optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}",
+        )
+        check(self.server_lr > 0, "server-lr must be > 0")
+        check(
+            0 <= self.server_beta1 < 1 and 0 <= self.server_beta2 < 1, "server-beta1 and server-beta2 must be in [0, 1)"
+        )
+        check(self.server_tau > 0, "server-tau must be > 0")
         check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}")
         check(0 <= self.base_rank <= self.lora_rank, "base-rank must be in [0, lora-rank] (0 = lora-rank)")
         check(self.clock in CLOCKS, f"clock must be one of {CLOCKS}")

@@ -96,6 +96,7 @@ class RunRecorder(RoundRecorder):
                 "scheduler": snapshot.scheduler_state,
                 "rng": snapshot.rng_state,
             },
+            snapshot.optimizer_state,
         )
         log.info(progress_line(record, self.num_rounds))
 
@@ -117,17 +118,22 @@ def progress_line(r: RoundRecord, num_rounds: int) -> str:
 
 
 # -- checkpoints --------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, state: AdapterState, meta: dict[str, Any]) -> None:
-    """Write adapter + metadata to temp files, then rename: a crash never leaves half a checkpoint."""
+def save_checkpoint(
+    run_dir: Path, state: AdapterState, meta: dict[str, Any], optimizer_state: dict[str, np.ndarray] | None = None
+) -> None:
+    """Write adapter, server optimizer state and metadata to temp files, then rename each (state.json
+    last): a crash never leaves half a file."""
     ckpt = Path(run_dir) / CHECKPOINT_DIR
     ckpt.mkdir(parents=True, exist_ok=True)
-    # np.savez stores plain arrays; keys with dots are fine as archive member names.
-    tmp_arrays = ckpt / "adapter.tmp.npz"
-    with open(tmp_arrays, "wb") as fh:
-        np.savez(fh, **state)
+    # np.savez stores plain arrays; keys with dots and slashes are fine as archive member names.
+    arrays = {"adapter": state, "optimizer": optimizer_state or {}}
+    for name, values in arrays.items():
+        with open(ckpt / f"{name}.tmp.npz", "wb") as fh:
+            np.savez(fh, **values)
     tmp_meta = ckpt / "state.tmp.json"
     tmp_meta.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp_arrays, ckpt / "adapter.npz")
+    for name in arrays:
+        os.replace(ckpt / f"{name}.tmp.npz", ckpt / f"{name}.npz")
     os.replace(tmp_meta, ckpt / "state.json")
 
 
@@ -140,6 +146,15 @@ def load_checkpoint(run_dir: Path) -> tuple[AdapterState, dict[str, Any]] | None
         state = {k: archive[k].astype(np.float32) for k in archive.files}
     meta = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     return state, meta
+
+
+def load_optimizer_state(run_dir: Path) -> dict[str, np.ndarray]:
+    """The server optimizer's state in the last checkpoint ({} if none: fedavg, or an older run)."""
+    path = Path(run_dir) / CHECKPOINT_DIR / "optimizer.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

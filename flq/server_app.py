@@ -26,7 +26,7 @@ from .logs import log, quiet_libraries
 from .metrics.plots import write_run_figures
 from .metrics.records import read_rounds
 from .metrics.summary import summarize, write_summary
-from .run_recorder import RunRecorder, load_checkpoint
+from .run_recorder import RunRecorder, load_checkpoint, load_optimizer_state
 from .scheduler.priors import MemoryModel
 from .scheduler.registry import build_for_run
 from .sim.clock import ClockModel
@@ -159,7 +159,12 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     if checkpoint is not None:
         state, meta = checkpoint
         scheduler.load_state_dict(meta.get("scheduler", {}))
-        resume = ResumePoint(int(meta["server_round"]) + 1, float(meta["clock_s"]), meta.get("rng") or None)
+        resume = ResumePoint(
+            int(meta["server_round"]) + 1,
+            float(meta["clock_s"]),
+            meta.get("rng") or None,
+            load_optimizer_state(run_dir),
+        )
         wall_s = float(meta["wall_s"])
         log.info("resuming %s after round %d", run_dir, resume.start_round - 1)
 

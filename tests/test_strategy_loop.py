@@ -18,6 +18,7 @@ from flq.scheduler.base import FixedRankScheduler, SchedulerDefaults
 from flq.strategy.accounting import ResumePoint
 from flq.strategy.fedavg import FLQFedAvg
 from flq.strategy.recording import RoundRecorder
+from flq.strategy.server_optimizer import ServerOptimizerSpec
 from flq.strategy.spec import StrategySpec
 
 R_MAX = 4
@@ -105,9 +106,9 @@ def initial_adapter():
     }
 
 
-def run(num_rounds=3, resume=None, initial=None, evaluated=None):
+def run(num_rounds=3, resume=None, initial=None, evaluated=None, **spec):
     strategy = FLQFedAvg(
-        StrategySpec(rank_max=R_MAX, clients_per_round=2, seed=7),
+        StrategySpec(rank_max=R_MAX, clients_per_round=2, seed=7, **spec),
         FixedRankScheduler(SchedulerDefaults(rank=R_MAX, rank_max=R_MAX)),
     )
     grid, recorder = ClientGrid(), Snapshots()
@@ -172,3 +173,18 @@ def test_without_the_sampling_state_a_resumed_run_would_sample_other_clients():
     after_two = whole.rounds[1]
     _, fresh, fresh_grid = run(num_rounds=3, resume=ResumePoint(3, after_two.clock_s), initial=after_two.global_state)
     assert fresh_grid.trained != [t for t in whole_grid.trained if t[0] == 3]
+
+
+def test_a_resumed_run_continues_the_server_optimizer_bit_exactly():
+    adam = {"server_optimizer": ServerOptimizerSpec("fedadam", lr=0.05)}
+    _, whole, _ = run(num_rounds=3, **adam)
+    after_two = whole.rounds[1]
+    assert after_two.optimizer_state  # the moments travel with the round, for the checkpoint
+    resume = ResumePoint(3, after_two.clock_s, after_two.rng_state, after_two.optimizer_state)
+    _, resumed, _ = run(num_rounds=3, resume=resume, initial=after_two.global_state, **adam)
+    for key, value in whole.rounds[2].global_state.items():
+        np.testing.assert_array_equal(resumed.rounds[0].global_state[key], value)
+    no_moments = ResumePoint(3, after_two.clock_s, after_two.rng_state)
+    _, forgot, _ = run(num_rounds=3, resume=no_moments, initial=after_two.global_state, **adam)
+    final = whole.rounds[2].global_state
+    assert any(not np.array_equal(forgot.rounds[0].global_state[k], final[k]) for k in final)

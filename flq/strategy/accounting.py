@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from .. import wire
 from ..adapter import AdapterState
 from ..logs import log
@@ -53,6 +55,7 @@ class ResumePoint:
     start_round: int
     clock_s: float
     rng_state: list | None = None
+    optimizer_state: Mapping[str, np.ndarray] | None = None  # the server optimizer's moments
 
 
 class RoundAccounting:

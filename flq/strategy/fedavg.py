@@ -56,6 +56,7 @@ from .messages import (
 )
 from .recording import RoundRecorder, RoundSnapshot, RunStart
 from .roster import Roster
+from .server_optimizer import ServerOptimizer
 from .spec import StrategySpec
 
 # A server-side evaluation: (round, global adapter) -> metrics with "score" and "loss".
@@ -79,6 +80,7 @@ class FLQFedAvg(FedAvg):
         self.scheduler = scheduler
         clock_model = clock_model or ClockModel.for_transport({})
         self.roster = Roster(spec.seed)
+        self.optimizer = ServerOptimizer(spec.server_optimizer)
         # "auto" is resolved once the nodes have described themselves (discover_nodes).
         self.accounting = RoundAccounting(clock_model, spec.clock, spec.deadline_s, spec.policy, spec.batch_size)
 
@@ -196,7 +198,8 @@ class FLQFedAvg(FedAvg):
         result.reports = [scheduler_report(r) for r in result.clients]
         result.num_accepted = aggregator.num_clients
         if aggregator.num_clients:
-            result.global_state = aggregator.result()
+            trained_rank = max(c.rank for c in result.clients if c.status == ClientStatus.OK)
+            result.global_state = self.optimizer.step(train_round.global_state, aggregator.result(), trained_rank)
             if weighted_losses:
                 losses, weights = zip(*weighted_losses, strict=True)
                 result.train_loss = float(np.average(losses, weights=weights))
@@ -259,6 +262,8 @@ class FLQFedAvg(FedAvg):
         resume = resume or ResumePoint(1, 0.0)
         if resume.rng_state:
             self.roster.restore_rng(resume.rng_state)
+        if resume.optimizer_state:
+            self.optimizer.load_state_dict(resume.optimizer_state)
         global_state, clock_s = initial_state, resume.clock_s
         result = Result()
         self.discover_nodes(grid, timeout)
@@ -318,6 +323,7 @@ class FLQFedAvg(FedAvg):
                         scheduler_state=self.scheduler.state_dict(),
                         scheduler_ms=scheduler_ms,
                         rng_state=self.roster.rng_state(),
+                        optimizer_state=self.optimizer.state_dict(),
                     )
                 )
             previous = metrics

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from ..adapter import AdapterState
 from ..metrics.records import ClientEvalRecord
 from ..sim.clock import ClockModel
@@ -42,6 +44,7 @@ class RoundSnapshot:
     scheduler_state: dict
     scheduler_ms: float
     rng_state: list  # the sampling generator's, for the checkpoint
+    optimizer_state: dict[str, np.ndarray]  # the server optimizer's moments, for the checkpoint
 
 
 class RoundRecorder(Protocol):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..codec.array_codec import DEFAULT_LIMITS, DecodeLimits
+from .server_optimizer import ServerOptimizerSpec
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -31,6 +32,7 @@ class StrategySpec:
     batch_size: int = 8  # the run's examples per step (a tier may have its own)
     client_eval_every: int = 0  # 0: clients evaluate on the final round only
     seed: int = 0
+    server_optimizer: ServerOptimizerSpec = ServerOptimizerSpec()  # fedavg at lr 1: the rule's result
     decode_limits: DecodeLimits = DEFAULT_LIMITS
 
     @classmethod
@@ -50,12 +52,17 @@ class StrategySpec:
             batch_size=cfg.batch_size,
             client_eval_every=cfg.client_eval_every,
             seed=cfg.seed,
+            server_optimizer=ServerOptimizerSpec(
+                cfg.server_optimizer, cfg.server_lr, cfg.server_beta1, cfg.server_beta2, cfg.server_tau
+            ),
         )
 
     def describe(self) -> str:
         """One line for the log: what travels, and how rounds treat stragglers."""
         feedback = "+error-feedback" if self.error_feedback and self.update_codec != "fp32" else ""
+        opt = self.server_optimizer
         return (
             f"rank_max={self.rank_max} policy={self.policy} deadline={self.deadline_s} "
+            f"server-optimizer={opt.name} lr={opt.lr:g} "
             f"codecs: update={self.update_codec}{feedback} broadcast={self.broadcast_codec}"
         )

@@ -276,4 +276,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             wire.PARTITION_ID: node.partition_id,
         }
     )
+    if stats.classes is not None:
+        metrics[wire.BALANCED_ACCURACY] = stats.classes.balanced_accuracy
+        metrics[wire.MACRO_F1] = stats.classes.macro_f1
     return Message(RecordDict({wire.METRICS: metrics, wire.INFO: tier_info(node)}), reply_to=msg)

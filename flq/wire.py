@@ -37,6 +37,8 @@ NUM_TRAIN = "num-train"
 MEMORY_LIMIT_MB = "memory-limit-mb"
 SIMULATED = "simulated"  # 1 inside Flower's simulation engine
 SCORE = "score"
+BALANCED_ACCURACY = "balanced-accuracy"  # classification only
+MACRO_F1 = "macro-f1"  # classification only
 LOSS = "loss"
 
 # ConfigRecord keys, client -> server (INFO)

@@ -36,6 +36,9 @@ def test_training_lowers_the_loss_and_reports_what_it_did(tiny_classifier):
     assert stats.loss_after < stats.loss_before
     assert after.loss < before.loss and after.score >= 0.9
     assert stats.peak_mem_mb > 0 and stats.compute_s > 0
+    # Beside accuracy: balanced accuracy and macro-F1 from the same predictions.
+    assert after.classes.accuracy == after.score and len(after.classes.per_class_accuracy) == 2
+    assert after.classes.balanced_accuracy >= 0.9 and after.classes.macro_f1 >= 0.9 and not after.classes.collapsed
 
 
 def test_a_budget_stops_training_early(tiny_classifier):
@@ -54,6 +57,7 @@ def test_causal_lm_perplexity_drops(tiny_llama_dir):
     train_steps(lm.model, make_batches("causal-lm", data, lm.tokenizer, 4, 32, 0), 25, 1e-2)
     after = evaluate(lm.model, "causal-lm", data, lm.tokenizer, 4, 32)
     assert math.isfinite(before.score) and after.score < before.score
+    assert after.classes is None  # perplexity: no classes
 
 
 def test_a_text_shorter_than_one_block_still_evaluates(tiny_llama_dir):

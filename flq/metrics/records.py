@@ -55,6 +55,8 @@ class ClientEvalRecord:
     score: float
     loss: float
     num_examples: int
+    balanced_accuracy: float | None = None  # classification only
+    macro_f1: float | None = None
 
 
 @dataclass
@@ -79,6 +81,12 @@ class RoundRecord:
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {node_id, reason}
     scheduler: str | None = None  # the scheduler's name
     scheduler_ms: float | None = None  # its assign + observe time this round (real milliseconds)
+    # Classification only, on the server's held-out set (flq.metrics.classification):
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
+    per_class_score: list[float | None] | None = None  # accuracy (recall) by class id
+    top_prediction: int | None = None  # the class the global model predicts most often
+    top_prediction_share: float | None = None  # ... and for which share of the held-out set
 
     def to_json(self) -> str:
         return json.dumps(_finite(asdict(self)), sort_keys=True)

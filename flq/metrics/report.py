@@ -171,6 +171,8 @@ ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("score", "score_name", _text),
     ("target", "target", _num("g")),
     ("final score", "final_score", _num(".4f")),
+    ("final balanced accuracy", "final_balanced_accuracy", _num(".4f")),
+    ("final macro-F1", "final_macro_f1", _num(".4f")),
     ("best score", "best_score", _num(".4f")),
     ("rounds to target", "rounds_to_target", _text),
     ("clock s to target", "clock_s_to_target", _num(".1f")),

@@ -45,6 +45,12 @@ def final_score(records: Sequence[RoundRecord]) -> float | None:
     return scored[-1].score if scored else None
 
 
+def _final(records: Sequence[RoundRecord], field: str) -> float | None:
+    """``field`` of the last scored round (None where it has none: causal LM, or an older run)."""
+    scored = _scored(records)
+    return getattr(scored[-1], field) if scored else None
+
+
 def best_score(records: Sequence[RoundRecord], higher_is_better: bool) -> float | None:
     scores = [r.score for r in _scored(records)]
     if not scores:
@@ -217,6 +223,9 @@ def summarize(
         "target": target,
         "higher_is_better": higher_is_better,
         "final_score": final_score(records),
+        "final_balanced_accuracy": _final(records, "balanced_accuracy"),
+        "final_macro_f1": _final(records, "macro_f1"),
+        "final_top_prediction_share": _final(records, "top_prediction_share"),
         "best_score": best_score(records, higher_is_better),
         "rounds_to_target": hit.rounds if hit else None,
         "clock_s_to_target": hit.clock_s if hit else None,

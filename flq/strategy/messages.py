@@ -79,8 +79,16 @@ def read_eval_reply(reply: Message, profile: NodeProfile) -> ClientEvalRecord:
     """The global adapter's score on one client's own test split (NaN where it sent none)."""
     m, _ = reply_metrics(reply)
     score, loss = float(m.get(wire.SCORE, float("nan"))), float(m.get(wire.LOSS, float("nan")))
+    balanced, macro_f1 = m.get(wire.BALANCED_ACCURACY), m.get(wire.MACRO_F1)
     return ClientEvalRecord(
-        profile.node_id, profile.partition_id, profile.tier, score, loss, int(m.get(wire.NUM_EXAMPLES, 0))
+        profile.node_id,
+        profile.partition_id,
+        profile.tier,
+        score,
+        loss,
+        int(m.get(wire.NUM_EXAMPLES, 0)),
+        None if balanced is None else float(balanced),
+        None if macro_f1 is None else float(macro_f1),
     )
 
 

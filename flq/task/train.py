@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..metrics.classification import ClassificationScores, classification_scores
 from .data import TaskData, TextData
 from .images import ImageData, encode_images
 from .models import half_dtype, model_device
@@ -45,6 +46,7 @@ class EvalStats:
     loss: float
     score: float  # accuracy, or perplexity for causal LM
     num_examples: int
+    classes: ClassificationScores | None = None  # balanced accuracy, macro-F1, per class (classification)
 
 
 # -- batches ----------------------------------------------------------------------------
@@ -218,7 +220,8 @@ def evaluate(model: torch.nn.Module, task: str, data: TaskData, processor, batch
     inputs_dtype = float_input_dtype(model)
     model.eval()
     total_loss = 0.0
-    count = correct = 0
+    count = 0
+    labels, predictions, num_classes = [], [], 0
     with torch.no_grad():
         if task == "causal-lm":
             blocks, valid = lm_blocks(data, processor, max_len)
@@ -235,10 +238,13 @@ def evaluate(model: torch.nn.Module, task: str, data: TaskData, processor, batch
             batch = _to_device(encode_classification(data, idx, processor, max_len), device, inputs_dtype)
             out = model(**batch)
             total_loss += float(out.loss) * len(idx)
-            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            labels.append(batch["labels"].cpu().numpy())
+            predictions.append(out.logits.argmax(-1).cpu().numpy())
+            num_classes = int(out.logits.shape[-1])
             count += len(idx)
     train_mode(model)
-    return EvalStats(total_loss / count, correct / count, count)
+    classes = classification_scores(np.concatenate(labels), np.concatenate(predictions), num_classes)
+    return EvalStats(total_loss / count, classes.accuracy, count, classes)
 
 
 # -- memory -----------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from .sim.tiers import TierProfile, assign_tiers, load_tiers
 from .status import ClientStatus
 from .task.cost import estimate_train_memory_mb, model_shape
 from .task.lora import get_lora_model
+from .task.lr_schedule import round_learning_rate
 from .task.model_cache import resolve_model
 from .task.models import resolve_device
 from .task.partition import client_split
@@ -173,8 +174,19 @@ def train(msg: Message, context: Context) -> Message:
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + node.partition_id
     torch.manual_seed(seed)
     batches = make_batches(cfg.task, split.train, model.processor, local.batch_size, cfg.max_seq_length, seed)
+    learning_rate = round_learning_rate(
+        cfg.learning_rate, cfg.lr_schedule, server_round, cfg.num_server_rounds, cfg.lr_warmup_rounds
+    )
     stats = train_steps(
-        model.model, batches, max_steps, cfg.learning_rate, cfg.weight_decay, should_stop, autocast=local.autocast
+        model.model,
+        batches,
+        max_steps,
+        learning_rate,
+        cfg.weight_decay,
+        should_stop,
+        autocast=local.autocast,
+        proximal_mu=cfg.proximal_mu,
+        max_grad_norm=cfg.max_grad_norm,
     )
     # The delta is taken from what this client actually decoded, so with a quantized
     # broadcast the update still carries exactly what local training changed.

@@ -19,6 +19,7 @@ from .scheduler.spread import SpreadError, parse_int_spread
 from .sim.clock import CLOCKS, HANDSHAKE_RTTS, POLICIES
 from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS
 from .strategy.server_optimizer import SERVER_OPTIMIZERS
+from .task.lr_schedule import LR_SCHEDULES
 
 TASKS = ("sequence-classification", "causal-lm", "image-classification")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
@@ -58,6 +59,10 @@ class RunConfig:
     eval_batch_size: int = 32
     learning_rate: float = 0.002
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # across rounds: constant | cosine (flq.task.train.round_learning_rate)
+    lr_warmup_rounds: int = 0
+    max_grad_norm: float = 0.0  # 0: no clipping
+    proximal_mu: float = 0.0  # FedProx; 0: off
     seed: int = 42
     target_score: float = 0.85
     # LoRA and backbone
@@ -210,6 +215,10 @@ class RunConfig:
         check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
         check(self.learning_rate > 0, "learning-rate must be > 0")
         check(self.weight_decay >= 0, "weight-decay must be >= 0")
+        check(self.lr_schedule in LR_SCHEDULES, f"lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        check(self.lr_warmup_rounds >= 0, "lr-warmup-rounds must be >= 0")
+        check(self.max_grad_norm >= 0, "max-grad-norm must be >= 0 (0: no clipping)")
+        check(self.proximal_mu >= 0, "proximal-mu must be >= 0 (0: no proximal term)")
         check(self.lora_rank >= 1, "lora-rank must be >= 1")
         check(self.lora_alpha > 0, "lora-alpha must be > 0")
         check(0.0 <= self.lora_dropout < 1.0, "lora-dropout must be in [0, 1)")

@@ -114,6 +114,11 @@ def make_batches(task: str, data: TaskData, processor, batch_size: int, max_len:
 
 
 # -- training ---------------------------------------------------------------------------
+def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's ``mu / 2 * ||w - w_global||^2`` over the trainable tensors (gradient ``mu * (w - w_global)``)."""
+    return 0.5 * mu * sum(((p.float() - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+
+
 def train_steps(
     model: torch.nn.Module,
     batches: Iterator[dict],
@@ -122,10 +127,16 @@ def train_steps(
     weight_decay: float = 0.0,
     should_stop: Callable[[int, float], bool] | None = None,
     autocast: torch.dtype | None = None,
+    proximal_mu: float = 0.0,
+    max_grad_norm: float = 0.0,
 ) -> TrainStats:
     """Run up to ``max_steps`` AdamW steps on the trainable parameters of ``model``.
 
     ``autocast``: run forward passes under ``torch.autocast`` in this dtype (None: off).
+    ``proximal_mu`` > 0: FedProx, a pull towards the adapter the model started from (the
+    received global at this client's rank), per step, so it holds whatever the step count.
+    ``max_grad_norm`` > 0: clip the gradients' global norm before each step. The reported
+    losses are the task's, without the proximal term.
     """
     device = model_device(model)
     inputs_dtype = float_input_dtype(model)
@@ -133,6 +144,7 @@ def train_steps(
     if not params:
         raise RuntimeError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    anchors = [p.detach().float().clone() for p in params] if proximal_mu > 0 else []
     # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
     scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
     train_mode(model)
@@ -154,11 +166,17 @@ def train_steps(
                 raise FloatingPointError(f"training loss became {loss.item()} at step {steps + 1}")
             if steps == 0:
                 loss_before = loss.item()
+            objective = loss + proximal_term(params, anchors, proximal_mu) if anchors else loss
             if scaler is None:
-                loss.backward()
+                objective.backward()
+                if max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 optimizer.step()
             else:
-                scaler.scale(loss).backward()
+                scaler.scale(objective).backward()
+                if max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,90 @@
+"""Local training under skew: the round learning-rate schedule, FedProx's term, gradient clipping."""
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from flq.config import ConfigError, RunConfig
+from flq.task.lora import LoraModel, LoraSpec
+from flq.task.lr_schedule import round_learning_rate
+from flq.task.models import BackboneSpec
+from flq.task.train import make_batches, proximal_term, train_steps
+from tests.test_train import toy_classification
+
+
+def test_warmup_then_constant_by_hand():
+    rates = [round_learning_rate(0.01, "constant", r, 6, 2) for r in range(1, 7)]
+    assert rates == pytest.approx([0.01 / 3, 0.02 / 3, 0.01, 0.01, 0.01, 0.01])
+
+
+def test_cosine_decays_towards_a_tenth_and_every_round_trains():
+    rates = [round_learning_rate(1.0, "cosine", r, 5, 0) for r in range(1, 6)]
+    # progress (r - 1) / 5: cos(0) = 1 -> 1.0; then 0.1 + 0.9 * (1 + cos(pi k / 5)) / 2.
+    assert rates[0] == 1.0 and rates == sorted(rates, reverse=True)
+    assert rates[2] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + 0.30901699437))  # cos(2 pi / 5)
+    assert rates[-1] > 0.1
+
+
+def test_no_schedule_is_todays_constant_rate():
+    assert all(round_learning_rate(0.002, "constant", r, 10, 0) == 0.002 for r in range(1, 11))
+
+
+def test_the_proximal_gradient_is_mu_times_the_distance_to_the_global():
+    w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    anchor = torch.tensor([0.0, 1.0, 0.5])
+    proximal_term([w], [anchor], mu=0.1).backward()
+    torch.testing.assert_close(w.grad, 0.1 * (w.detach() - anchor))
+
+
+def fresh_classifier(tiny_llama_dir):
+    torch.manual_seed(0)
+    lm = LoraModel(
+        BackboneSpec(str(tiny_llama_dir), "sequence-classification", 32, num_labels=2), LoraSpec(2.0, "auto")
+    )
+    lm.use_rank(4)
+    return lm
+
+
+def distance_moved(tiny_llama_dir, mu):
+    """How far 20 local steps take the adapter from where it started, at proximal weight ``mu``."""
+    lm = fresh_classifier(tiny_llama_dir)
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    batches = make_batches("sequence-classification", toy_classification(), lm.tokenizer, 8, 16, 0)
+    assert train_steps(lm.model, batches, 20, 5e-3, proximal_mu=mu).steps == 20
+    return sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(params, start, strict=True)) ** 0.5
+
+
+def test_fedprox_keeps_local_training_near_the_received_adapter(tiny_llama_dir):
+    assert distance_moved(tiny_llama_dir, 10.0) < 0.8 * distance_moved(tiny_llama_dir, 0.0)
+
+
+def test_clipping_bounds_every_steps_gradient_norm(tiny_llama_dir):
+    lm = fresh_classifier(tiny_llama_dir)
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        batches = make_batches("sequence-classification", toy_classification(), lm.tokenizer, 8, 16, 0)
+        train_steps(lm.model, batches, 5, 5e-3, max_grad_norm=1e-3)
+        clipped = list(norms)
+        norms.clear()
+        batches = make_batches("sequence-classification", toy_classification(), lm.tokenizer, 8, 16, 0)
+        train_steps(lm.model, batches, 5, 5e-3)
+    finally:
+        handle.remove()
+    assert len(clipped) == 5 and max(clipped) <= 1e-3 * (1 + 1e-4)
+    assert max(norms) > 1e-2  # without clipping the same steps have much larger gradients
+
+
+def test_the_run_config_checks_the_local_training_controls():
+    cfg = RunConfig()
+    assert (cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.max_grad_norm, cfg.proximal_mu) == ("constant", 0, 0.0, 0.0)
+    with pytest.raises(ConfigError, match="lr-schedule must be one of"):
+        cfg.replace(lr_schedule="step")
+    with pytest.raises(ConfigError, match="proximal-mu must be >= 0"):
+        cfg.replace(proximal_mu=-1.0)

@@ -144,6 +144,9 @@ def test_bad_replies_are_rejected_with_reasons_and_the_round_goes_on():
     by_node = {c.node_id: c for c in result.clients}
     assert [by_node[n].status for n in nodes] == ["ok", "rejected", "ok", "rejected", "rejected", "failed"]
     assert "rank" in by_node[12].reason
+    # Diagnostics: every decoded update has its norm and its cosine to the round's aggregate.
+    assert by_node[11].update_norm > 0 and -1.0 <= by_node[11].cosine_to_aggregate <= 1.0
+    assert by_node[16].update_norm is None and by_node[16].cosine_to_aggregate is None  # it sent nothing
     assert "non-finite" in by_node[14].reason.lower() or "nan" in by_node[14].reason.lower()
     assert "m.score.weight" in by_node[15].reason
     assert by_node[16].reason == "client error: RuntimeError: out of memory"

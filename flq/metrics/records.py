@@ -43,6 +43,8 @@ class ClientRoundRecord:
     threads: int = 0  # torch threads the client trained with (0: not reported)
     on_time: bool = True
     reason: str = ""  # why it was rejected / failed / late
+    update_norm: float | None = None  # L2 norm of its decoded update (None: no update)
+    cosine_to_aggregate: float | None = None  # of its update to the round's aggregated update (sketched)
 
 
 @dataclass

@@ -8,7 +8,8 @@ What it adds to ``flwr.serverapp.strategy.FedAvg``:
   above r_max, NaN/Inf) is rejected with a logged reason and counted, never crashing
   the round (stock FedAvg sums arrays of different shapes and crashes);
 * the round's time on the run's clock and each client's on-time status (``accounting``);
-* aggregation across ranks by a selectable pure-numpy rule, in float32;
+* aggregation across ranks by a selectable pure-numpy rule, then a server optimizer; each
+  client's update norm and cosine to the aggregate are recorded (``diagnostics``);
 * ``start`` runs the rounds, evaluates, and hands every finished round to a recorder
   (``recording``), which writes records and checkpoints; it resumes from a checkpoint.
 
@@ -44,8 +45,10 @@ from .accounting import (
     scheduler_report,
 )
 from .aggregation import client_weight, make_aggregator
+from .diagnostics import UpdateDiagnostics
 from .messages import (
     TrainRound,
+    client_eval_metrics,
     last_line,
     profile_queries,
     read_eval_reply,
@@ -81,6 +84,7 @@ class FLQFedAvg(FedAvg):
         clock_model = clock_model or ClockModel.for_transport({})
         self.roster = Roster(spec.seed)
         self.optimizer = ServerOptimizer(spec.server_optimizer)
+        self.diagnostics = UpdateDiagnostics(spec.rank_max, spec.seed)
         # "auto" is resolved once the nodes have described themselves (discover_nodes).
         self.accounting = RoundAccounting(clock_model, spec.clock, spec.deadline_s, spec.policy, spec.batch_size)
 
@@ -169,6 +173,7 @@ class FLQFedAvg(FedAvg):
         aggregator = make_aggregator(self.spec.aggregation, train_round.global_state, self.spec.rank_max)
         weighted_losses: list[tuple[float, int]] = []
         seen: set[int] = set()
+        self.diagnostics.start_round(train_round.global_state)
         for reply in replies:
             node = reply.metadata.src_node_id
             seen.add(node)
@@ -185,6 +190,8 @@ class FLQFedAvg(FedAvg):
             )
             self.accounting.apply_deadline(record)
             result.clients.append(record)
+            if read.delta is not None:
+                self.diagnostics.note(record, read.delta)
             if read.state is not None and record.status == ClientStatus.OK:
                 scale = self.accounting.batch_scale(plan, record.tier)
                 weight = client_weight(self.spec.aggregation_weight, record.num_examples, record.steps, scale)
@@ -199,7 +206,9 @@ class FLQFedAvg(FedAvg):
         result.num_accepted = aggregator.num_clients
         if aggregator.num_clients:
             trained_rank = max(c.rank for c in result.clients if c.status == ClientStatus.OK)
-            result.global_state = self.optimizer.step(train_round.global_state, aggregator.result(), trained_rank)
+            aggregated = aggregator.result()
+            self.diagnostics.finish(result.clients, train_round.global_state, aggregated)
+            result.global_state = self.optimizer.step(train_round.global_state, aggregated, trained_rank)
             if weighted_losses:
                 losses, weights = zip(*weighted_losses, strict=True)
                 result.train_loss = float(np.average(losses, weights=weights))
@@ -292,7 +301,7 @@ class FLQFedAvg(FedAvg):
                 messages = self.configure_evaluate(server_round, global_state, evaluate_config, grid)
                 client_eval = self.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
                 if client_eval:
-                    result.evaluate_metrics_clientapp[server_round] = _client_eval_metrics(client_eval)
+                    result.evaluate_metrics_clientapp[server_round] = client_eval_metrics(client_eval)
             metrics = evaluate_fn(server_round, global_state) if evaluate_fn else None
             if metrics is not None:
                 result.evaluate_metrics_serverapp[server_round] = MetricRecord(dict(metrics))
@@ -330,10 +339,7 @@ class FLQFedAvg(FedAvg):
             if last:
                 if server_round < num_rounds:
                     log.info(
-                        "clock budget %.1f s reached after round %d (%.1f s on the clock)",
-                        clock_budget_s,
-                        server_round,
-                        clock_s,
+                        "clock budget %.1f s reached after round %d (%.1f s)", clock_budget_s, server_round, clock_s
                     )
                 break
         result.arrays = adapter_to_array_record(global_state, "fp32")
@@ -344,11 +350,6 @@ class FLQFedAvg(FedAvg):
         measured on the final adapter)."""
         every = self.spec.client_eval_every
         return every > 0 and server_round % every == 0
-
-
-def _client_eval_metrics(records: list[ClientEvalRecord]) -> MetricRecord:
-    scores = [e.score for e in records]
-    return MetricRecord({"client-score-mean": float(np.mean(scores)), "client-score-min": float(np.min(scores))})
 
 
 def _metric(record: Mapping[str, float] | None, key: str) -> float | None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
@@ -92,6 +93,12 @@ def read_eval_reply(reply: Message, profile: NodeProfile) -> ClientEvalRecord:
     )
 
 
+def client_eval_metrics(records: list[ClientEvalRecord]) -> MetricRecord:
+    """The clients' evaluation of one round, summed up for Flower's Result."""
+    scores = [e.score for e in records]
+    return MetricRecord({"client-score-mean": float(np.mean(scores)), "client-score-min": float(np.min(scores))})
+
+
 @dataclass(frozen=True)
 class TrainReply:
     """One train reply, read: what became of it, what the client measured, and its adapter."""
@@ -102,6 +109,7 @@ class TrainReply:
     bytes_up: int = 0
     reason: str = ""
     state: AdapterState | None = None  # the client's adapter (what it was sent + its delta) if accepted
+    delta: AdapterState | None = None  # its update, as decoded
 
 
 def read_train_reply(
@@ -130,7 +138,7 @@ def read_train_reply(
         return TrainReply(ClientStatus.REJECTED, metrics, info, bytes_up, reason)
     # The server adds the delta to its exact global (not to the quantized copy the client
     # decoded), so broadcast quantization error never accumulates in the global adapter.
-    return TrainReply(ClientStatus.OK, metrics, info, bytes_up, state=add(plan.sent, delta))
+    return TrainReply(ClientStatus.OK, metrics, info, bytes_up, state=add(plan.sent, delta), delta=delta)
 
 
 def last_line(reason: str) -> str:

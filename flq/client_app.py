@@ -48,7 +48,7 @@ from .task.model_cache import resolve_model
 from .task.models import resolve_device
 from .task.partition import client_split
 from .task.specs import backbone_spec, data_spec, lora_spec
-from .task.train import autocast_dtype, make_batches, set_torch_threads, train_steps
+from .task.train import autocast_dtype, balanced_class_weights, make_batches, set_torch_threads, train_steps
 from .task.train import evaluate as evaluate_adapter
 
 quiet_libraries()
@@ -187,6 +187,11 @@ def train(msg: Message, context: Context) -> Message:
         autocast=local.autocast,
         proximal_mu=cfg.proximal_mu,
         max_grad_norm=cfg.max_grad_norm,
+        class_weights=(
+            balanced_class_weights(split.train.labels, split.train.num_labels)
+            if cfg.class_weighting == "balanced"
+            else None
+        ),
     )
     # The delta is taken from what this client actually decoded, so with a quantized
     # broadcast the update still carries exactly what local training changed.

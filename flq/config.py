@@ -21,6 +21,7 @@ from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS
 from .strategy.server_optimizer import SERVER_OPTIMIZERS
 from .task.lr_schedule import LR_SCHEDULES
 
+CLASS_WEIGHTINGS = ("none", "balanced")
 TASKS = ("sequence-classification", "causal-lm", "image-classification")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 BITS = (4, 8, 16, 32)
@@ -63,6 +64,7 @@ class RunConfig:
     lr_warmup_rounds: int = 0
     max_grad_norm: float = 0.0  # 0: no clipping
     proximal_mu: float = 0.0  # FedProx; 0: off
+    class_weighting: str = "none"  # none | balanced (classification: each local class weighs the same)
     seed: int = 42
     target_score: float = 0.85
     # LoRA and backbone
@@ -219,6 +221,11 @@ class RunConfig:
         check(self.lr_warmup_rounds >= 0, "lr-warmup-rounds must be >= 0")
         check(self.max_grad_norm >= 0, "max-grad-norm must be >= 0 (0: no clipping)")
         check(self.proximal_mu >= 0, "proximal-mu must be >= 0 (0: no proximal term)")
+        check(self.class_weighting in CLASS_WEIGHTINGS, f"class-weighting must be one of {CLASS_WEIGHTINGS}")
+        check(
+            self.class_weighting == "none" or self.task != "causal-lm",
+            "class-weighting applies to classification tasks, not causal-lm",
+        )
         check(self.lora_rank >= 1, "lora-rank must be >= 1")
         check(self.lora_alpha > 0, "lora-alpha must be > 0")
         check(0.0 <= self.lora_dropout < 1.0, "lora-dropout must be in [0, 1)")

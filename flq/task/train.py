@@ -114,6 +114,16 @@ def make_batches(task: str, data: TaskData, processor, batch_size: int, max_len:
 
 
 # -- training ---------------------------------------------------------------------------
+def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Per-class loss weights ``n / (k * n_c)`` over the k classes this client holds: each of its
+    classes weighs as much in its loss as the others (a class it lacks gets weight 0, unused)."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).float()
+    present = counts > 0
+    weights = torch.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
 def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx's ``mu / 2 * ||w - w_global||^2`` over the trainable tensors (gradient ``mu * (w - w_global)``)."""
     return 0.5 * mu * sum(((p.float() - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
@@ -129,14 +139,16 @@ def train_steps(
     autocast: torch.dtype | None = None,
     proximal_mu: float = 0.0,
     max_grad_norm: float = 0.0,
+    class_weights: torch.Tensor | None = None,
 ) -> TrainStats:
     """Run up to ``max_steps`` AdamW steps on the trainable parameters of ``model``.
 
     ``autocast``: run forward passes under ``torch.autocast`` in this dtype (None: off).
     ``proximal_mu`` > 0: FedProx, a pull towards the adapter the model started from (the
     received global at this client's rank), per step, so it holds whatever the step count.
-    ``max_grad_norm`` > 0: clip the gradients' global norm before each step. The reported
-    losses are the task's, without the proximal term.
+    ``max_grad_norm`` > 0: clip the gradients' global norm before each step.
+    ``class_weights``: re-weight a classifier's cross-entropy by class (``balanced_class_weights``).
+    The reported losses are the task's own (unweighted, without the proximal term).
     """
     device = model_device(model)
     inputs_dtype = float_input_dtype(model)
@@ -161,12 +173,18 @@ def train_steps(
             if first_batch is None:
                 first_batch = batch
             with _autocast(device, autocast):
-                loss = model(**batch).loss
+                out = model(**batch)
+            loss = out.loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {steps + 1}")
             if steps == 0:
                 loss_before = loss.item()
-            objective = loss + proximal_term(params, anchors, proximal_mu) if anchors else loss
+            objective = loss
+            if class_weights is not None:
+                weights = class_weights.to(device)
+                objective = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], weight=weights)
+            if anchors:
+                objective = objective + proximal_term(params, anchors, proximal_mu)
             if scaler is None:
                 objective.backward()
                 if max_grad_norm > 0:

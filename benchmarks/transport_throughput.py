@@ -58,6 +58,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, sys.path[0] is benchmarks/, and `harness` (unlike `flq`) is not installed: add the project root.
 sys.path.insert(0, str(ROOT))
+from harness.deployment import superlink_command  # noqa: E402
 from harness.processes import BIN, Proc, flower_env, free_port  # noqa: E402
 
 APP = ROOT / "benchmarks" / "apps" / "fleet_bench"
@@ -224,21 +225,14 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
                 "superlink",
                 [
                     *net.prefix("link"),
-                    str(BIN / "flq-superlink"),
-                    "--ssl-certfile",
-                    str(certs["server_cert"]),
-                    "--ssl-keyfile",
-                    str(certs["server_key"]),
-                    "--ssl-ca-certfile",
-                    str(certs["ca_cert"]),
-                    "--host",
-                    "0.0.0.0" if link else "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--quic-congestion-control",
-                    congestion,
-                    "--quic-resume-paths" if resume_paths else "--no-quic-resume-paths",
-                    "--disable-runtime-dependency-installation",
+                    *superlink_command(
+                        certs,
+                        "0.0.0.0" if link else "127.0.0.1",
+                        port,
+                        "--quic-congestion-control",
+                        congestion,
+                        "--quic-resume-paths" if resume_paths else "--no-quic-resume-paths",
+                    ),
                 ],
                 env,
                 workdir / "superlink.log",

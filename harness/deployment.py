@@ -27,6 +27,25 @@ def node_config(partition_id: int, num_partitions: int, tier: str) -> str:
     return f'partition-id={partition_id} num-partitions={num_partitions} tier="{tier}"'
 
 
+def superlink_command(certs: dict, host: str, port: int, *extra: str) -> list[str]:
+    """``flq-superlink`` as docs/deployment.md starts it: TLS from ``certs``, runtime installs off."""
+    return [
+        str(BIN / "flq-superlink"),
+        "--ssl-certfile",
+        str(certs["server_cert"]),
+        "--ssl-keyfile",
+        str(certs["server_key"]),
+        "--ssl-ca-certfile",
+        str(certs["ca_cert"]),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *extra,
+        "--disable-runtime-dependency-installation",
+    ]
+
+
 class Deployment:
     """`flq-superlink` (HTTP APIs on TCP, Fleet API over QUIC on UDP, one port number) and one
     `flq-supernode` per entry of `tiers`, on loopback, with a `FLWR_HOME` of their own whose
@@ -62,23 +81,7 @@ class Deployment:
         return proc
 
     def superlink_command(self) -> list[str]:
-        c = self.certs
-        return [
-            str(BIN / "flq-superlink"),
-            "--ssl-certfile",
-            str(c["server_cert"]),
-            "--ssl-keyfile",
-            str(c["server_key"]),
-            "--ssl-ca-certfile",
-            str(c["ca_cert"]),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database",
-            str(self.database),
-            "--disable-runtime-dependency-installation",
-        ]
+        return superlink_command(self.certs, "127.0.0.1", self.port, "--database", str(self.database))
 
     def supernode_command(self, i: int) -> list[str]:
         return [

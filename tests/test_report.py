@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from flq.cli import main
 from flq.metrics.records import ClientEvalRecord, ClientRoundRecord, RoundRecord, append_round
 
-FIGURES = ("score_vs_clock.png", "tier_time_breakdown.png", "rank_heatmap.png")
+FIGURES = ("score_vs_clock.png", "tier_time_breakdown.png", "rank_heatmap.png", "update_cosine_heatmap.png")
 
 
 def synthetic_round(server_round, clock_s, score, late_edge):
@@ -193,3 +194,23 @@ def test_figures_of_rounds_without_clients_or_scores_are_still_drawn(tmp_path):
     bare.clients, bare.client_eval = [], []
     paths = write_run_figures([bare], tmp_path, target=0.7)
     assert [p.name for p in paths] == list(FIGURES) and all(p.is_file() for p in paths)
+
+
+def test_the_cosine_heatmap_shows_each_clients_cosine_and_blanks_clients_without_one(tmp_path):
+    from flq.metrics.plots import client_round_matrix, plot_cosine_heatmap
+
+    first = synthetic_round(1, 10.0, 0.5, late_edge=False)
+    for i, c in enumerate(first.clients):
+        c.cosine_to_aggregate = None if i == 0 else 0.5 - i
+    labels, values, _ = client_round_matrix([first], lambda c: c.cosine_to_aggregate)
+    by_label = dict(zip(labels, values[:, 0], strict=True))
+    expected = {lbl: (None if i == 0 else 0.5 - i) for i, lbl in enumerate(_labels_in_record_order(first))}
+    for label, want in expected.items():
+        assert np.isnan(by_label[label]) if want is None else by_label[label] == want
+    assert plot_cosine_heatmap([first], tmp_path / "cos.png").is_file()
+
+
+def _labels_in_record_order(record):
+    from flq.metrics.plots import _client_label
+
+    return [_client_label(c) for c in record.clients]

@@ -7,8 +7,9 @@ through pyplot: no global backend or figure state, so plotting works headless an
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -23,6 +24,7 @@ from .records import (
 SCORE_FIGURE = "score_vs_clock.png"
 TIER_TIME_FIGURE = "tier_time_breakdown.png"
 RANK_FIGURE = "rank_heatmap.png"
+COSINE_FIGURE = "update_cosine_heatmap.png"
 COMPARISON_FIGURE = "compare_score_vs_clock.png"
 
 # Letters drawn over a heatmap cell whose client did not count.
@@ -145,8 +147,10 @@ def _client_label(c: ClientRoundRecord) -> str:
     return f"{who} ({c.tier})" if c.tier else who
 
 
-def rank_matrix(records: Sequence[RoundRecord]) -> tuple[list[str], np.ndarray, list[list[str]]]:
-    """Clients x rounds: (row labels, ranks with NaN where not sampled, status mark per cell)."""
+def client_round_matrix(
+    records: Sequence[RoundRecord], value: Callable[[ClientRoundRecord], float | None]
+) -> tuple[list[str], np.ndarray, list[list[str]]]:
+    """Clients x rounds: (row labels, ``value`` with NaN where not sampled or None, status mark per cell)."""
     rows: dict[int, str] = {}
     sort_keys: dict[int, tuple] = {}
     for r in records:
@@ -155,46 +159,81 @@ def rank_matrix(records: Sequence[RoundRecord]) -> tuple[list[str], np.ndarray, 
             sort_keys.setdefault(c.node_id, (c.partition_id is None, c.partition_id or 0, c.node_id))
     order = sorted(rows, key=sort_keys.__getitem__)  # by partition id, then node id
     index = {n: i for i, n in enumerate(order)}
-    ranks = np.full((len(order), len(records)), np.nan)
+    values = np.full((len(order), len(records)), np.nan)
     marks = [["" for _ in records] for _ in order]
     for j, r in enumerate(records):
         for c in r.clients:
-            ranks[index[c.node_id], j] = c.rank
+            v = value(c)
+            values[index[c.node_id], j] = np.nan if v is None else v
             marks[index[c.node_id]][j] = STATUS_MARKS.get(c.status, "")
-    return [rows[n] for n in order], ranks, marks
+    return [rows[n] for n in order], values, marks
 
 
-def plot_rank_heatmap(records: Sequence[RoundRecord], path: str | Path) -> Path:
-    """LoRA rank per client per round; blank = not sampled, text = late/rejected/failed/oom."""
-    labels, ranks, marks = rank_matrix(records)
+def rank_matrix(records: Sequence[RoundRecord]) -> tuple[list[str], np.ndarray, list[list[str]]]:
+    """Clients x rounds: (row labels, ranks with NaN where not sampled, status mark per cell)."""
+    return client_round_matrix(records, lambda c: c.rank)
+
+
+def plot_client_heatmap(
+    records: Sequence[RoundRecord],
+    path: str | Path,
+    value: Callable[[ClientRoundRecord], float | None],
+    title: str,
+    colorbar: str,
+    cell_format: str,
+    light: tuple[float, float],
+    **imshow: Any,
+) -> Path:
+    """One value per client per round; blank = not sampled (or no value), red text = late/rejected/failed/oom.
+
+    ``light``: the colormap's light stretch (normalised), where cell text is drawn black, else white.
+    """
+    labels, values, marks = client_round_matrix(records, value)
     fig = Figure(figsize=(max(5.0, 0.45 * len(records) + 2.5), max(2.5, 0.3 * len(labels) + 1.5)))
     ax = fig.add_subplot()
     if not labels:
         ax.text(0.5, 0.5, "no clients recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return _save(fig, path)
-    image = ax.imshow(np.ma.masked_invalid(ranks), aspect="auto", cmap="viridis", interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="LoRA rank")
-    annotate_ranks = ranks.size <= 400
-    for i in range(ranks.shape[0]):
-        for j in range(ranks.shape[1]):
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", interpolation="nearest", **imshow)
+    fig.colorbar(image, ax=ax, label=colorbar)
+    annotate = values.size <= 400
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
             if marks[i][j]:
                 ax.text(j, i, marks[i][j], ha="center", va="center", color="red", fontsize=7, fontweight="bold")
-            elif annotate_ranks and not np.isnan(ranks[i, j]):
-                shade = "black" if image.norm(ranks[i, j]) > 0.6 else "white"  # readable on light and dark cells
-                ax.text(j, i, f"{ranks[i, j]:.0f}", ha="center", va="center", color=shade, fontsize=7)
+            elif annotate and not np.isnan(values[i, j]):
+                shade = "black" if light[0] <= image.norm(values[i, j]) <= light[1] else "white"
+                ax.text(j, i, format(values[i, j], cell_format), ha="center", va="center", color=shade, fontsize=7)
     ax.set_xticks(range(len(records)), [str(r.server_round) for r in records])
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("round")
-    ax.set_title("Rank per client per round (red: not aggregated)")
+    ax.set_title(title)
     return _save(fig, path)
 
 
+def plot_rank_heatmap(records: Sequence[RoundRecord], path: str | Path) -> Path:
+    """LoRA rank per client per round; blank = not sampled, text = late/rejected/failed/oom."""
+    return plot_client_heatmap(
+        records, path, lambda c: c.rank, "Rank per client per round (red: not aggregated)", "LoRA rank", ".0f",
+        (0.6, 1.0), cmap="viridis",
+    )  # fmt: skip
+
+
+def plot_cosine_heatmap(records: Sequence[RoundRecord], path: str | Path) -> Path:
+    """Each client's update's cosine to the round's aggregate: who pulls against the others."""
+    return plot_client_heatmap(
+        records, path, lambda c: c.cosine_to_aggregate, "Update cosine to the round's aggregate (red: not aggregated)",
+        "cosine", ".2f", (0.25, 0.75), cmap="RdBu", vmin=-1.0, vmax=1.0,
+    )  # fmt: skip
+
+
 def write_run_figures(records: Sequence[RoundRecord], out_dir: str | Path, target: float | None = None) -> list[Path]:
-    """The three per-run figures into ``out_dir``."""
+    """The four per-run figures into ``out_dir``."""
     out = Path(out_dir)
     return [
         plot_score_vs_clock(records, out / SCORE_FIGURE, target),
         plot_tier_time_breakdown(records, out / TIER_TIME_FIGURE),
         plot_rank_heatmap(records, out / RANK_FIGURE),
+        plot_cosine_heatmap(records, out / COSINE_FIGURE),
     ]

@@ -6,11 +6,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from flq.config import ConfigError, RunConfig
 from flq.task.data import TextData
-from flq.task.lora import LoraModel, LoraSpec
 from flq.task.lr_schedule import round_learning_rate
-from flq.task.models import BackboneSpec
 from flq.task.train import balanced_class_weights, evaluate, make_batches, proximal_term, train_steps
-from tests.test_train import toy_classification
+from tests.test_train import fresh_classifier, toy_classification
 
 
 def test_warmup_then_constant_by_hand():
@@ -35,15 +33,6 @@ def test_the_proximal_gradient_is_mu_times_the_distance_to_the_global():
     anchor = torch.tensor([0.0, 1.0, 0.5])
     proximal_term([w], [anchor], mu=0.1).backward()
     torch.testing.assert_close(w.grad, 0.1 * (w.detach() - anchor))
-
-
-def fresh_classifier(tiny_llama_dir):
-    torch.manual_seed(0)
-    lm = LoraModel(
-        BackboneSpec(str(tiny_llama_dir), "sequence-classification", 32, num_labels=2), LoraSpec(2.0, "auto")
-    )
-    lm.use_rank(4)
-    return lm
 
 
 def distance_moved(tiny_llama_dir, mu):

@@ -16,14 +16,19 @@ def toy_classification() -> TextData:
     return TextData(texts, [i % 2 for i in range(40)], ["fruit", "rock"])
 
 
-@pytest.fixture
-def tiny_classifier(tiny_llama_dir):
+def fresh_classifier(tiny_llama_dir):
+    """A tiny two-class LoRA classifier at rank 4, the same every time (seeded)."""
     torch.manual_seed(0)
     lm = LoraModel(
         BackboneSpec(str(tiny_llama_dir), "sequence-classification", 32, num_labels=2), LoraSpec(2.0, "auto")
     )
     lm.use_rank(4)
     return lm
+
+
+@pytest.fixture
+def tiny_classifier(tiny_llama_dir):
+    return fresh_classifier(tiny_llama_dir)
 
 
 def test_training_lowers_the_loss_and_reports_what_it_did(tiny_classifier):

@@ -49,8 +49,12 @@ def wait_for_nodes(grid: Grid, at_least: int) -> list[int]:
 
 def profile_queries(node_ids: Iterable[int]) -> list[Message]:
     """One query per node: who are you (partition, tier, data size, memory)?"""
-    ask = RecordDict({wire.CONFIG: ConfigRecord({"ask": "profile"})})
-    return [Message(ask, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
+    return [
+        Message(
+            RecordDict({wire.CONFIG: ConfigRecord({"ask": "profile"})}), dst_node_id=n, message_type=MessageType.QUERY
+        )
+        for n in node_ids
+    ]
 
 
 def send_and_receive_timed(

@@ -103,6 +103,10 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--partitions", nargs="+", default=["dirichlet:0.3", "dirichlet:0.1", "pathological:2"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument(
+        "--server-lr", nargs="+", default=[], metavar="ARM=LR",
+        help="another server-lr for a server-optimizer arm (its label gets @LR), e.g. fedavgm=1.0",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=6)
@@ -111,6 +115,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=RESULTS / "noniid_benchmark.md")
     args = parser.parse_args()
 
+    server_lrs = {arm: float(lr) for arm, _, lr in (pair.partition("=") for pair in args.server_lr)}
+    if unknown := [arm for arm in server_lrs if "server-optimizer" not in ARMS.get(arm, {})]:
+        parser.error(f"--server-lr applies to server-optimizer arms only, not {unknown}")
     matrix = Matrix("noniid", args.out, num_supernodes=args.clients)
     majority: dict[str, float] = {}
     for dataset in args.datasets:
@@ -124,7 +131,10 @@ def main() -> None:
             }
             majority[f"{dataset}/{partition}"] = majority_share(base)
             for arm in args.arms:
-                matrix.add(f"{dataset}/{partition}/{arm}", {**base, **ARMS[arm]}, args.seeds)
+                overrides, label = {**base, **ARMS[arm]}, arm
+                if arm in server_lrs:
+                    overrides["server-lr"], label = server_lrs[arm], f"{arm}@{server_lrs[arm]:g}"
+                matrix.add(f"{dataset}/{partition}/{label}", overrides, args.seeds)
     matrix.run()
     dump_cells(args.out / "cells.json", matrix)
 
@@ -155,6 +165,7 @@ def main() -> None:
         [f"--datasets {' '.join(args.datasets)}", f"--partitions {' '.join(args.partitions)}",
          f"--arms {' '.join(args.arms)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--rounds {args.rounds}",
          f"--clients {args.clients}", f"--per-round {args.per_round}"]
+        + ([f"--server-lr {' '.join(args.server_lr)}"] if args.server_lr else [])
     )  # fmt: skip
     protocol = (
         __doc__.split("\n\n", 1)[1].split("    .venv")[0]

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from matrix import Matrix, dump_cells, markdown_table, mean_std, write_report
 
+from flq.metrics.classification import is_collapsed
+
 RESULTS = Path(__file__).parent / "results"
 
 DATASETS = {
@@ -150,7 +152,7 @@ def main() -> None:
             return mean_std([None if f is None else f[key] for f in figs])
 
         held = sum(bool(f and f["held"]) for f in figures)
-        collapsed = sum(bool(f and f["top_share"] is not None and f["top_share"] > 0.8) for f in figures)
+        collapsed = sum(bool(f and is_collapsed(f["top_share"])) for f in figures)
         rows.append([
             label, f"{maj:.3f}", col("rounds_to_target"), col("clock_to_target"), f"{held}/{len(cells)}",
             col("final"), col("macro_f1"), col("worst"), col("p10"), f"{collapsed}/{len(cells)}",

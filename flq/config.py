@@ -60,7 +60,7 @@ class RunConfig:
     eval_batch_size: int = 32
     learning_rate: float = 0.002
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # across rounds: constant | cosine (flq.task.train.round_learning_rate)
+    lr_schedule: str = "constant"  # across rounds: constant | cosine (flq.task.lr_schedule)
     lr_warmup_rounds: int = 0
     max_grad_norm: float = 0.0  # 0: no clipping
     proximal_mu: float = 0.0  # FedProx; 0: off

@@ -12,7 +12,6 @@ Files in the run directory (``<output-dir>/<run-name>/``):
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from .adapter import AdapterState
 from .logs import log
-from .metrics.classification import COLLAPSE_SHARE
+from .metrics.classification import from_metric_values, is_collapsed
 from .metrics.records import RUN_INFO_FILE, RoundRecord, append_round
 from .sim.clock import real_clock_description
 from .status import ClientStatus
@@ -77,7 +76,7 @@ class RunRecorder(RoundRecorder):
             bytes_up=sum(c.bytes_up for c in result.clients),
             bytes_down=sum(c.bytes_down for c in result.clients),
             num_sampled=len(result.clients),
-            num_accepted=sum(c.status == ClientStatus.OK for c in result.clients),
+            num_accepted=result.num_accepted,
             clients=result.clients,
             client_eval=list(snapshot.client_eval),
             rejected=[
@@ -85,7 +84,7 @@ class RunRecorder(RoundRecorder):
             ],
             scheduler=snapshot.scheduler_name,
             scheduler_ms=snapshot.scheduler_ms,
-            **class_fields(metrics),
+            **from_metric_values(metrics),
         )
         append_round(self.run_dir, record)
         self.records.append(record)
@@ -102,7 +101,7 @@ class RunRecorder(RoundRecorder):
             snapshot.optimizer_state,
         )
         log.info(progress_line(record, self.num_rounds))
-        if record.top_prediction_share is not None and record.top_prediction_share > COLLAPSE_SHARE:
+        if is_collapsed(record.top_prediction_share):
             log.warning(
                 "[round %d] the global model predicts class %d for %.0f%% of the held-out set: it has collapsed "
                 "onto one class (see docs/aggregation.md, server optimizers, for what helps on skewed data)",
@@ -114,20 +113,6 @@ class RunRecorder(RoundRecorder):
     def write_run_info(self, info: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.run_dir / RUN_INFO_FILE, info)
-
-
-def class_fields(metrics) -> dict[str, Any]:
-    """RoundRecord's classification fields from the server's evaluation (none for causal LM)."""
-    if metrics is None or "balanced-accuracy" not in metrics:
-        return {}
-    per_class = [None if math.isnan(a) else float(a) for a in metrics["per-class-accuracy"]]
-    return {
-        "balanced_accuracy": float(metrics["balanced-accuracy"]),
-        "macro_f1": float(metrics["macro-f1"]),
-        "per_class_score": per_class,
-        "top_prediction": int(metrics["top-prediction"]),
-        "top_prediction_share": float(metrics["top-prediction-share"]),
-    }
 
 
 def progress_line(r: RoundRecord, num_rounds: int) -> str:

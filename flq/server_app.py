@@ -23,7 +23,7 @@ from .codec.flower_records import array_record_to_adapter
 from .codec.update_codec import bytes_per_element
 from .config import ConfigError, NodeConfigError, RunConfig
 from .logs import log, quiet_libraries
-from .metrics.classification import ClassificationScores
+from .metrics.classification import to_metric_values
 from .metrics.plots import write_run_figures
 from .metrics.records import read_rounds
 from .metrics.summary import summarize, write_summary
@@ -69,7 +69,7 @@ class ServerEvaluator:
         )
         metrics = {"score": stats.score, "loss": stats.loss, "num-examples": stats.num_examples}
         if stats.classes is not None:
-            metrics.update(class_metrics(stats.classes))
+            metrics.update(to_metric_values(stats.classes))
         return MetricRecord(metrics)
 
     def __call__(self, server_round: int, state: AdapterState) -> MetricRecord:
@@ -102,17 +102,6 @@ def scheduler_priors(cfg: RunConfig, initial: AdapterState) -> dict:
         adapter_mb_per_rank=per_rank * 16 / 2**20,  # weights, grads, two AdamW moments in float32
     )
     return priors
-
-
-def class_metrics(scores: ClassificationScores) -> dict:
-    """The server's classification scores as MetricRecord values (NaN: a class with no example)."""
-    return {
-        "balanced-accuracy": scores.balanced_accuracy,
-        "macro-f1": scores.macro_f1,
-        "per-class-accuracy": [float("nan") if a is None else a for a in scores.per_class_accuracy],
-        "top-prediction": scores.top_prediction,
-        "top-prediction-share": scores.top_prediction_share,
-    }
 
 
 def resolve_run_dir(cfg: RunConfig) -> Path:

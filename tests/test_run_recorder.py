@@ -4,10 +4,9 @@ import logging
 
 import numpy as np
 
-from flq.metrics.classification import classification_scores
+from flq.metrics.classification import classification_scores, to_metric_values
 from flq.metrics.records import ClientRoundRecord, read_rounds
 from flq.run_recorder import RunRecorder, load_checkpoint, load_optimizer_state
-from flq.server_app import class_metrics
 from flq.status import ClientStatus
 from flq.strategy.accounting import RoundResult
 from flq.strategy.recording import RoundSnapshot
@@ -26,7 +25,7 @@ def snapshot(metrics, server_round=1):
 
 def server_metrics(labels, predictions, num_classes=3):
     scores = classification_scores(np.array(labels), np.array(predictions), num_classes)
-    return {"score": scores.accuracy, "loss": 1.0, "num-examples": len(labels), **class_metrics(scores)}
+    return {"score": scores.accuracy, "loss": 1.0, "num-examples": len(labels), **to_metric_values(scores)}
 
 
 def test_a_round_record_carries_balanced_accuracy_macro_f1_and_per_class_scores(tmp_path):

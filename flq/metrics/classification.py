@@ -9,6 +9,8 @@ predicted class say it. Pure numpy.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +31,36 @@ class ClassificationScores:
 
     @property
     def collapsed(self) -> bool:
-        return self.top_prediction_share > COLLAPSE_SHARE
+        return is_collapsed(self.top_prediction_share)
+
+
+def is_collapsed(top_prediction_share: float | None) -> bool:
+    """Whether a model predicting its most frequent class for this share of examples has collapsed."""
+    return top_prediction_share is not None and top_prediction_share > COLLAPSE_SHARE
+
+
+def to_metric_values(scores: ClassificationScores) -> dict:
+    """The scores as MetricRecord values (NaN: a class with no example); ``from_metric_values`` reads them."""
+    return {
+        "balanced-accuracy": scores.balanced_accuracy,
+        "macro-f1": scores.macro_f1,
+        "per-class-accuracy": [float("nan") if a is None else a for a in scores.per_class_accuracy],
+        "top-prediction": scores.top_prediction,
+        "top-prediction-share": scores.top_prediction_share,
+    }
+
+
+def from_metric_values(metrics: Mapping | None) -> dict:
+    """RoundRecord's classification fields from ``to_metric_values``'s keys ({} where absent: causal LM)."""
+    if metrics is None or "balanced-accuracy" not in metrics:
+        return {}
+    return {
+        "balanced_accuracy": float(metrics["balanced-accuracy"]),
+        "macro_f1": float(metrics["macro-f1"]),
+        "per_class_score": [None if math.isnan(a) else float(a) for a in metrics["per-class-accuracy"]],
+        "top_prediction": int(metrics["top-prediction"]),
+        "top_prediction_share": float(metrics["top-prediction-share"]),
+    }
 
 
 def classification_scores(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> ClassificationScores:

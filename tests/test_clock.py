@@ -1,4 +1,4 @@
-"""The virtual clock on hand-computed cases, the straggler policies and budget step counting."""
+"""The virtual clock on hand-computed cases and the straggler policies."""
 
 import json
 import math
@@ -14,7 +14,6 @@ from flq.sim.clock import (
     handshake_rtts_for,
     is_on_time,
     round_time,
-    steps_within_budget,
     transfer_seconds,
 )
 from flq.sim.tiers import TierError, TierProfile, load_tiers
@@ -139,21 +138,3 @@ def test_deadline_rounds_end_with_the_slowest_or_at_the_deadline(policy):
     assert round_time([3.0, 12.0], 10.0, policy) == 10.0  # a late client: the server stopped waiting
     assert round_time([3.0, None], 10.0, policy) == 10.0  # a silent client: the same
     assert round_time([10.0], 10.0, policy) == 10.0  # exactly at the deadline is on time
-
-
-def test_budget_counts_the_steps_that_fit_after_transfers():
-    # 60 s budget - 18.5 s predicted transfer = 41.5 s; 41.5 / 4 s per step = 10.375 -> 10 steps.
-    assert steps_within_budget(60.0, 4.0, 18.5, max_steps=20) == 10
-    assert steps_within_budget(60.0, 4.0, 18.5, max_steps=8) == 8  # capped by the assignment
-    assert steps_within_budget(60.0, 4.0, 58.0, max_steps=8) == 1  # 2 s left < one step: still one
-    assert steps_within_budget(60.0, 4.0, 60.0, max_steps=8) == 0  # nothing left
-    assert steps_within_budget(60.0, 4.0, 75.0, max_steps=8) == 0  # transfers alone overrun
-    assert steps_within_budget(60.0, 4.0, 0.0, max_steps=0) == 0
-    assert steps_within_budget(0.3, 0.1, 0.0, max_steps=10) == 3  # 0.3 / 0.1 is 2.999..., float-safe
-
-
-def test_budget_rejects_nonsense():
-    with pytest.raises(ValueError, match="per-step"):
-        steps_within_budget(60.0, 0.0, 1.0, 8)
-    with pytest.raises(ValueError, match="max_steps"):
-        steps_within_budget(60.0, 1.0, 1.0, -1)

@@ -28,7 +28,9 @@ class ClientRoundRecord:
     tier: str | None = None
     rank: int = 0
     bits: int = 0
-    steps: int = 0
+    steps: int = 0  # local steps it trained
+    planned_steps: int = 0  # local steps it was asked for (a budget may stop it sooner)
+    budget_s: float | None = None  # the time budget it was sent (budget policy), on the run's clock
     num_examples: int = 0
     batch_size: int = 0  # examples per step the scheduler gave it (0: its own batch)
     loss_before: float | None = None

@@ -154,25 +154,6 @@ def round_time(finish_times: Sequence[float | None], deadline_s: float | None, p
     return float(max(arrived, default=0.0))
 
 
-def steps_within_budget(budget_s: float, per_step_s_on_clock: float, fixed_overhead_s: float, max_steps: int) -> int:
-    """How many local steps to train under ``budget``: those that fit once the predicted
-    transfer time (``fixed_overhead_s``) is taken out, at most ``max_steps``.
-
-    0 if the overhead alone uses the whole budget (nothing to gain from training); otherwise at
-    least 1, so a client with any time left sends an update, even if that one step overruns.
-    """
-    if not per_step_s_on_clock > 0:
-        raise ValueError(f"per-step time must be > 0 s, got {per_step_s_on_clock}")
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    left = budget_s - fixed_overhead_s
-    if left <= 0 or max_steps == 0:
-        return 0
-    # The 1e-9 absorbs float error, e.g. 0.3 / 0.1 = 2.9999999999999996.
-    fitting = math.floor(left / per_step_s_on_clock + 1e-9)
-    return max(1, min(max_steps, fitting))
-
-
 # -- the model, as run.json records it ----------------------------------------------------
 @dataclass(frozen=True)
 class ClockModel:

@@ -33,6 +33,7 @@ class ClientPlan:
     assignment: Assignment
     sent: AdapterState  # what the node received (the global truncated to its rank)
     bytes_down: int
+    budget_s: float | None = None  # the time budget it was sent (budget policy), on the run's clock
 
 
 @dataclass
@@ -128,6 +129,8 @@ class RoundAccounting:
             rank=plan.assignment.rank,
             bits=plan.assignment.bits,
             steps=int(metrics.get(wire.STEPS, 0)),
+            planned_steps=plan.assignment.local_steps,
+            budget_s=plan.budget_s,
             num_examples=int(metrics.get(wire.NUM_EXAMPLES, 0)),
             batch_size=int(plan.assignment.batch_size or 0),
             loss_before=_opt_float(metrics.get(wire.LOSS_BEFORE)),

@@ -147,11 +147,12 @@ class FLQFedAvg(FedAvg):
             cfg[wire.CLOCK] = self.accounting.clock
             cfg[wire.HANDSHAKE_RTTS] = self.accounting.clock_model.handshake_rtts
             cfg[wire.ERROR_FEEDBACK] = self.spec.error_feedback
-            if self.spec.policy == "budget" and a.budget_s is not None:
-                cfg[wire.BUDGET_S] = float(a.budget_s)
+            budget_s = float(a.budget_s) if self.spec.policy == "budget" and a.budget_s is not None else None
+            if budget_s is not None:
+                cfg[wire.BUDGET_S] = budget_s
             if a.batch_size is not None:
                 cfg[wire.BATCH_SIZE] = int(a.batch_size)
-            plans[node] = ClientPlan(node, a, sent, array_record_nbytes(record))
+            plans[node] = ClientPlan(node, a, sent, array_record_nbytes(record), budget_s)
             content = RecordDict({wire.ARRAYS: record, wire.CONFIG: cfg})
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         return TrainRound(global_state, plans, messages, assign_s)

@@ -20,34 +20,30 @@ overlapping requests count once), without Flower's 3 s poll sleeps or the Client
 Throughput is adapter bytes moved (down + up) over the time pull-object + push-object requests were
 in flight. Medians over the repetitions.
 
-Links: ``loopback`` is 127.0.0.1. The WAN profiles put the SuperNodes and the SuperLink in two
-network namespaces made here (``ip netns``), joined by two TUN devices and a forwarder in this
-process that delays every packet by RTT/2 each way and drops it with the given probability
-(independent per packet and direction), which is what ``tc netem delay/loss`` would do; this
-kernel has no netem qdisc, hence the forwarder. No bandwidth cap is set. Needs root; traffic stays
+Links: ``loopback`` is 127.0.0.1. The emulated links put the SuperNodes and the SuperLink in two
+network namespaces joined through a forwarder in this process (``flq.netem``: this kernel has no
+netem qdisc): per direction, loss, a bottleneck rate with a drop-tail queue of 100 ms, and delay
+with jitter that reorders packets. A link is named ``RTTms-LOSS%[-jJITTER][-rRATE]``, e.g.
+``100ms-3%-j20-r20``; ``--grid`` runs a grid of them. ``--check-emulator`` measures the emulator
+itself: a plain TCP bulk transfer's rate against the configured one. Needs root; traffic stays
 inside the namespaces, which are removed afterwards.
 
     sudo .venv/bin/python benchmarks/transport_throughput.py            # all profiles -> results/transport_throughput.md
     .venv/bin/python benchmarks/transport_throughput.py --quick          # loopback only, 1 rep -> results/tmp/
-    sudo .venv/bin/python benchmarks/transport_throughput.py --profiles loopback,50ms-1%
+    sudo .venv/bin/python benchmarks/transport_throughput.py --profiles loopback,50ms-1%,100ms-3%-j20-r20
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import fcntl
 import json
 import math
 import os
 import platform
-import random
 import shutil
 import ssl
 import statistics
-import struct
-import subprocess
 import sys
 import threading
 import time
@@ -58,6 +54,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, sys.path[0] is benchmarks/, and `harness` (unlike `flq`) is not installed: add the project root.
 sys.path.insert(0, str(ROOT))
+from flq.netem.link import LinkDirection  # noqa: E402
+from flq.netem.namespaces import EmulatedLink  # noqa: E402
 from harness.deployment import superlink_command  # noqa: E402
 from harness.processes import BIN, Proc, flower_env, free_port  # noqa: E402
 
@@ -65,16 +63,58 @@ APP = ROOT / "benchmarks" / "apps" / "fleet_bench"
 RESULTS = ROOT / "benchmarks" / "results"
 LABELS = ("http", "http-reconnect", "quic", "quic-reconnect")
 SIZES = (100_000, 1_000_000, 4_000_000)
-ADDR_A, ADDR_B = "10.201.0.1", "10.201.0.2"  # SuperNodes' side, SuperLink's side
 
 
 @dataclass(frozen=True)
 class Profile:
+    """A link between the SuperNodes and the SuperLink; the same in both directions."""
+
     name: str
     rtt_ms: float = 0.0
     loss: float = 0.0
+    jitter_ms: float = 0.0  # +- per packet each way: packets reorder
+    rate_mbps: float | None = None  # bottleneck each way, with a drop-tail queue of QUEUE_MS
     emulated: bool = True
     sizes: tuple[int, ...] = SIZES
+
+    def direction(self) -> LinkDirection:
+        return LinkDirection(
+            delay_ms=self.rtt_ms / 2,
+            jitter_ms=self.jitter_ms,
+            loss=self.loss,
+            rate_mbps=self.rate_mbps,
+            queue_ms=QUEUE_MS,
+        )
+
+
+QUEUE_MS = 100.0  # a bottleneck's buffer: 100 ms at its rate, a common access-router sizing
+
+
+def profile_named(name: str) -> Profile:
+    """``RTTms-LOSS%[-jJITTER][-rRATE]``, e.g. ``100ms-3%-j20-r20`` (100 ms, 3 % loss, +-20 ms, 20 Mb/s)."""
+    if name in PROFILES:
+        return PROFILES[name]
+    rtt, loss, *rest = name.split("-")
+    fields: dict[str, Any] = {"rtt_ms": float(rtt.removesuffix("ms")), "loss": float(loss.removesuffix("%")) / 100}
+    for part in rest:
+        key = {"j": "jitter_ms", "r": "rate_mbps"}.get(part[:1])
+        if key is None:
+            raise ValueError(f"unknown link part {part!r} in {name!r}")
+        fields[key] = float(part[1:])
+    return Profile(name, **fields)
+
+
+def grid_names(rtts, losses, jitters, rates) -> list[str]:
+    def num(x: float) -> str:
+        return f"{x:g}"
+
+    return [
+        f"{num(r)}ms-{num(l * 100)}%" + (f"-j{num(j)}" if j else "") + f"-r{num(b)}"
+        for r in rtts
+        for l in losses  # noqa: E741
+        for j in jitters
+        for b in rates
+    ]
 
 
 PROFILES = {
@@ -91,89 +131,16 @@ PROFILES = {
 }
 
 
-# --- the emulated link ---------------------------------------------------------------------
-
-_TUNSETIFF, _IFF_TUN, _IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
-
-
-def _sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _open_tun(name: str) -> int:
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-    fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
-    return fd
-
-
-class EmulatedLink:
-    """Two network namespaces joined through this process: delay and loss per packet."""
-
-    def __init__(self, rtt_ms: float, loss: float, seed: int = 7) -> None:
-        self.ns = (f"flqbench-a{os.getpid()}", f"flqbench-b{os.getpid()}")
-        self.delay = rtt_ms / 2000.0
-        self.loss = loss
-        self.rng = random.Random(seed)
-        self.forwarded = self.dropped = 0
-        self._fds: list[int] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> EmulatedLink:
-        a, b = self.ns
-        tun_a, tun_b = f"flqta{os.getpid() % 100000}", f"flqtb{os.getpid() % 100000}"
-        try:
-            for ns in self.ns:
-                _sh("ip", "netns", "add", ns)
-            self._fds = [_open_tun(tun_a), _open_tun(tun_b)]
-            for ns, dev, here, there in ((a, tun_a, ADDR_A, ADDR_B), (b, tun_b, ADDR_B, ADDR_A)):
-                _sh("ip", "link", "set", dev, "netns", ns)
-                _sh("ip", "-n", ns, "addr", "add", here, "peer", there, "dev", dev)
-                _sh("ip", "-n", ns, "link", "set", dev, "up")
-                _sh("ip", "-n", ns, "link", "set", "lo", "up")
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        fa, fb = self._fds
-        self._loop.call_soon(self._loop.add_reader, fa, self._pump, fa, fb)
-        self._loop.call_soon(self._loop.add_reader, fb, self._pump, fb, fa)
-        self._thread.start()
-        return self
-
-    def _pump(self, src: int, dst: int) -> None:
-        while True:
-            try:
-                packet = os.read(src, 65536)
-            except BlockingIOError:
-                return
-            if self.rng.random() < self.loss:
-                self.dropped += 1
-                continue
-            self.forwarded += 1
-            self._loop.call_later(self.delay, self._deliver, dst, packet)
-
-    def _deliver(self, dst: int, packet: bytes) -> None:
-        try:
-            os.write(dst, packet)
-        except OSError:
-            self.dropped += 1
-
-    def prefix(self, side: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns[0 if side == "nodes" else 1]]
-
-    def __exit__(self, *exc) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-        for fd in self._fds:
-            os.close(fd)
-        for ns in self.ns:
-            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+# --- the emulated link: flq.netem (namespaces joined through a forwarder in this process) -------
 
 
 class Loopback:
     def prefix(self, side: str) -> list[str]:
         return []
+
+    @staticmethod
+    def address(side: str) -> str:
+        return "127.0.0.1"
 
 
 # --- one profile: a deployment, a run, the timings --------------------------------------------
@@ -203,7 +170,7 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
 
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    certs = make_certificates(workdir / "certs", names=[ADDR_B])
+    certs = make_certificates(workdir / "certs", names=[EmulatedLink.address("b")])
     home = workdir / "flwr-home"
     home.mkdir()
     port = free_port()
@@ -212,8 +179,7 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
         f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
         f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs["ca_cert"]}"\n'
     )
-    link = EmulatedLink(profile.rtt_ms, profile.loss) if profile.emulated else None
-    host = ADDR_B if link else "127.0.0.1"
+    link = EmulatedLink(up=profile.direction(), down=profile.direction()) if profile.emulated else None
     procs: list[Proc] = []
     started = time.monotonic()
     result = ProfileResult(profile)
@@ -224,7 +190,7 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
             superlink = Proc(
                 "superlink",
                 [
-                    *net.prefix("link"),
+                    *net.prefix("b"),
                     *superlink_command(
                         certs,
                         "0.0.0.0" if link else "127.0.0.1",
@@ -243,7 +209,7 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
             for i, label in enumerate(LABELS):
                 transport, _, mode = label.partition("-")
                 cmd = [
-                    *net.prefix("nodes"),
+                    *net.prefix("a"),
                     sys.executable,
                     str(Path(__file__).resolve()),
                     "supernode",
@@ -257,7 +223,7 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
                     *([] if resume_paths else ["--no-resume-paths"]),
                     "--",
                     "--superlink",
-                    f"{host}:{port}",
+                    f"{net.address('b')}:{port}",
                     "--root-certificates",
                     str(certs["ca_cert"]),
                     "--port",
@@ -274,7 +240,7 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
             flwr = Proc(
                 "flwr-run",
                 [
-                    *net.prefix("link"),
+                    *net.prefix("b"),
                     str(BIN / "flwr"),
                     "run",
                     str(APP),
@@ -296,7 +262,7 @@ def run_profile(profile: Profile, reps: int, workdir: Path, congestion: str, res
                 raise RuntimeError(f"benchmark run incomplete: {result_file}")
             result.rounds = _timings(record, workdir)
             if link:
-                result.link = f"{link.forwarded} packets forwarded, {link.dropped} dropped"
+                result.link = link.counts()
         finally:
             for proc in reversed(procs):
                 proc.stop()
@@ -640,12 +606,12 @@ def main() -> None:
     names = ["loopback"] if args.quick else [n.strip() for n in args.profiles.split(",") if n.strip()]
     reps = 1 if args.quick else args.reps
     out = Path(args.out) if args.out else RESULTS / ("tmp" if args.quick else "") / "transport_throughput.md"
-    if any(PROFILES[n].emulated for n in names) and os.geteuid() != 0:
+    if any(profile_named(n).emulated for n in names) and os.geteuid() != 0:
         sys.exit("the emulated-WAN profiles need root (ip netns, TUN); use --profiles loopback otherwise")
     results = []
     for name in names:
         print(f"== {name}", flush=True)
-        profile = PROFILES[name]
+        profile = profile_named(name)
         if args.sizes_mb:
             profile = dataclasses.replace(profile, sizes=tuple(int(mb * 1_000_000) for mb in args.sizes_mb))
         results.append(

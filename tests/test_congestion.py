@@ -44,6 +44,9 @@ def warmed(rtt_min: float, rtt_now: float, window_packets: int = 50, rounds: int
             cc.on_packet_acked(now=now, packet=p)
         for _ in range(8):  # enough samples to move the smoothed RTT
             cc.on_rtt_measurement(now=now, rtt=rtt_now)
+    # The RTT's floor forgets rtt_min only after two sample periods, and until then the window
+    # grew as on a path without a queue: give the tests the window they reason about.
+    cc.congestion_window = window_packets * MDS
     return cc
 
 
@@ -220,13 +223,14 @@ def test_a_congestion_loss_after_the_jump_falls_back_to_this_connections_pipe():
     sent = fill_window(cc, now=1.0)
     assert cc.congestion_window == 200 * MDS
     # The path is narrower than remembered: acks come back at 500 packets/s, the RTT doubles,
-    # and the sender keeps its window full.
-    for i in range(100):
+    # and the sender keeps its window full (for three RTTs: the RTT's floor shows the queue
+    # once a whole sample period has seen it).
+    for i in range(150):
         now = 1.1 + i * 2e-3
         cc.on_packet_acked(now=now, packet=packet(i, 1.0))
         cc.on_rtt_measurement(now=now, rtt=0.1)
         sent += fill_window(cc, start=sent, now=now)
-    cc.on_packets_lost(now=1.31, packets=[packet(i, 1.0) for i in range(100, 110)])
+    cc.on_packets_lost(now=1.41, packets=[packet(i, 1.0) for i in range(150, 160)])
     assert cc.random_losses == 0
     # delivered ~600 KB/s x 0.05 s minimum RTT: a ~25-packet pipe, far below the jump
     assert K_MINIMUM_WINDOW * MDS <= cc.congestion_window <= 40 * MDS

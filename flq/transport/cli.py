@@ -59,6 +59,13 @@ def _add_quic_tuning_args(group: argparse._ArgumentGroup) -> None:
         help="with westwood, a new connection starts from half the pipe this process last measured "
         "to the same peer host (careful resumption; default on)",
     )
+    group.add_argument(
+        "--quic-adaptive-reordering",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.adaptive_reordering,
+        help="loss detection learns the path's reordering and undoes spurious congestion events "
+        "(default on; off: RFC 9002's fixed thresholds, see flq/transport/recovery.py)",
+    )
 
 
 def _quic_settings(args: argparse.Namespace) -> QuicSettings:
@@ -70,6 +77,7 @@ def _quic_settings(args: argparse.Namespace) -> QuicSettings:
         keepalive_interval=min(defaults.keepalive_interval, args.quic_idle_timeout / 3),
         congestion_control=args.quic_congestion_control,
         resume_paths=args.quic_resume_paths,
+        adaptive_reordering=args.quic_adaptive_reordering,
         limits=Limits(max_body=args.quic_max_message_mib << 20),
     )
 

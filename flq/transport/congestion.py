@@ -6,9 +6,13 @@ emulated lossy links aioquic's Reno and Cubic moved an adapter far slower than t
 does (measured: docs/deployment.md, "How it works" and "Performance, measured"). This
 controller keeps Reno's growth, except as below, and changes the answer to a loss:
 
-* a loss while the smoothed RTT sits near its minimum had no queue behind it (TCP Veno's test):
+* a loss while the RTT's floor sits near its minimum had no queue behind it (TCP Veno's test):
   it is taken as random and the window is kept; slow start still ends when the RTT starts to
-  grow (HyStart), i.e. when a queue does build;
+  grow (HyStart), i.e. when a queue does build. The floor is the lowest RTT of the last half
+  smoothed RTT, not the smoothed RTT itself: jitter (radio links) raises the
+  average RTT of every packet without any queue, but a standing queue raises every packet's RTT,
+  its floor included (as TCP Vegas and BBR read a queue from RTT minima). Judged by the smoothed
+  RTT, every random loss on a jittery link was taken for congestion;
 * any other loss is congestion: the window falls to the delivery rate measured times the
   minimum RTT, the pipe it really had (TCP Westwood), not blindly to half. The rate is the
   best of the last few per-RTT samples (as BBR filters it): Westwood+'s slow average lags a
@@ -61,9 +65,11 @@ from aioquic.quic.congestion.base import (
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet_builder import QuicSentPacket
 
-QUEUEING_RTT = 1.25  # smoothed RTT above this x min RTT: a queue is building, the loss is congestion
+QUEUEING_RTT = 1.25  # the RTT's recent floor above this x min RTT: a queue stands, a loss is congestion
 MIN_SAMPLE_INTERVAL = 0.02  # s; shorter samples on fast links are mostly noise
 SAMPLES = 10  # the rate is the best of this many recent per-RTT samples
+RTT_FLOOR_WINDOW = 0.5  # smoothed RTTs: the RTT's floor is the lowest RTT measured this recently
+RTT_FLOOR_SAMPLES = 4096  # at most this many RTT samples kept for it
 NAME = "westwood"
 RESUME_LIFETIME_S = 3600.0  # a remembered pipe older than this is not used
 RESUME_RTT_RANGE = (0.5, 10.0)  # the new path's first RTT over the remembered minimum RTT: the same path
@@ -113,6 +119,7 @@ class WestwoodCongestionControl(QuicCongestionControl):
         self._rtt_monitor = QuicRttMonitor()
         self._min_rtt = math.inf
         self._srtt: float | None = None
+        self._recent_rtts: deque[tuple[float, float]] = deque(maxlen=RTT_FLOOR_SAMPLES)  # (time, RTT), RTT increasing
         self._acked = 0
         self._sample_start: float | None = None
         self._sample_max_in_flight = 0  # the most bytes in flight during the current sample
@@ -204,10 +211,14 @@ class WestwoodCongestionControl(QuicCongestionControl):
         return bool(self._samples) and self.path_unqueued()
 
     def path_unqueued(self) -> bool:
-        """Whether the smoothed RTT sits near its minimum: no queue is building on the path."""
+        """Whether the RTT's recent floor sits near its minimum: no queue is standing on the path."""
         if self._srtt is None or math.isinf(self._min_rtt):
             return False
-        return self._srtt <= QUEUEING_RTT * self._min_rtt
+        return self.rtt_floor() <= QUEUEING_RTT * self._min_rtt
+
+    def rtt_floor(self) -> float:
+        """The lowest RTT measured in the last RTT_FLOOR_WINDOW smoothed RTTs (the smoothed RTT if none)."""
+        return self._recent_rtts[0][1] if self._recent_rtts else (self._srtt or math.inf)
 
     def on_persistent_congestion(self) -> None:
         self.congestion_window = K_MINIMUM_WINDOW * self._mds
@@ -218,6 +229,13 @@ class WestwoodCongestionControl(QuicCongestionControl):
             self._plan_resume(now, rtt)
         self._min_rtt = min(self._min_rtt, rtt)
         self._srtt = rtt if self._srtt is None else 0.875 * self._srtt + 0.125 * rtt
+        # A sliding-window minimum: drop samples the new one makes irrelevant, then the old ones.
+        recent = self._recent_rtts
+        while recent and recent[-1][1] >= rtt:
+            recent.pop()
+        recent.append((now, rtt))
+        while recent[0][0] < now - RTT_FLOOR_WINDOW * self._srtt:
+            recent.popleft()
         # HyStart: leave slow start as the RTT grows, but only while the window is in use: the
         # RTTs of polls on an idle connection jitter with the hosts' load, not with a queue
         # (without this check slow start ended before the first adapter was sent: docs/deployment.md).

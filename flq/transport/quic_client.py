@@ -22,6 +22,7 @@ from aioquic.tls import SessionTicket
 from . import frames
 from .congestion import remember_paths
 from .quic_settings import QuicSettings, client_configuration, pending_datagrams, udp_socket
+from .recovery import tolerate_reordering
 from .session_tickets import TicketFile
 
 log = logging.getLogger("flq.transport.quic")
@@ -321,6 +322,8 @@ class FleetQuicClient:
         addr = addr[:2] if family == socket.AF_INET else addr
         if self.settings.resume_paths:
             remember_paths(quic, addr[0])
+        if self.settings.adaptive_reordering:
+            tolerate_reordering(quic)
         sock = self._connected_socket(family, addr)
         self._transport, conn = await loop.create_datagram_endpoint(
             lambda: _ClientConnection(quic, client=self, sock=sock), sock=sock

@@ -28,6 +28,7 @@ from . import frames
 from .asgi_bridge import ASGIApp, call_asgi, http_scope
 from .congestion import remember_paths
 from .quic_settings import QuicSettings, pending_datagrams, server_configuration, udp_socket
+from .recovery import tolerate_reordering
 from .session_tickets import ServerTicketStore
 
 log = logging.getLogger("flq.transport.quic")
@@ -82,6 +83,8 @@ class _RequestStream:
 class _FleetServerConnection(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, stream_handler=None, *, server: FleetQuicServer) -> None:
         super().__init__(quic, stream_handler)
+        if server.settings.adaptive_reordering:
+            tolerate_reordering(quic)
         self._server = server
         self._streams: dict[int, _RequestStream] = {}
         self._handshake_done = asyncio.Event()

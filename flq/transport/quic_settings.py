@@ -38,6 +38,7 @@ class QuicSettings:
     receive_batch: int = 64
     congestion_control: str = "westwood"  # loss-tolerant, see congestion.py; "reno" and "cubic" also work
     resume_paths: bool = True  # westwood only: a new connection may start from the pipe last measured to its peer host
+    adaptive_reordering: bool = True  # loss detection learns reordering, undoes spurious losses (recovery.py)
     limits: Limits = field(default_factory=Limits)
 
 

@@ -30,6 +30,8 @@ inside the namespaces, which are removed afterwards.
 
     sudo .venv/bin/python benchmarks/transport_throughput.py            # all profiles -> results/transport_throughput.md
     .venv/bin/python benchmarks/transport_throughput.py --quick          # loopback only, 1 rep -> results/tmp/
+    sudo .venv/bin/python benchmarks/transport_throughput.py --grid --sizes-mb 1 4 --reps 2 \\
+        --out benchmarks/results/transport_links.md                       # the link grid, about an hour
     sudo .venv/bin/python benchmarks/transport_throughput.py --profiles loopback,50ms-1%,100ms-3%-j20-r20
 """
 
@@ -116,6 +118,18 @@ def grid_names(rtts, losses, jitters, rates) -> list[str]:
         for b in rates
     ]
 
+
+# The link grid (RTT x loss x jitter x rate), trimmed to about an hour here: every axis is varied
+# around a middle link (100 ms, 1 %, 10 ms jitter, 20 Mb/s), plus RTT x jitter in full and the
+# corners. `--grid` runs it.
+GRID = [
+    *grid_names((20, 50, 100, 200), (0.01,), (0, 10), (20,)),
+    *grid_names((100,), (0.0, 0.03), (10,), (20,)),
+    *grid_names((100,), (0.01,), (10,), (5, 100)),
+    "100ms-3%-j20-r20",  # the link the issue reported QUIC 12x slower on (its queue was 0.5 s)
+    "200ms-3%-j10-r5",
+    "20ms-0%-r100",
+]
 
 PROFILES = {
     p.name: p
@@ -494,6 +508,112 @@ def _fmt_s(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
+# --- the emulator itself: does a plain TCP bulk transfer get the configured rate? ----------------
+
+_TCP_RECEIVER = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept(); n = 0; t0 = None
+while (b := c.recv(1 << 16)):
+    t0 = t0 or time.perf_counter(); n += len(b)
+print(n, time.perf_counter() - t0, flush=True)
+"""
+_TCP_SENDER = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2]))); data = b"x" * (1 << 16); left = int(sys.argv[3])
+while left > 0: c.sendall(data); left -= len(data)
+c.close()
+"""
+
+
+def tcp_goodput_mbps(profile: Profile, size: int) -> tuple[float, str]:
+    """A TCP bulk transfer of ``size`` bytes across the profile's link (a -> b): goodput and link counts."""
+    import subprocess
+
+    port = 5201
+    with EmulatedLink(up=profile.direction(), down=profile.direction()) as link:
+        receiver = subprocess.Popen(
+            [*link.prefix("b"), sys.executable, "-c", _TCP_RECEIVER, str(port)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            receiver.stdout.readline()
+            subprocess.run(
+                [*link.prefix("a"), sys.executable, "-c", _TCP_SENDER, link.address("b"), str(port), str(size)],
+                check=True,
+                timeout=600,
+            )
+            received, seconds = receiver.stdout.readline().split()
+        finally:
+            receiver.kill()
+            receiver.wait()
+        return int(received) * 8 / float(seconds) / 1e6, link.counts()
+
+
+def check_emulator(names: list[str], size: int = 8_000_000) -> str:
+    lines = [
+        "# The link emulator (flq.netem) measured with a plain TCP bulk transfer",
+        "",
+        f"Written by `benchmarks/transport_throughput.py --check-emulator` on {time.strftime('%Y-%m-%d %H:%M')}: "
+        f"{size / 1e6:g} MB over one Linux TCP connection (cubic) from namespace a to b; goodput from the first "
+        "byte received to the last, so it includes slow start. Queue: 100 ms at the rate, drop-tail.",
+        "",
+        "| link | configured Mb/s | TCP goodput Mb/s | share | link counts (a->b; b->a) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        profile = profile_named(name)
+        goodput, counts = tcp_goodput_mbps(profile, size)
+        rate = profile.rate_mbps
+        share = f"{goodput / rate:.2f}" if rate else "-"
+        lines.append(f"| {name} | {rate or 'no cap'} | {goodput:.1f} | {share} | {counts} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
+def cell_ratios(results: list[ProfileResult]) -> list[tuple[str, int, float, float]]:
+    """(link, size, QUIC/HTTP persistent, QUIC/HTTP reconnecting) per measured cell."""
+    out = []
+    for result in results:
+        for size in result.profile.sizes:
+            t = {
+                label: _median(r.fleet_s for r in result.rounds if r.label == label and r.size == size)
+                for label in LABELS
+            }
+            out.append((result.profile.name, size, t["quic"] / t["http"], t["quic-reconnect"] / t["http-reconnect"]))
+    return out
+
+
+def plot_ratios(results: list[ProfileResult], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    cells = cell_ratios(results)
+    fig = Figure(figsize=(max(8.0, 0.45 * len(cells)), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    xs = range(len(cells))
+    ax.bar([x - 0.2 for x in xs], [c[2] for c in cells], width=0.4, label="persistent")
+    ax.bar([x + 0.2 for x in xs], [c[3] for c in cells], width=0.4, label="reconnecting")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(1.25, color="red", linewidth=0.8, linestyle="--", label="1.25x (target's ceiling)")
+    ax.set_xticks(list(xs), [f"{c[0]} {c[1] / 1e6:g}MB" for c in cells], rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("QUIC round s / HTTP round s")
+    ax.set_title("Fleet round time, QUIC over HTTP, per link and adapter size (below 1: QUIC faster)")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+def ratio_summary(results: list[ProfileResult]) -> str:
+    ratios = [r for c in cell_ratios(results) for r in c[2:]]
+    if not ratios:
+        return ""
+    at_most_http = sum(r <= 1.0 for r in ratios)
+    return (
+        f"Across {len(ratios)} cells (links x sizes x persistent/reconnecting): QUIC at most HTTP's round time in "
+        f"{at_most_http} ({100 * at_most_http / len(ratios):.0f}%), worst ratio {max(ratios):.2f}, "
+        f"median {statistics.median(ratios):.2f}."
+    )
+
+
 def report(results: list[ProfileResult], reps: int, congestion: str, resume_paths: bool) -> str:
     import aioquic
     import flwr
@@ -542,6 +662,7 @@ def report(results: list[ProfileResult], reps: int, congestion: str, resume_path
                 f"{first['quic-reconnect']:.0f} / {first['http-reconnect']:.0f}{rtt} |"
             )
     skipped = [r.profile.name for r in results if 4_000_000 not in r.profile.sizes]
+    lines += ["", ratio_summary(results)]
     lines += [
         "",
         (
@@ -578,6 +699,10 @@ def main() -> None:
     parser.add_argument(
         "--profiles", default=",".join(PROFILES), help="comma list of " + ", ".join(PROFILES).replace("%", "%%")
     )
+    parser.add_argument(
+        "--grid", action="store_true", help="the link grid (GRID): " + ", ".join(GRID).replace("%", "%%")
+    )
+    parser.add_argument("--check-emulator", action="store_true", help="measure the emulator with TCP bulk transfers")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="loopback only, 1 repetition, results/tmp/")
     parser.add_argument(
@@ -603,7 +728,16 @@ def main() -> None:
         supernode_main(args, argv[split + 1 :])
         return
     args = parser.parse_args(argv)
-    names = ["loopback"] if args.quick else [n.strip() for n in args.profiles.split(",") if n.strip()]
+    if args.check_emulator:
+        text = check_emulator(["20ms-0%-r5", "20ms-0%-r20", "20ms-0%-r100", "100ms-0%-r20", "100ms-0%-j10-r20"])
+        path = Path(args.out) if args.out else RESULTS / "link_emulator.md"
+        path.write_text(text)
+        print(f"written to {path}")
+        return
+    if args.grid:
+        names = GRID
+    else:
+        names = ["loopback"] if args.quick else [n.strip() for n in args.profiles.split(",") if n.strip()]
     reps = 1 if args.quick else args.reps
     out = Path(args.out) if args.out else RESULTS / ("tmp" if args.quick else "") / "transport_throughput.md"
     if any(profile_named(n).emulated for n in names) and os.geteuid() != 0:
@@ -620,6 +754,7 @@ def main() -> None:
         text = report(results, reps, args.congestion, args.resume_paths)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)  # after every profile, so a long run leaves its partial table
+        plot_ratios(results, out.with_suffix(".png"))
         print("\n".join(line for line in text.splitlines() if line.startswith(f"| {name} |")), flush=True)
     print(report(results, reps, args.congestion, args.resume_paths))
     print(f"\nwritten to {out}")

@@ -8,6 +8,7 @@ aggregation or local training alone:
 * ``fedavgm``: server momentum 0.9 at server-lr 0.1 (an effective rate of 1: FedAvg's pace);
 * ``fedadam`` / ``fedyogi``: server-lr 0.01, beta1 0.9, beta2 0.99, tau 1e-3 (Reddi et al.);
 * ``fedprox``: proximal-mu 0.01;
+* ``scaffold``: SCAFFOLD control variates (twice the bytes per round each way);
 * ``balanced``: class-weighting=balanced.
 
 The arm values are the papers' usual starting points, not tuned here. Per run, from its
@@ -50,6 +51,7 @@ ARMS = {
     "fedadam": {"server-optimizer": "fedadam", "server-lr": 0.01},
     "fedyogi": {"server-optimizer": "fedyogi", "server-lr": 0.01},
     "fedprox": {"proximal-mu": 0.01},
+    "scaffold": {"scaffold": True},
     "balanced": {"class-weighting": "balanced"},
 }
 

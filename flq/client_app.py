@@ -5,7 +5,8 @@ Three handlers:
 * ``query``: who this node is (partition, data size, tier, memory limit), asked once;
 * ``train``: load the backbone at the assigned bits and an adapter at the assigned rank,
   overwrite it with the received global adapter, train up to ``local-steps`` steps (or what
-  fits the time budget), reply with the update as a delta and what was measured;
+  fits the time budget), reply with the update as a delta and what was measured (with
+  SCAFFOLD, also the change of this node's control variate);
 * ``evaluate``: score the global adapter on this node's own test split (fairness).
 
 The backbone never leaves the node; only the adapter's trainable tensors travel. A node's tier
@@ -41,8 +42,9 @@ from .scheduler.priors import own_batch_size
 from .sim.clock import comm_seconds
 from .sim.tiers import TierProfile, assign_tiers, load_tiers
 from .status import ClientStatus
+from .strategy.scaffold import client_control_at_rank, client_control_update, merge_client_control
 from .task.cost import estimate_train_memory_mb, model_shape
-from .task.lora import get_lora_model
+from .task.lora import LoraModel, get_lora_model
 from .task.lr_schedule import round_learning_rate
 from .task.model_cache import resolve_model
 from .task.models import resolve_device
@@ -55,6 +57,7 @@ quiet_libraries()
 app = ClientApp()
 
 RESIDUALS_KEY = "flq-error-feedback"
+CONTROL_KEY = "flq-scaffold-control"  # this node's SCAFFOLD c_i, kept across rounds
 
 
 @dataclass(frozen=True)
@@ -159,15 +162,17 @@ def train(msg: Message, context: Context) -> Message:
     model = get_lora_model(backbone_spec(cfg, bits), lora_spec(cfg))
     model.use_rank(rank)
     model.load_adapter_state(received)
+    control = read_control(msg, context, rank)  # SCAFFOLD: (c, c_i) at this rank, or None when off
 
     codec = str(ask[wire.CODEC_UP])
     should_stop = None
     if wire.BUDGET_S in ask:
         virtual = str(ask.get(wire.CLOCK, "virtual")) == "virtual"
         upload = encoded_nbytes(encode_adapter(received, codec, lz4=False))  # an upper bound: no LZ4
-        comm_s = comm_seconds(
-            node.tier, upload, array_record_nbytes(msg.content[wire.ARRAYS]), int(ask.get(wire.HANDSHAKE_RTTS, 1))
-        )
+        download = sum(array_record_nbytes(r) for r in msg.content.array_records.values())
+        if control is not None:  # the control delta goes up beside the update, in fp32
+            upload += encoded_nbytes(encode_adapter(control[0], "fp32", lz4=False))
+        comm_s = comm_seconds(node.tier, upload, download, int(ask.get(wire.HANDSHAKE_RTTS, 1)))
         factor = node.tier.compute_factor if virtual else 1.0
         should_stop = budget_stopper(float(ask[wire.BUDGET_S]), factor, comm_s)
 
@@ -192,10 +197,12 @@ def train(msg: Message, context: Context) -> Message:
             if cfg.class_weighting == "balanced"
             else None
         ),
+        control_correction=None if control is None else control_correction(model, *control),
     )
     # The delta is taken from what this client actually decoded, so with a quantized
     # broadcast the update still carries exactly what local training changed.
-    delta = subtract(model.adapter_state(), received)
+    trained = model.adapter_state()
+    delta = subtract(trained, received)
     update = encode_update(delta, codec, bool(ask.get(wire.ERROR_FEEDBACK, False)), rank, context)
 
     metrics = MetricRecord(
@@ -213,6 +220,9 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {wire.ARRAYS: update, wire.METRICS: metrics, wire.INFO: tier_info(node, **{wire.STATUS: ClientStatus.OK.value})}
     )
+    if control is not None:
+        c, c_i = control
+        content[wire.CONTROL_DELTA] = update_control(context, c, c_i, received, trained, stats.steps, learning_rate)
     return Message(content, reply_to=msg)
 
 
@@ -271,6 +281,44 @@ def encode_update(delta: AdapterState, codec: str, error_feedback: bool, rank: i
     encoded, new_residuals = encode_with_feedback(delta, residuals, codec)
     context.state[RESIDUALS_KEY] = adapter_to_array_record(new_residuals, "fp32")
     return encoded_to_array_record(encoded)
+
+
+def read_control(msg: Message, context: Context, rank: int) -> tuple[AdapterState, AdapterState] | None:
+    """SCAFFOLD's ``(c, c_i)`` at ``rank``: the server's control variate as sent, and this node's own
+    as kept in ``context.state`` (zero where it has none yet); None when the server sent no control."""
+    record = msg.content.get(wire.CONTROL)
+    if record is None:
+        return None
+    c = array_record_to_adapter(record)
+    stored = context.state.array_records.get(CONTROL_KEY)
+    return c, client_control_at_rank(array_record_to_adapter(stored) if stored is not None else {}, c, rank)
+
+
+def control_correction(model: LoraModel, c: AdapterState, c_i: AdapterState) -> dict[str, torch.Tensor]:
+    """``c - c_i`` keyed by the trainable parameters' names (what ``train_steps`` matches them by)."""
+    names = model.parameter_names()
+    return {names[key]: torch.from_numpy(value) for key, value in subtract(c, c_i).items()}
+
+
+def update_control(
+    context: Context,
+    c: AdapterState,
+    c_i: AdapterState,
+    sent: AdapterState,
+    trained: AdapterState,
+    steps: int,
+    learning_rate: float,
+) -> ArrayRecord:
+    """Keep this node's new ``c_i+`` and return ``delta_c_i = c_i+ - c_i`` for the reply (fp32).
+
+    ``learning_rate`` is the round's (``round_learning_rate``) and ``steps`` the steps taken.
+    Components above this round's rank stay as kept (``merge_client_control``).
+    """
+    new = client_control_update(c_i, c, sent, trained, steps, learning_rate)
+    stored = context.state.array_records.get(CONTROL_KEY)
+    kept = merge_client_control(array_record_to_adapter(stored) if stored is not None else {}, new)
+    context.state[CONTROL_KEY] = adapter_to_array_record(kept, "fp32")
+    return adapter_to_array_record(subtract(new, c_i), "fp32")
 
 
 @app.evaluate()

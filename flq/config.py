@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import PurePath
 from typing import Any
 
 from .codec.update_codec import SCHEMES as CODECS
@@ -19,7 +20,10 @@ from .scheduler.spread import SpreadError, parse_int_spread
 from .sim.clock import CLOCKS, HANDSHAKE_RTTS, POLICIES
 from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS
 from .strategy.server_optimizer import SERVER_OPTIMIZERS
+from .task.data import EMBEDDED_TEXT, ROW_SUFFIXES, TEXT_SUFFIXES, check_encoding
+from .task.images import IMAGE_FILE_SUFFIXES, IMAGE_SOURCES, IMAGE_TASK
 from .task.lr_schedule import LR_SCHEDULES
+from .task.partition import LABEL_PARTITIONERS
 
 CLASS_WEIGHTINGS = ("none", "balanced")
 TASKS = ("sequence-classification", "causal-lm", "image-classification")
@@ -45,6 +49,7 @@ class RunConfig:
     data: str = "bbc-news"
     text_column: str = "text"
     label_column: str = "label"
+    data_encoding: str = "utf-8"  # decodes CSV, JSONL and text files (not bbc-news, always latin-1)
     max_seq_length: int = 64
     server_test_size: int = 300
     local_test_fraction: float = 0.2
@@ -64,6 +69,7 @@ class RunConfig:
     lr_warmup_rounds: int = 0
     max_grad_norm: float = 0.0  # 0: no clipping
     proximal_mu: float = 0.0  # FedProx; 0: off
+    scaffold: bool = False  # SCAFFOLD control variates (flq/strategy/scaffold.py); doubles the bytes per round
     class_weighting: str = "none"  # none | balanced (classification: each local class weighs the same)
     seed: int = 42
     target_score: float = 0.85
@@ -232,8 +238,51 @@ class RunConfig:
         check(bool(self.lora_targets.strip()), "lora-targets must not be empty")
         check(bool(self.output_dir.strip()), "output-dir must not be empty")
         check("/" not in self.run_name and ".." not in self.run_name, "run-name must be a plain name")
+        encoding_problem = check_encoding(self.data_encoding)
+        if encoding_problem:
+            errors.append(encoding_problem)
+        errors.extend(self.cross_check())
         if errors:
             raise ConfigError("bad run config: " + "; ".join(errors))
+
+    def cross_check(self) -> list[str]:
+        """Combinations of task, partitioner, data and target that cannot work, each with what would.
+
+        Only what the config alone decides (names and file suffixes); what needs the data itself
+        (its classes, its size) is checked when the ServerApp loads it, before any client starts.
+        Hints are written as ``-c`` overrides (``key="value"``).
+        """
+        problems = []
+        task, data = self.task, self.data
+        if task == "causal-lm" and self.partitioner in LABEL_PARTITIONERS:
+            problems.append(
+                f'partitioner="{self.partitioner}" splits clients by label and task="causal-lm" data has no labels: '
+                'set partitioner="iid"'
+            )
+        kind = data_kind(data)
+        if task == IMAGE_TASK and kind in ("text", "plain-text"):
+            problems.append(
+                f'data="{data}" is text and task="{task}" needs images: set data="digits", an .npz or a folder '
+                'of class folders of images (or task="sequence-classification")'
+            )
+        elif task != IMAGE_TASK and kind == "images":
+            problems.append(
+                f'data="{data}" is images and task="{task}" needs text: set task="{IMAGE_TASK}" (or data="bbc-news", '
+                f"a {'/'.join(ROW_SUFFIXES + TEXT_SUFFIXES[:1])} file or a folder)"
+            )
+        elif task == "sequence-classification" and kind == "plain-text":
+            problems.append(
+                f'data="{data}" is plain text without labels and task="{task}" needs labels: use a '
+                f'{"/".join(ROW_SUFFIXES)} file with a label column or a folder per class (or task="causal-lm")'
+            )
+        if task == "causal-lm" and self.target_score <= 1.0:
+            problems.append(
+                f'target-score={self.target_score:g} is below 1, which no perplexity reaches (task="causal-lm" '
+                "is scored by perplexity, lower is better): set target-score to a perplexity, e.g. 30"
+            )
+        elif task != "causal-lm" and not 0.0 < self.target_score <= 1.0:
+            problems.append(f'target-score={self.target_score:g} is an accuracy for task="{task}": set it in (0, 1]')
+        return problems
 
     def lora_target_list(self) -> list[str] | str:
         """``all-linear`` / ``auto`` as is, else the comma-separated module names."""
@@ -241,6 +290,23 @@ class RunConfig:
         if value in ("all-linear", "auto"):
             return value
         return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def data_kind(data: str) -> str:
+    """What ``data`` names, as far as its name tells: text | plain-text (no labels) | images | unknown
+    (a folder, or a file type the loaders will judge)."""
+    if data in EMBEDDED_TEXT or data.startswith("hf:"):
+        return "text"
+    if data in IMAGE_SOURCES:
+        return "images"
+    suffix = PurePath(data).suffix.lower()
+    if suffix in ROW_SUFFIXES:
+        return "text"
+    if suffix in TEXT_SUFFIXES:
+        return "plain-text"
+    if suffix in IMAGE_FILE_SUFFIXES:
+        return "images"
+    return "unknown"
 
 
 def _flower_key(field_name: str) -> str:

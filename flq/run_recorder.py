@@ -4,8 +4,10 @@ Files in the run directory (``<output-dir>/<run-name>/``):
 
 * ``run.json``: the resolved run config, the clock model, versions (written at start);
 * ``rounds.jsonl``: one ``RoundRecord`` per finished round;
-* ``checkpoint/``: the global adapter (``adapter.npz``) and ``state.json`` (round, clocks,
-  scheduler state), replaced atomically every round, so a restarted run resumes;
+* ``checkpoint/``: the global adapter (``adapter.npz``), the server optimizer's moments
+  (``optimizer.npz``), SCAFFOLD's control variate (``scaffold.npz``, empty when off) and
+  ``state.json`` (round, clocks, scheduler state), replaced atomically every round, so a
+  restarted run resumes;
 * ``summary.json``: the run's summary (written at the end, and rebuildable by ``flq report``).
 """
 
@@ -99,6 +101,7 @@ class RunRecorder(RoundRecorder):
                 "rng": snapshot.rng_state,
             },
             snapshot.optimizer_state,
+            snapshot.control_state,
         )
         log.info(progress_line(record, self.num_rounds))
         if is_collapsed(record.top_prediction_share):
@@ -131,14 +134,18 @@ def progress_line(r: RoundRecord, num_rounds: int) -> str:
 
 # -- checkpoints --------------------------------------------------------------------------
 def save_checkpoint(
-    run_dir: Path, state: AdapterState, meta: dict[str, Any], optimizer_state: dict[str, np.ndarray] | None = None
+    run_dir: Path,
+    state: AdapterState,
+    meta: dict[str, Any],
+    optimizer_state: dict[str, np.ndarray] | None = None,
+    control_state: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Write adapter, server optimizer state and metadata to temp files, then rename each (state.json
-    last): a crash never leaves half a file."""
+    """Write adapter, server optimizer state, SCAFFOLD control variate and metadata to temp files,
+    then rename each (state.json last): a crash never leaves half a file."""
     ckpt = Path(run_dir) / CHECKPOINT_DIR
     ckpt.mkdir(parents=True, exist_ok=True)
     # np.savez stores plain arrays; keys with dots and slashes are fine as archive member names.
-    arrays = {"adapter": state, "optimizer": optimizer_state or {}}
+    arrays = {"adapter": state, "optimizer": optimizer_state or {}, "scaffold": control_state or {}}
     for name, values in arrays.items():
         with open(ckpt / f"{name}.tmp.npz", "wb") as fh:
             np.savez(fh, **values)
@@ -163,6 +170,15 @@ def load_checkpoint(run_dir: Path) -> tuple[AdapterState, dict[str, Any]] | None
 def load_optimizer_state(run_dir: Path) -> dict[str, np.ndarray]:
     """The server optimizer's state in the last checkpoint ({} if none: fedavg, or an older run)."""
     path = Path(run_dir) / CHECKPOINT_DIR / "optimizer.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files}
+
+
+def load_control_state(run_dir: Path) -> dict[str, np.ndarray]:
+    """SCAFFOLD's server control variate in the last checkpoint ({} if none: off, or an older run)."""
+    path = Path(run_dir) / CHECKPOINT_DIR / "scaffold.npz"
     if not path.is_file():
         return {}
     with np.load(path, allow_pickle=False) as archive:

@@ -2,7 +2,8 @@
 
 Per round it evaluates the global adapter on the server's held-out set, appends a JSON line
 to ``rounds.jsonl``, checkpoints the adapter and scheduler, and prints a progress line. At
-the end it writes ``summary.json`` and the final adapter in peft format (``adapter/``).
+the end it writes ``summary.json`` and the final adapter in peft format (``adapter/rank<R>/``, with its
+label names and model card: ``flq.task.export``).
 Set ``resume=true`` with the same ``run-name`` to continue a run from its last checkpoint.
 """
 
@@ -24,23 +25,26 @@ from .codec.update_codec import bytes_per_element
 from .config import ConfigError, NodeConfigError, RunConfig
 from .logs import log, quiet_libraries
 from .metrics.classification import to_metric_values
+from .metrics.model_card import CardFacts, model_card
 from .metrics.plots import write_run_figures
-from .metrics.records import read_rounds
+from .metrics.records import RUN_INFO_FILE, read_rounds
 from .metrics.summary import summarize, write_summary
-from .run_recorder import RunRecorder, load_checkpoint, load_optimizer_state
+from .run_recorder import RunRecorder, load_checkpoint, load_control_state, load_optimizer_state
 from .scheduler.priors import MemoryModel
 from .scheduler.registry import build_for_run
 from .sim.clock import ClockModel
 from .sim.tiers import TierError, load_tiers
+from .status import ClientStatus
 from .strategy.accounting import ResumePoint, clock_budget_spent
 from .strategy.fedavg import FLQFedAvg, NoClientsError
 from .strategy.spec import StrategySpec
 from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape
 from .task.data import DataError
+from .task.export import BASE_CONFIG_FILE, base_model_reference, export_adapter
 from .task.lora import LoraModel
 from .task.model_cache import ModelNotFoundError, resolve_model
 from .task.models import ModelTaskError
-from .task.partition import server_test_data
+from .task.partition import check_partitioning, load_source, server_test_data
 from .task.specs import backbone_spec, data_spec, lora_spec
 from .task.train import evaluate
 
@@ -75,17 +79,42 @@ class ServerEvaluator:
     def __call__(self, server_round: int, state: AdapterState) -> MetricRecord:
         return self.score(state)
 
-    def export(self, state: AdapterState, out_dir: Path) -> Path:
-        """Save ``state`` as a peft adapter folder (loadable with PeftModel.from_pretrained)."""
+    def export(self, state: AdapterState, out_dir: Path, card: str | None = None) -> Path:
+        """Save ``state`` as a peft adapter folder ``out_dir/rank<R>/`` (``PeftModel.from_pretrained(base,
+        that folder)``), with the base model's config (label names) and ``card``; returns the folder."""
         self.model.load_adapter_state(state)
-        self.model.model.save_pretrained(out_dir, selected_adapters=[f"rank{self.model.rank}"])
-        return out_dir
+        return export_adapter(self.model, out_dir, self.label_names, card)
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return None if self.cfg.task == "causal-lm" else load_source(data_spec(self.cfg)).label_names
+
+    def card(self, run_dir: Path, records: list, summary: dict) -> str:
+        """The exported adapter's model card: task, data, federation, rounds and scores of this run."""
+        cfg = self.cfg
+        trained = {c.node_id for r in records for c in r.clients if c.status == ClientStatus.OK}
+        return model_card(
+            CardFacts(
+                run_name=run_dir.name,
+                base_model=base_model_reference(self.model),
+                adapter_dir=f"rank{self.model.rank}",
+                config_file=BASE_CONFIG_FILE,
+                config=cfg.to_dict(),
+                summary=summary,
+                num_examples=len(load_source(data_spec(cfg))),
+                server_test_size=len(self.test),
+                label_names=self.label_names,
+                num_clients=_federation_size(run_dir, records),
+                clients_trained=len(trained),
+            )
+        )
 
 
 def scheduler_priors(cfg: RunConfig, initial: AdapterState) -> dict:
     """Per-step time by bits, wire bytes per rank unit, and a memory model, from estimates."""
     per_rank = sum(initial[a].shape[1] + initial[b].shape[0] for a, b in lora_pairs(initial).values())
-    priors: dict = {"bytes_per_rank": per_rank * bytes_per_element(cfg.update_codec)}
+    per_element = bytes_per_element(cfg.update_codec) + (bytes_per_element("fp32") if cfg.scaffold else 0)
+    priors: dict = {"bytes_per_rank": per_rank * per_element}  # SCAFFOLD's control travels beside, in fp32
     try:
         shape = model_shape(resolve_model(cfg.model))
     except (OSError, ValueError):
@@ -142,6 +171,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run every round of ``cfg`` on ``grid``; return the run directory."""
     run_dir = resolve_run_dir(cfg)
     log.info("FLQ run directory: %s", run_dir)
+    check_partitioning(data_spec(cfg))  # a split that cannot work fails here, before any client starts
     evaluator = ServerEvaluator(cfg)
     initial = evaluator.initial_adapter()
     log.info(
@@ -168,6 +198,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             float(meta["clock_s"]),
             meta.get("rng") or None,
             load_optimizer_state(run_dir),
+            load_control_state(run_dir),
         )
         wall_s = float(meta["wall_s"])
         log.info("resuming %s after round %d", run_dir, resume.start_round - 1)
@@ -197,7 +228,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     summary["initial"] = recorder.initial or _previous_initial(run_dir)
     write_summary(run_dir, summary)
     write_run_figures(records, run_dir / "figures", cfg.target_score)
-    evaluator.export(state, run_dir / "adapter")
+    evaluator.export(state, run_dir / "adapter", evaluator.card(run_dir, records, summary))
     log.info(
         "FLQ finished %d rounds: %s=%s (target %s reached %s), results in %s",
         len(records),
@@ -208,6 +239,17 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         run_dir,
     )
     return run_dir
+
+
+def _federation_size(run_dir: Path, records: list) -> int:
+    """Nodes in the federation: those run.json lists, else every client the rounds name."""
+    try:
+        nodes = json.loads((run_dir / RUN_INFO_FILE).read_text()).get("nodes")
+    except (OSError, ValueError):
+        nodes = None
+    if nodes:
+        return len(nodes)
+    return len({c.node_id for r in records for c in [*r.clients, *r.client_eval]})
 
 
 def _previous_initial(run_dir: Path) -> dict:

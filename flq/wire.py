@@ -10,6 +10,8 @@ ARRAYS = "arrays"  # ArrayRecord: the adapter (down) or the update (up)
 CONFIG = "config"  # ConfigRecord: what the server asks
 METRICS = "metrics"  # MetricRecord: what the client measured (numbers only)
 INFO = "info"  # ConfigRecord: what the client is (strings: tier, status, reason)
+CONTROL = "scaffold-control"  # ArrayRecord, fp32, server -> client: SCAFFOLD's c at the client's rank (absent: off)
+CONTROL_DELTA = "scaffold-control-delta"  # ArrayRecord, fp32, client -> server: its delta_c_i (flq.strategy.scaffold)
 
 # ConfigRecord keys, server -> client
 SERVER_ROUND = "server-round"

@@ -12,12 +12,16 @@ from pathlib import Path
 from flq.task.model_cache import resolve_model
 
 
-def make_tiny_llama(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A random 2-layer Llama (GQA, like SmolLM2) with MiniLM's tokenizer, saved at ``path``."""
+def make_tiny_llama(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0, tokenizer=None) -> Path:
+    """A random 2-layer Llama (GQA, like SmolLM2) with MiniLM's tokenizer (or ``tokenizer``), saved at ``path``."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+        bos, eos = tokenizer.cls_token_id, tokenizer.sep_token_id
+    else:
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -27,14 +31,38 @@ def make_tiny_llama(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0
         num_key_value_heads=2,
         max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
+        bos_token_id=bos,
+        eos_token_id=eos,
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
+
+
+TINY_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+def make_word_tokenizer(words, adds_bos: bool):
+    """A word-level fast tokenizer over ``words`` (+ <pad> <unk> <s> </s>), built offline.
+
+    ``adds_bos``: its default encoding puts <s> first, as Gemma's and Llama's do; otherwise it
+    adds nothing, as SmolLM2's and GPT-2's do. Either way it knows <s> as BOS and </s> as EOS.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate([*TINY_SPECIALS, *dict.fromkeys(words)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:

@@ -1,5 +1,6 @@
 """Run config: the shipped defaults parse, and bad values fail early and clearly."""
 
+import re
 import tomllib
 
 import pytest
@@ -67,3 +68,71 @@ def test_every_knob_is_documented():
     documented = (PROJECT / "docs" / "configuration.md").read_text()
     missing = [key for key in RunConfig().to_dict() if f"`{key}`" not in documented]
     assert not missing, f"undocumented run-config keys: {missing}"
+
+
+# -- data-encoding and cross-checks: combinations that cannot work fail at configuration ----
+def test_data_encoding_defaults_to_utf8_and_must_be_a_text_encoding():
+    assert RunConfig().data_encoding == "utf-8"
+    assert RunConfig.from_flower({"data-encoding": "latin-1"}).data_encoding == "latin-1"
+    with pytest.raises(ConfigError, match="data-encoding: unknown encoding 'latin-9000'"):
+        RunConfig.from_flower({"data-encoding": "latin-9000"})
+    with pytest.raises(ConfigError, match="data-encoding: 'base64' is not a text encoding"):
+        RunConfig.from_flower({"data-encoding": "base64"})
+
+
+def test_causal_lm_with_the_default_partitioner_fails_naming_the_keys_and_the_fix():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_flower({"task": "causal-lm", "target-score": 30})
+    message = str(err.value)
+    assert "\n" not in message
+    assert 'partitioner="dirichlet" splits clients by label' in message and 'task="causal-lm"' in message
+    assert 'set partitioner="iid"' in message
+    with pytest.raises(ConfigError, match='partitioner="pathological"'):
+        RunConfig.from_flower({"task": "causal-lm", "target-score": 30, "partitioner": "pathological"})
+    cfg = RunConfig.from_flower({"task": "causal-lm", "target-score": 30, "partitioner": "iid"})
+    assert cfg.score_name == "perplexity"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"task": "image-classification"}, 'data="bbc-news" is text and task="image-classification" needs images'),
+        ({"task": "image-classification", "data": "x.csv"}, 'data="x.csv" is text'),
+        ({"task": "image-classification", "data": "hf:ag_news"}, 'data="hf:ag_news" is text'),
+        ({"data": "digits"}, 'data="digits" is images and task="sequence-classification" needs text'),
+        ({"data": "imgs.npz"}, 'data="imgs.npz" is images'),
+        ({"data": "corpus.txt"}, 'data="corpus.txt" is plain text without labels'),
+        ({"task": "causal-lm", "partitioner": "iid"}, "target-score=0.85 is below 1, which no perplexity reaches"),
+        ({"target-score": 85}, 'target-score=85 is an accuracy for task="sequence-classification"'),
+    ],
+)
+def test_task_data_and_target_combinations_that_cannot_work(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunConfig.from_flower(overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"task": "image-classification", "data": "digits"},
+        {"task": "image-classification", "data": "some/folder"},
+        {"task": "causal-lm", "data": "corpus.txt", "partitioner": "iid", "target-score": 20},
+        {"task": "causal-lm", "data": "d.jsonl", "partitioner": "iid", "target-score": 20},
+        {"data": "d.parquet", "partitioner": "pathological"},
+        {"data": "some/folder"},
+    ],
+)
+def test_combinations_that_work_pass(overrides):
+    RunConfig.from_flower(overrides)
+
+
+def test_the_server_app_reports_a_config_error_in_one_line_before_anything_loads(caplog):
+    from types import SimpleNamespace
+
+    from flq import server_app
+
+    context = SimpleNamespace(run_config={"task": "causal-lm", "target-score": 30.0})
+    with caplog.at_level("ERROR", logger="flwr.flq"), pytest.raises(server_app.RunFailed):
+        server_app.main(None, context)  # the grid is never reached
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 1 and lines[0].startswith("FLQ cannot run: bad run config:") and "partitioner" in lines[0]

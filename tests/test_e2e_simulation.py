@@ -71,6 +71,11 @@ def test_summary_checkpoint_and_peft_adapter_are_written(foundation_run):
     assert all(v.dtype == np.float32 for v in state.values())
     config = json.loads((run_dir / "adapter" / "rank4" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["peft_type"] == "LORA"
+    base_config = json.loads((run_dir / "adapter" / "rank4" / "base_config.json").read_text())
+    names = ["business", "entertainment", "politics", "sports", "tech"]  # bbc-news, the default data
+    assert base_config["id2label"] == {str(i): name for i, name in enumerate(names)}
+    card = (run_dir / "adapter" / "rank4" / "README.md").read_text()
+    assert "- Clients: 4 (3 per round)" in card and "- Rounds: 3 of 3" in card and "Model Card for Model ID" not in card
     info = json.loads((run_dir / "run.json").read_text())
     assert info["config"]["lora-rank"] == 4 and "clock" in info
 

@@ -9,6 +9,7 @@ from flq.task.data import DataError
 from flq.task.partition import (
     DataSpec,
     _partition_indices,
+    check_partitioning,
     client_split,
     label_histogram,
     load_source,
@@ -103,6 +104,20 @@ def test_label_partitioners_need_labels(tmp_path):
     spec = DataSpec(str(path), "causal-lm", server_test_size=10, partitioner="dirichlet")
     with pytest.raises(DataError, match="splits by label"):
         client_split(spec, 0, 2)
+
+
+def test_what_the_partitioner_needs_of_the_data_is_checked_before_any_client(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("\n\n".join(f"paragraph {i}" for i in range(50)))
+    with pytest.raises(DataError, match='partitioner="dirichlet" splits by label.*set partitioner="iid"'):
+        check_partitioning(DataSpec(str(path), "causal-lm", server_test_size=10, partitioner="dirichlet"))
+    check_partitioning(DataSpec(str(path), "causal-lm", server_test_size=10, partitioner="iid"))
+    spec = DataSpec("bbc-news", "sequence-classification", partitioner="pathological", classes_per_client=6)
+    with pytest.raises(DataError, match="classes-per-client=6 but the data has 5 classes.*at most 5"):
+        check_partitioning(spec)
+    check_partitioning(DataSpec("bbc-news", "sequence-classification", partitioner="pathological"))
+    with pytest.raises(DataError, match="server-test-size=5000 leaves nothing.*below 2225"):
+        check_partitioning(DataSpec("bbc-news", "sequence-classification", server_test_size=5000))
 
 
 def test_tiny_partitions_are_refused(tmp_path):

@@ -57,6 +57,7 @@ class ResumePoint:
     clock_s: float
     rng_state: list | None = None
     optimizer_state: Mapping[str, np.ndarray] | None = None  # the server optimizer's moments
+    control_state: Mapping[str, np.ndarray] | None = None  # SCAFFOLD's server control variate
 
 
 class RoundAccounting:

@@ -10,6 +10,8 @@ What it adds to ``flwr.serverapp.strategy.FedAvg``:
 * the round's time on the run's clock and each client's on-time status (``accounting``);
 * aggregation across ranks by a selectable pure-numpy rule, then a server optimizer; each
   client's update norm and cosine to the aggregate are recorded (``diagnostics``);
+* optionally SCAFFOLD: a control variate sent with the adapter, updated from the accepted
+  clients' control deltas (``scaffold``);
 * ``start`` runs the rounds, evaluates, and hands every finished round to a recorder
   (``recording``), which writes records and checkpoints; it resumes from a checkpoint.
 
@@ -59,6 +61,7 @@ from .messages import (
 )
 from .recording import RoundRecorder, RoundSnapshot, RunStart
 from .roster import Roster
+from .scaffold import ScaffoldControl
 from .server_optimizer import ServerOptimizer
 from .spec import StrategySpec
 
@@ -84,6 +87,7 @@ class FLQFedAvg(FedAvg):
         clock_model = clock_model or ClockModel.for_transport({})
         self.roster = Roster(spec.seed)
         self.optimizer = ServerOptimizer(spec.server_optimizer)
+        self.control = ScaffoldControl(spec.rank_max) if spec.scaffold else None
         self.diagnostics = UpdateDiagnostics(spec.rank_max, spec.seed)
         # "auto" is resolved once the nodes have described themselves (discover_nodes).
         self.accounting = RoundAccounting(clock_model, spec.clock, spec.deadline_s, spec.policy, spec.batch_size)
@@ -152,8 +156,11 @@ class FLQFedAvg(FedAvg):
                 cfg[wire.BUDGET_S] = budget_s
             if a.batch_size is not None:
                 cfg[wire.BATCH_SIZE] = int(a.batch_size)
-            plans[node] = ClientPlan(node, a, sent, array_record_nbytes(record), budget_s)
             content = RecordDict({wire.ARRAYS: record, wire.CONFIG: cfg})
+            if self.control is not None:  # SCAFFOLD's c at the node's rank, beside the adapter
+                content[wire.CONTROL] = adapter_to_array_record(self.control.for_rank(global_state, a.rank), "fp32")
+            bytes_down = sum(array_record_nbytes(r) for r in content.array_records.values())
+            plans[node] = ClientPlan(node, a, sent, bytes_down, budget_s)
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         return TrainRound(global_state, plans, messages, assign_s)
 
@@ -172,6 +179,7 @@ class FLQFedAvg(FedAvg):
         arrival_s = arrival_s or {}
         result = RoundResult(server_round)
         aggregator = make_aggregator(self.spec.aggregation, train_round.global_state, self.spec.rank_max)
+        control_deltas = self.control.start_round(train_round.global_state) if self.control is not None else None
         weighted_losses: list[tuple[float, int]] = []
         seen: set[int] = set()
         self.diagnostics.start_round(train_round.global_state)
@@ -182,7 +190,14 @@ class FLQFedAvg(FedAvg):
             if plan is None:
                 log.warning("round %d: reply from node %d that was not sampled: ignored", server_round, node)
                 continue
-            read = read_train_reply(reply, plan, train_round.global_state, self.spec.rank_max, self.spec.decode_limits)
+            read = read_train_reply(
+                reply,
+                plan,
+                train_round.global_state,
+                self.spec.rank_max,
+                self.spec.decode_limits,
+                scaffold=control_deltas is not None,
+            )
             profile = (
                 self.roster.profile(node) if reply.has_error() else self.roster.note(node, read.metrics, read.info)
             )
@@ -197,6 +212,8 @@ class FLQFedAvg(FedAvg):
                 scale = self.accounting.batch_scale(plan, record.tier)
                 weight = client_weight(self.spec.aggregation_weight, record.num_examples, record.steps, scale)
                 aggregator.add(read.state, weight)
+                if control_deltas is not None:
+                    control_deltas.add(read.control_delta)
                 if record.loss_after is not None:
                     weighted_losses.append((record.loss_after, record.num_examples))
         for node, plan in train_round.plans.items():  # sampled but silent: the grid timed out
@@ -205,6 +222,8 @@ class FLQFedAvg(FedAvg):
         result.round_s = self.accounting.round_time(result.clients, seen)
         result.reports = [scheduler_report(r) for r in result.clients]
         result.num_accepted = aggregator.num_clients
+        if control_deltas is not None:  # only the accepted clients' deltas; N: the federation's nodes
+            self.control.apply(control_deltas, self.roster.num_taking_part())
         if aggregator.num_clients:
             trained_rank = max(c.rank for c in result.clients if c.status == ClientStatus.OK)
             aggregated = aggregator.result()
@@ -274,6 +293,8 @@ class FLQFedAvg(FedAvg):
             self.roster.restore_rng(resume.rng_state)
         if resume.optimizer_state:
             self.optimizer.load_state_dict(resume.optimizer_state)
+        if resume.control_state and self.control is not None:
+            self.control.load_state_dict(resume.control_state)
         global_state, clock_s = initial_state, resume.clock_s
         result = Result()
         self.discover_nodes(grid, timeout)
@@ -334,6 +355,7 @@ class FLQFedAvg(FedAvg):
                         scheduler_ms=scheduler_ms,
                         rng_state=self.roster.rng_state(),
                         optimizer_state=self.optimizer.state_dict(),
+                        control_state=self.control.state_dict() if self.control is not None else {},
                     )
                 )
             previous = metrics

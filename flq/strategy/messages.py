@@ -114,12 +114,24 @@ class TrainReply:
     reason: str = ""
     state: AdapterState | None = None  # the client's adapter (what it was sent + its delta) if accepted
     delta: AdapterState | None = None  # its update, as decoded
+    control_delta: AdapterState | None = None  # its SCAFFOLD delta_c_i (at its rank) if accepted with SCAFFOLD on
 
 
 def read_train_reply(
-    reply: Message, plan: ClientPlan, global_state: AdapterState, rank_max: int, limits: DecodeLimits
+    reply: Message,
+    plan: ClientPlan,
+    global_state: AdapterState,
+    rank_max: int,
+    limits: DecodeLimits,
+    *,
+    scaffold: bool = False,
 ) -> TrainReply:
-    """Decode and validate one train reply; never raises for what a client sent."""
+    """Decode and validate one train reply; never raises for what a client sent.
+
+    ``scaffold``: the reply must also carry the client's control delta (``wire.CONTROL_DELTA``),
+    checked like the update (keys, shapes at the client's rank, float32, finite); a missing or
+    malformed one rejects the client. ``bytes_up`` counts every tensor byte the reply carried.
+    """
     if reply.has_error():
         return TrainReply(ClientStatus.FAILED, reason=f"client error: {last_line(reply.error.reason)}")
     metrics, info = reply_metrics(reply)
@@ -128,7 +140,8 @@ def read_train_reply(
     arrays = reply.content.get(wire.ARRAYS)
     if not isinstance(arrays, ArrayRecord):
         return TrainReply(ClientStatus.REJECTED, metrics, info, reason="reply has no adapter arrays")
-    bytes_up = array_record_nbytes(arrays)
+    control = reply.content.get(wire.CONTROL_DELTA)
+    bytes_up = array_record_nbytes(arrays) + (array_record_nbytes(control) if isinstance(control, ArrayRecord) else 0)
     try:
         delta = array_record_to_adapter(arrays, limits)
     except (CodecError, ValueError, TypeError) as exc:
@@ -137,12 +150,33 @@ def read_train_reply(
     reason = validate_update(
         delta, global_state, rank_max, expected_rank=plan.assignment.rank, num_examples=num_examples
     )
+    control_delta = None
+    if reason is None and scaffold:
+        control_delta, reason = _read_control_delta(control, plan, global_state, rank_max, limits)
     if reason is not None:
         log.warning("round reply from node %d rejected: %s", plan.node_id, reason)
         return TrainReply(ClientStatus.REJECTED, metrics, info, bytes_up, reason)
     # The server adds the delta to its exact global (not to the quantized copy the client
     # decoded), so broadcast quantization error never accumulates in the global adapter.
-    return TrainReply(ClientStatus.OK, metrics, info, bytes_up, state=add(plan.sent, delta), delta=delta)
+    return TrainReply(
+        ClientStatus.OK, metrics, info, bytes_up, state=add(plan.sent, delta), delta=delta, control_delta=control_delta
+    )
+
+
+def _read_control_delta(
+    record: object, plan: ClientPlan, global_state: AdapterState, rank_max: int, limits: DecodeLimits
+) -> tuple[AdapterState | None, str | None]:
+    """(the decoded SCAFFOLD control delta, None) or (None, why the client is rejected)."""
+    if not isinstance(record, ArrayRecord):
+        return None, "reply has no SCAFFOLD control delta (scaffold is on)"
+    try:
+        control_delta = array_record_to_adapter(record, limits)
+    except (CodecError, ValueError, TypeError) as exc:
+        return None, f"undecodable SCAFFOLD control delta: {exc}"
+    problem = validate_update(control_delta, global_state, rank_max, expected_rank=plan.assignment.rank)
+    if problem is not None:
+        return None, f"SCAFFOLD control delta: {problem}"
+    return control_delta, None
 
 
 def last_line(reason: str) -> str:

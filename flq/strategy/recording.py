@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -45,6 +45,7 @@ class RoundSnapshot:
     scheduler_ms: float
     rng_state: list  # the sampling generator's, for the checkpoint
     optimizer_state: dict[str, np.ndarray]  # the server optimizer's moments, for the checkpoint
+    control_state: dict[str, np.ndarray] = field(default_factory=dict)  # SCAFFOLD's c ({} when off)
 
 
 class RoundRecorder(Protocol):

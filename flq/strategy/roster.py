@@ -73,6 +73,10 @@ class Roster:
     def available(self, connected: Iterable[int]) -> list[int]:
         return [n for n in connected if n not in self._excluded]
 
+    def num_taking_part(self) -> int:
+        """How many nodes the run knows and has not left out (the federation's N)."""
+        return sum(1 for n in self._profiles if n not in self._excluded)
+
     def all_simulated(self, nodes: Iterable[int]) -> bool:
         flags = [self.profile(n).simulated for n in nodes]
         return bool(flags) and all(flags)

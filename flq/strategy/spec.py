@@ -33,6 +33,7 @@ class StrategySpec:
     client_eval_every: int = 0  # 0: clients evaluate on the final round only
     seed: int = 0
     server_optimizer: ServerOptimizerSpec = ServerOptimizerSpec()  # fedavg at lr 1: the rule's result
+    scaffold: bool = False  # SCAFFOLD control variates travel with the adapter (flq.strategy.scaffold)
     decode_limits: DecodeLimits = DEFAULT_LIMITS
 
     @classmethod
@@ -55,6 +56,7 @@ class StrategySpec:
             server_optimizer=ServerOptimizerSpec(
                 cfg.server_optimizer, cfg.server_lr, cfg.server_beta1, cfg.server_beta2, cfg.server_tau
             ),
+            scaffold=cfg.scaffold,
         )
 
     def describe(self) -> str:
@@ -63,6 +65,6 @@ class StrategySpec:
         opt = self.server_optimizer
         return (
             f"rank_max={self.rank_max} policy={self.policy} deadline={self.deadline_s} "
-            f"server-optimizer={opt.name} lr={opt.lr:g} "
+            f"server-optimizer={opt.name} lr={opt.lr:g}{' +scaffold' if self.scaffold else ''} "
             f"codecs: update={self.update_codec}{feedback} broadcast={self.broadcast_codec}"
         )

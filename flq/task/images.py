@@ -19,6 +19,8 @@ import numpy as np
 from .data import DataError, encode_labels
 
 IMAGE_TASK = "image-classification"
+IMAGE_SOURCES = ("digits",)  # embedded image data sets, by name
+IMAGE_FILE_SUFFIXES = (".npz",)  # files of images (a folder of class folders is the other source)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 NPZ_IMAGES, NPZ_LABELS, NPZ_LABEL_NAMES = "images", "labels", "label_names"
 SOURCES_HINT = (
@@ -63,7 +65,7 @@ def load_image_data(source: str) -> ImageData:
         raise DataError(f"data source {source!r} not found; task image-classification needs {SOURCES_HINT}")
     if path.is_dir():
         return _load_folder(path)
-    if path.suffix.lower() == ".npz":
+    if path.suffix.lower() in IMAGE_FILE_SUFFIXES:
         return _load_npz(path)
     raise DataError(f"{path}: unsupported file type {path.suffix!r} for images (use a folder or an .npz)")
 

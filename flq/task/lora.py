@@ -119,6 +119,36 @@ class LoraModel:
         tensors = get_peft_model_state_dict(self.model, adapter_name=_adapter_name(self.rank))
         return {k: v.detach().to(torch.float32).cpu().numpy().copy() for k, v in tensors.items()}
 
+    def parameter_names(self) -> dict[str, str]:
+        """Each ``adapter_state`` key -> the name of its trainable parameter in ``model``.
+
+        peft names the active adapter's parameters ``<module>.lora_A.<adapter>.weight`` (B alike)
+        and a task head's trained copy ``<head>.modules_to_save.<adapter>.weight``;
+        ``get_peft_model_state_dict`` drops ``.modules_to_save.<adapter>`` and ``.<adapter>`` to
+        key the adapter (``<module>.lora_A.weight``, ``<head>.weight``). This applies that rule
+        and checks it against peft: the keys must be exactly ``adapter_state``'s, and each must
+        name the very tensor the state dict reads (same storage), or it raises.
+        """
+        from peft import get_peft_model_state_dict
+
+        adapter = _adapter_name(self.rank)
+        params = dict(self.model.named_parameters())
+        names: dict[str, str] = {}
+        for name, param in params.items():
+            if param.requires_grad:
+                key = name.replace(f".modules_to_save.{adapter}.", ".").replace(f".{adapter}.", ".")
+                if key in names:
+                    raise ValueError(f"parameters {names[key]!r} and {name!r} both map to adapter key {key!r}")
+                names[key] = name
+        state = get_peft_model_state_dict(self.model, adapter_name=adapter)
+        if set(names) != set(state):
+            unmatched = sorted(set(names) ^ set(state))
+            raise ValueError(f"trainable parameters and adapter keys differ: {unmatched[:3]}")
+        for key, name in names.items():
+            if state[key].data_ptr() != params[name].data_ptr():
+                raise ValueError(f"adapter key {key!r} is not parameter {name!r}")
+        return names
+
     def load_adapter_state(self, state: AdapterState) -> None:
         """Overwrite the active adapter with ``state``; keys and shapes must match exactly."""
         from peft import set_peft_model_state_dict

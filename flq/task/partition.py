@@ -26,6 +26,7 @@ class DataSpec:
     task: str
     text_column: str = "text"
     label_column: str = "label"
+    encoding: str = "utf-8"  # of CSV, JSONL and text files
     server_test_size: int = 300
     local_test_fraction: float = 0.2
     partitioner: str = "dirichlet"
@@ -49,7 +50,23 @@ def subset(data: TaskData, indices) -> TaskData:
 def load_source(spec: DataSpec) -> TaskData:
     if spec.task == IMAGE_TASK:
         return load_image_data(spec.source)
-    return load_text_data(spec.source, spec.task, spec.text_column, spec.label_column)
+    return load_text_data(spec.source, spec.task, spec.text_column, spec.label_column, spec.encoding)
+
+
+def check_partitioning(spec: DataSpec) -> None:
+    """What the partitioner needs of the data, checked once the data is loaded (the ServerApp does
+    this at start, so a split that cannot work fails before any client starts); raises DataError."""
+    data = load_source(spec)
+    if spec.partitioner in LABEL_PARTITIONERS and data.labels is None:
+        raise DataError(
+            f'partitioner="{spec.partitioner}" splits by label and the data has none: set partitioner="iid"'
+        )
+    if spec.partitioner == "pathological" and spec.classes_per_client > data.num_labels:
+        raise DataError(
+            f"classes-per-client={spec.classes_per_client} but the data has {data.num_labels} classes "
+            f'(partitioner="pathological"): set classes-per-client to at most {data.num_labels}'
+        )
+    server_and_pool_indices(spec)  # server-test-size against the data's size
 
 
 @lru_cache(maxsize=4)
@@ -58,7 +75,10 @@ def server_and_pool_indices(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     data = load_source(spec)
     n = len(data)
     if spec.server_test_size >= n:
-        raise DataError(f"server-test-size={spec.server_test_size} leaves nothing for clients ({n} examples)")
+        raise DataError(
+            f"server-test-size={spec.server_test_size} leaves nothing for clients ({n} examples): "
+            f"set server-test-size below {n}"
+        )
     rng = np.random.default_rng(spec.seed)
     if data.labels is None:
         order = rng.permutation(n)

@@ -14,6 +14,7 @@ def data_spec(cfg: RunConfig) -> DataSpec:
         task=cfg.task,
         text_column=cfg.text_column,
         label_column=cfg.label_column,
+        encoding=cfg.data_encoding,
         server_test_size=cfg.server_test_size,
         local_test_fraction=cfg.local_test_fraction,
         partitioner=cfg.partitioner,

@@ -19,7 +19,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from ..metrics.classification import ClassificationScores, classification_scores
 from .data import TaskData, TextData
 from .images import ImageData, encode_images
+from .lm_blocks import lm_blocks
 from .models import half_dtype, model_device
 
 
@@ -76,34 +77,14 @@ def encode_texts(data: TextData, idx, tokenizer, max_len: int) -> dict:
     return dict(batch)
 
 
-def lm_blocks(data: TextData, tokenizer, block_len: int) -> torch.Tensor:
-    """Concatenate texts (eos-separated) and cut them into full blocks of ``block_len`` tokens."""
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    ids: list[int] = []
-    for text in data.texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids.append(eos)
-    n_blocks = len(ids) // block_len
-    if n_blocks == 0:
-        # Too little text for one block: pad a single block and mask the padding out of the loss.
-        return torch.tensor([ids + [eos] * (block_len - len(ids))], dtype=torch.long), len(ids)
-    return torch.tensor(ids[: n_blocks * block_len], dtype=torch.long).view(n_blocks, block_len), None
-
-
 def lm_batches(data: TextData, tokenizer, batch_size: int, max_len: int, seed: int) -> Iterator[dict]:
-    blocks, valid = lm_blocks(data, tokenizer, max_len)
+    """Endless shuffled batches of causal-LM blocks (``flq.task.lm_blocks``: BOS/EOS as the tokenizer does)."""
+    blocks = lm_blocks(data.texts, tokenizer, max_len)
     rng = np.random.default_rng(seed)
     while True:
         order = rng.permutation(len(blocks))
         for start in range(0, len(blocks), batch_size):
-            yield _lm_batch(blocks[order[start : start + batch_size]], valid)
-
-
-def _lm_batch(input_ids: torch.Tensor, valid: int | None) -> dict:
-    labels = input_ids.clone()
-    if valid is not None:
-        labels[:, valid:] = -100
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+            yield blocks.batch(order[start : start + batch_size])
 
 
 def make_batches(task: str, data: TaskData, processor, batch_size: int, max_len: int, seed: int) -> Iterator[dict]:
@@ -140,6 +121,7 @@ def train_steps(
     proximal_mu: float = 0.0,
     max_grad_norm: float = 0.0,
     class_weights: torch.Tensor | None = None,
+    control_correction: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainStats:
     """Run up to ``max_steps`` AdamW steps on the trainable parameters of ``model``.
 
@@ -148,13 +130,21 @@ def train_steps(
     received global at this client's rank), per step, so it holds whatever the step count.
     ``max_grad_norm`` > 0: clip the gradients' global norm before each step.
     ``class_weights``: re-weight a classifier's cross-entropy by class (``balanced_class_weights``).
+    ``control_correction``: SCAFFOLD's ``c - c_i`` per trainable parameter, keyed by its name in
+    ``model.named_parameters()`` (``LoraModel.parameter_names`` maps adapter keys to those names;
+    every trainable parameter needs one). After every optimizer step each parameter moves by
+    ``- learning_rate * correction``: under plain SGD that is the paper's ``gradient + c - c_i``;
+    under AdamW it is applied to the step rather than the gradient, in the units SCAFFOLD's
+    ``(x - y) / (K * lr)`` measures (the mean AdamW step direction; see flq.strategy.scaffold).
     The reported losses are the task's own (unweighted, without the proximal term).
     """
     device = model_device(model)
     inputs_dtype = float_input_dtype(model)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     if not params:
         raise RuntimeError("the model has no trainable parameters")
+    corrections = _corrections(named, control_correction, device) if control_correction is not None else []
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     anchors = [p.detach().float().clone() for p in params] if proximal_mu > 0 else []
     # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
@@ -198,12 +188,34 @@ def train_steps(
                 scaler.step(optimizer)
                 scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if corrections:
+                with torch.no_grad():
+                    for p, correction in zip(params, corrections, strict=True):
+                        p.add_(correction, alpha=-learning_rate)
             steps += 1
             examples += int(batch["labels"].shape[0])
         compute_s = time.perf_counter() - start
         loss_after = _batch_loss(model, first_batch, autocast) if first_batch is not None else float("nan")
     train_mode(model)
     return TrainStats(steps, examples, loss_before, loss_after, compute_s, memory.peak_mb)
+
+
+def _corrections(
+    named: list[tuple[str, torch.nn.Parameter]], correction: Mapping[str, torch.Tensor], device: torch.device
+) -> list[torch.Tensor]:
+    """``correction`` in the order of ``named`` (the trainable parameters), checked by name and shape."""
+    names = [name for name, _ in named]
+    missing, extra = sorted(set(names) - set(correction)), sorted(set(correction) - set(names))
+    if missing or extra:
+        raise ValueError(f"control correction does not match the trainable parameters: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")  # fmt: skip
+    out = []
+    for name, p in named:
+        value = correction[name]
+        if tuple(value.shape) != tuple(p.shape):
+            raise ValueError(f"control correction for {name!r}: shape {tuple(value.shape)}, parameter {tuple(p.shape)}")
+        out.append(value.to(device=device, dtype=p.dtype))
+    return out
 
 
 def train_mode(model: torch.nn.Module) -> None:
@@ -260,9 +272,9 @@ def evaluate(model: torch.nn.Module, task: str, data: TaskData, processor, batch
     labels, predictions, num_classes = [], [], 0
     with torch.no_grad():
         if task == "causal-lm":
-            blocks, valid = lm_blocks(data, processor, max_len)
+            blocks = lm_blocks(data.texts, processor, max_len)
             for start in range(0, len(blocks), batch_size):
-                batch = _to_device(_lm_batch(blocks[start : start + batch_size], valid), device)
+                batch = _to_device(blocks.batch(slice(start, start + batch_size)), device)
                 tokens = int((batch["labels"][:, 1:] != -100).sum())
                 total_loss += float(model(**batch).loss) * tokens
                 count += tokens

@@ -128,8 +128,8 @@ def test_polls_on_an_idle_connection_do_not_set_the_rate():
     cc.on_rtt_measurement(now=0.0, rtt=0.05)
     send_polls(cc, 12, rtt=lambda i: None)
     assert cc.app_limited() and cc.bandwidth == 0.0  # no sample from the polls
-    for _ in range(8):
-        cc.on_rtt_measurement(now=12.0, rtt=0.15)  # the RTT grew: a full window's loss would be congestion
+    for _ in range(congestion.RTT_FLOOR_MIN_SAMPLES):  # the RTT grew, floor included:
+        cc.on_rtt_measurement(now=12.0, rtt=0.15)  # a full window's loss would be congestion
     before = cc.congestion_window
     lose_one(cc, now=13.0)  # a poll lost: the window was never used, so it is kept
     assert cc.congestion_window == before and cc.ssthresh is None and cc.random_losses == 1
@@ -271,3 +271,14 @@ def test_after_a_congestion_loss_growth_is_reno_with_a_queue_and_slow_start_with
         by_rtt[rtt_now] = cc.congestion_window - window
     assert by_rtt[0.1] <= 2 * MDS  # about one datagram per window acknowledged (plus what was stashed)
     assert by_rtt[0.05] > 10 * MDS  # a datagram per datagram acknowledged: agile probing
+
+
+def test_on_a_jittery_path_the_pipe_is_not_one_lucky_packets():
+    """Westwood's pipe is rate x minimum RTT; one packet that met no jitter makes that minimum
+    far below the typical RTT. FLQ takes the RTT halfway between the minimum and the floor."""
+    cc = warmed(rtt_min=0.05, rtt_now=0.05)
+    cc.on_rtt_measurement(now=50.0, rtt=0.01)  # one lucky packet
+    for i in range(congestion.RTT_FLOOR_MIN_SAMPLES):
+        cc.on_rtt_measurement(now=60.0 + i * 1e-3, rtt=0.05 + 0.01 * (i % 3))  # the usual, jittery RTT
+    assert cc.rtt_floor() == 0.05
+    assert cc.pipe_size() == int(cc.bandwidth * (0.01 + 0.05) / 2)

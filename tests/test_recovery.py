@@ -109,20 +109,28 @@ def test_a_spurious_loss_raises_the_thresholds_and_is_undone():
     assert path.lost == [] and path.loss.congestion_window >= window
 
 
-def test_late_packets_raise_the_time_threshold_up_to_its_cap():
+def test_late_packets_open_a_reordering_window_up_to_its_cap():
     path = Path()
     numbers = path.send(2, now=1.0)
     path.ack([numbers[1]], now=1.0 + RTT)
     path.loss.on_loss_detection_timeout(now=1.0 + RTT * K_TIME_THRESHOLD + 1e-3)
     assert path.lost == [numbers[0]]
-    path.ack([numbers[0]], now=1.0 + 1.5 * RTT)  # it was 1.5 RTT old
-    assert path.loss.time_threshold == pytest.approx(1.5 + rec.TIME_MARGIN, rel=0.05)
+    path.ack([numbers[0]], now=1.0 + 1.5 * RTT)  # it was 0.5 RTT later than the RTT
+    assert path.loss.reorder_window_s == pytest.approx(0.5 * RTT * (1 + rec.WINDOW_MARGIN), rel=0.05)
+    # now a packet as late is not declared lost
+    path.lost.clear()
     numbers = path.send(2, now=2.0)
     path.ack([numbers[1]], now=2.0 + RTT)
+    assert path.space.loss_time == pytest.approx(2.0 + RTT + path.loss.reorder_window_s, rel=1e-6)
+    path.ack([numbers[0]], now=2.0 + 1.5 * RTT)
+    assert path.lost == []
+    # far later than any jitter: a real loss first; acknowledged after all, it opens the window to the cap
+    numbers = path.send(2, now=3.0)
+    path.ack([numbers[1]], now=3.0 + RTT)
     path.loss.on_loss_detection_timeout(now=path.space.loss_time)
     assert numbers[0] in path.lost
-    path.ack([numbers[0]], now=2.0 + 3 * RTT)  # 3 RTTs late: the threshold stops at its cap
-    assert path.loss.time_threshold == rec.MAX_TIME_THRESHOLD
+    path.ack([numbers[0]], now=3.0 + RTT + 0.9)
+    assert path.loss.reorder_window_s == rec.MAX_REORDER_WINDOW_S
 
 
 def test_a_real_loss_is_still_detected_and_not_undone():

@@ -13,8 +13,9 @@ controller keeps Reno's growth, except as below, and changes the answer to a los
   average RTT of every packet without any queue, but a standing queue raises every packet's RTT,
   its floor included (as TCP Vegas and BBR read a queue from RTT minima). Judged by the smoothed
   RTT, every random loss on a jittery link was taken for congestion;
-* any other loss is congestion: the window falls to the delivery rate measured times the
-  minimum RTT, the pipe it really had (TCP Westwood), not blindly to half. The rate is the
+* any other loss is congestion: the window falls to the delivery rate measured times an RTT
+  halfway between the minimum and the floor, the pipe it really had (TCP Westwood takes the
+  minimum RTT, which on a jittery path is one lucky packet), not blindly to half. The rate is the
   best of the last few per-RTT samples (as BBR filters it): Westwood+'s slow average lags a
   window growing in slow start and would collapse it for good. With no estimate yet, a
   congestion loss halves the window, as Reno does;
@@ -38,7 +39,7 @@ falls back to the bottleneck's pipe and drains the queue.
 A node that reconnects every round would pay a fresh slow start per round on each side
 (about five RTTs to reach a 500 KB pipe from 10 datagrams). As careful resumption
 (draft-ietf-tsvwg-careful-resume) does, each process remembers per peer host the pipe
-(delivery rate x minimum RTT) it measured while the window was in use. A new connection to
+(``pipe_size``) it measured while the window was in use. A new connection to
 that host starts in slow start; once its first RTT sample shows the same kind of path (0.5x to
 10x the remembered minimum RTT) and the sender is held back by its window, the window jumps
 to half the remembered pipe, once. Pacing spreads the jump over an RTT, and a loss with a
@@ -70,6 +71,7 @@ MIN_SAMPLE_INTERVAL = 0.02  # s; shorter samples on fast links are mostly noise
 SAMPLES = 10  # the rate is the best of this many recent per-RTT samples
 RTT_FLOOR_WINDOW = 0.5  # smoothed RTTs: the RTT's floor is the lowest RTT measured this recently
 RTT_FLOOR_SAMPLES = 4096  # at most this many RTT samples kept for it
+RTT_FLOOR_MIN_SAMPLES = 16  # and at least the last this many, however long ago
 NAME = "westwood"
 RESUME_LIFETIME_S = 3600.0  # a remembered pipe older than this is not used
 RESUME_RTT_RANGE = (0.5, 10.0)  # the new path's first RTT over the remembered minimum RTT: the same path
@@ -77,7 +79,7 @@ RESUME_RTT_RANGE = (0.5, 10.0)  # the new path's first RTT over the remembered m
 
 @dataclass(frozen=True)
 class PathMemory:
-    pipe: int  # bytes: delivery rate x minimum RTT, measured while the window was in use
+    pipe: int  # bytes: ``pipe_size`` while the window was in use
     min_rtt: float  # s
     saved_at: float  # s, on the event loop's clock (the ``now`` aioquic passes)
 
@@ -120,6 +122,7 @@ class WestwoodCongestionControl(QuicCongestionControl):
         self._min_rtt = math.inf
         self._srtt: float | None = None
         self._recent_rtts: deque[tuple[float, float]] = deque(maxlen=RTT_FLOOR_SAMPLES)  # (time, RTT), RTT increasing
+        self._last_rtts: deque[float] = deque(maxlen=RTT_FLOOR_MIN_SAMPLES)
         self._acked = 0
         self._sample_start: float | None = None
         self._sample_max_in_flight = 0  # the most bytes in flight during the current sample
@@ -185,10 +188,18 @@ class WestwoodCongestionControl(QuicCongestionControl):
             self.bytes_in_flight -= packet.sent_bytes
 
     def pipe_size(self) -> int:
-        """Estimated bandwidth x minimum RTT, in bytes (0 before any estimate)."""
+        """Estimated bandwidth x the RTT halfway between its minimum and its recent floor, in
+        bytes (0 before any estimate).
+
+        Westwood multiplies by the minimum RTT, which drains a standing queue; on a jittery path
+        the minimum is one lucky packet far below the typical RTT, and a window sized from it
+        kept the sender at a fraction of the rate. The floor alone would never drain a queue;
+        halfway drains half of one and holds most of a jittery pipe (both measured on the link
+        grid: benchmarks/results/quic_link_sim.md).
+        """
         if not self.bandwidth or math.isinf(self._min_rtt):
             return 0
-        return int(self.bandwidth * self._min_rtt)
+        return int(self.bandwidth * (self._min_rtt + self.rtt_floor()) / 2)
 
     def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
         largest_sent = 0.0
@@ -207,8 +218,9 @@ class WestwoodCongestionControl(QuicCongestionControl):
         self.congestion_window = max(floor, min(self.congestion_window, self.ssthresh))
 
     def loss_looks_random(self) -> bool:
-        """A loss while the RTT sits at its minimum came from no queue (as TCP Veno tells them apart)."""
-        return bool(self._samples) and self.path_unqueued()
+        """A loss while the RTT's floor sits at its minimum came from no queue (as TCP Veno tells
+        them apart); from the first RTT sample on, so a loss in the first flights does not halve."""
+        return self.path_unqueued()
 
     def path_unqueued(self) -> bool:
         """Whether the RTT's recent floor sits near its minimum: no queue is standing on the path."""
@@ -217,8 +229,15 @@ class WestwoodCongestionControl(QuicCongestionControl):
         return self.rtt_floor() <= QUEUEING_RTT * self._min_rtt
 
     def rtt_floor(self) -> float:
-        """The lowest RTT measured in the last RTT_FLOOR_WINDOW smoothed RTTs (the smoothed RTT if none)."""
-        return self._recent_rtts[0][1] if self._recent_rtts else (self._srtt or math.inf)
+        """The lowest RTT measured in the last RTT_FLOOR_WINDOW smoothed RTTs or among the last
+        RTT_FLOOR_MIN_SAMPLES samples, whichever saw more (the smoothed RTT if none).
+
+        The sample count matters for a small window: a few samples of a jittery RTT rarely
+        include a low one, so the floor would read as a queue, the window would stay small,
+        and the samples stay few."""
+        if not self._recent_rtts:
+            return self._srtt or math.inf
+        return min(self._recent_rtts[0][1], min(self._last_rtts))
 
     def on_persistent_congestion(self) -> None:
         self.congestion_window = K_MINIMUM_WINDOW * self._mds
@@ -234,6 +253,7 @@ class WestwoodCongestionControl(QuicCongestionControl):
         while recent and recent[-1][1] >= rtt:
             recent.pop()
         recent.append((now, rtt))
+        self._last_rtts.append(rtt)
         while recent[0][0] < now - RTT_FLOOR_WINDOW * self._srtt:
             recent.popleft()
         # HyStart: leave slow start as the RTT grows, but only while the window is in use: the

@@ -11,14 +11,19 @@ the reordering it saw and its time threshold to 5/4; msquic and picoquic adapt t
 
 * a packet declared lost and then acknowledged was not lost (a spurious loss): the reordering
   it shows sets the thresholds, the packet threshold to its distance + 1 (no cap: the time
-  threshold still bounds how long a real loss waits) and the time threshold to the age it
-  really had, plus 1/8 RTT, up to ``MAX_TIME_THRESHOLD`` RTT (RFC 8985 caps its window at one
-  RTT, i.e. 2x here);
+  threshold still bounds how long a real loss waits) and a reordering window to how much later
+  than the RTT it was acknowledged, plus 1/8 (RFC 8985's reo_wnd); a packet is then lost by time
+  once it is older than the RTT plus that window (and never sooner than RFC 9002's 9/8 RTT). The
+  window is in seconds, not in RTTs, and capped at ``MAX_REORDER_WINDOW_S``: under reordering
+  aioquic samples the RTT from the largest packet acknowledged, which is the one that overtook
+  the others, so the RTT it estimates is biased low exactly where the window matters (RFC 8985
+  caps its window at one RTT; a cap in RTTs learned nothing on links whose jitter is as large
+  as their RTT);
 * if every packet of a congestion event turns out to have been delivered, the window and slow
   start threshold go back to what they were before it (TCP's undo, RFC 3522/RFC 8985 7.4);
-* declared-lost packets are remembered for ``MEMORY_RTTS`` smoothed RTTs (at most
-  ``MAX_REMEMBERED`` per packet space): an acknowledgement later than that is not a reordering
-  worth adapting to, and the memory stays bounded.
+* declared-lost packets are remembered for ``MEMORY_S`` (at most ``MAX_REMEMBERED`` per packet
+  space): an acknowledgement later than that is not a reordering worth adapting to, and the
+  memory stays bounded.
 
 The thresholds never come down on a connection (RACK decays its window after 16 recoveries;
 FLQ's connections are short or idle between rounds, and a new connection starts from RFC 9002's).
@@ -38,9 +43,9 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import K_PACKET_THRESHOLD, K_TIME_THRESHOLD, QuicPacketRecovery, QuicPacketSpace
 
-MAX_TIME_THRESHOLD = 2.0  # RTTs: RFC 8985's reordering window is at most one RTT on top of the RTT
-TIME_MARGIN = 1 / 8  # RTT added above the age a spurious loss really had
-MEMORY_RTTS = 4.0
+MAX_REORDER_WINDOW_S = 0.5  # the most a packet may be later than the RTT and still count as reordered
+WINDOW_MARGIN = 1 / 8  # added above the lateness a spurious loss really had
+MEMORY_S = 1.0  # declared-lost packets acknowledged later than this were lost
 MAX_REMEMBERED = 4096  # declared-lost packets remembered per packet space
 
 
@@ -66,7 +71,7 @@ class ReorderingTolerantRecovery(QuicPacketRecovery):
 
     def init_reordering(self) -> None:
         self.packet_threshold = K_PACKET_THRESHOLD
-        self.time_threshold = K_TIME_THRESHOLD
+        self.reorder_window_s = 0.0
         self.spurious_losses = 0
         self.undone = 0  # congestion events undone
         self._declared: dict[int, OrderedDict[int, DeclaredLoss]] = {}  # id(space) -> packet number -> loss
@@ -82,7 +87,7 @@ class ReorderingTolerantRecovery(QuicPacketRecovery):
         super().on_ack_received(ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space)
 
     def _forget_old(self, declared: OrderedDict[int, DeclaredLoss], now: float) -> None:
-        horizon = now - MEMORY_RTTS * max(self._rtt_smoothed, self._rtt_latest, 0.001)
+        horizon = now - MEMORY_S
         while declared:
             packet_number, loss = next(iter(declared.items()))
             if loss.declared_at >= horizon and len(declared) <= MAX_REMEMBERED:
@@ -94,8 +99,8 @@ class ReorderingTolerantRecovery(QuicPacketRecovery):
     def _on_spurious_loss(self, packet_number: int, loss: DeclaredLoss, now: float) -> None:
         self.spurious_losses += 1
         self.packet_threshold = max(self.packet_threshold, loss.largest_acked - packet_number + 1)
-        age_in_rtts = (now - loss.sent_time) / loss.rtt
-        self.time_threshold = min(MAX_TIME_THRESHOLD, max(self.time_threshold, age_in_rtts + TIME_MARGIN))
+        lateness = (now - loss.sent_time) - loss.rtt
+        self.reorder_window_s = min(MAX_REORDER_WINDOW_S, max(self.reorder_window_s, lateness * (1 + WINDOW_MARGIN)))
         undo = self._undo
         if undo is not None and packet_number in undo.pending:
             undo.pending.discard(packet_number)
@@ -109,7 +114,7 @@ class ReorderingTolerantRecovery(QuicPacketRecovery):
     # -- loss detection (RFC 9002 6.1, with this connection's thresholds) -----------------
     def _detect_loss(self, *, now: float, space: QuicPacketSpace) -> None:
         rtt = max(self._rtt_latest, self._rtt_smoothed) if self._rtt_initialized else self._rtt_initial
-        loss_delay = self.time_threshold * rtt
+        loss_delay = max(K_TIME_THRESHOLD * rtt, rtt + self.reorder_window_s)
         packet_threshold = space.largest_acked_packet - self.packet_threshold
         time_threshold = now - loss_delay
 

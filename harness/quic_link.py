@@ -31,6 +31,7 @@ class Transfer:
     server: QuicConnection
     up: LinkQueue
     down: LinkQueue
+    rounds_s: list[float]  # each upload's own time, when several went over the one connection
 
 
 def upload(
@@ -42,8 +43,13 @@ def upload(
     settings: QuicSettings | None = None,
     seed: int = 1,
     time_limit_s: float = 600.0,
+    rounds: int = 1,
+    idle_s: float = 3.0,
 ) -> Transfer:
-    """The client sends ``size`` bytes on one stream; returns when the server has them all."""
+    """The client sends ``size`` bytes on one stream; returns when the server has them all.
+
+    ``rounds`` > 1: then it waits ``idle_s`` and sends ``size`` more on a new stream of the same
+    connection, as a persistent Fleet connection does round after round."""
     settings = settings or QuicSettings()
     if not (certs_dir / "server.key").exists():
         make_certificates(certs_dir)
@@ -67,6 +73,8 @@ def upload(
     stream_id = None
     started = None
     received = 0
+    rounds_s: list[float] = []
+    next_round_at: float | None = None
 
     heard_from_client = False  # the server has no path to send on before its first datagram
 
@@ -89,11 +97,21 @@ def upload(
             elif conn is server and isinstance(event, events.StreamDataReceived):
                 received += len(event.data)
 
-    while received < size:
+    while len(rounds_s) < rounds:
         for conn in (client, server):
             on_events(conn)
             flush(conn)
+        if started is not None and next_round_at is None and received >= size * (len(rounds_s) + 1):
+            rounds_s.append(now - started)
+            next_round_at = now + idle_s
+            continue
+        if next_round_at is not None and now >= next_round_at and len(rounds_s) < rounds:
+            client.send_stream_data(client.get_next_available_stream_id(), b"\0" * size, end_stream=True)
+            started, next_round_at = now, None
+            continue
         timers = [(t, conn) for conn in (client, server) if (t := conn.get_timer()) is not None]
+        if next_round_at is not None and len(rounds_s) < rounds:
+            timers.append((next_round_at, None))
         next_arrival = arrivals[0][0] if arrivals else None
         next_timer = min(timers, key=lambda x: x[0]) if timers else None
         if next_arrival is None and next_timer is None:
@@ -102,7 +120,8 @@ def upload(
             # A real clock always moves on: a timer found due again at the same instant (aioquic's
             # pacing and loss timers can be) is handled a microsecond later, not in a loop.
             now = max(now + 1e-6, next_timer[0])
-            next_timer[1].handle_timer(now=now)
+            if next_timer[1] is not None:
+                next_timer[1].handle_timer(now=now)
         else:
             at, _, peer, data, addr = heapq.heappop(arrivals)
             now = max(now, at)
@@ -110,5 +129,5 @@ def upload(
             heard_from_client = heard_from_client or peer is server
         if now > time_limit_s:
             raise RuntimeError(f"transfer of {size} bytes not done after {time_limit_s} s (got {received})")
-    on_events(server)
-    return Transfer(now - (started or 0.0), received, client, server, *(links[id(c)][0] for c in (client, server)))
+    up_queue, down_queue = (links[id(c)][0] for c in (client, server))
+    return Transfer(rounds_s[0], received, client, server, up_queue, down_queue, rounds_s)

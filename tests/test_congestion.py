@@ -282,3 +282,25 @@ def test_on_a_jittery_path_the_pipe_is_not_one_lucky_packets():
         cc.on_rtt_measurement(now=60.0 + i * 1e-3, rtt=0.05 + 0.01 * (i % 3))  # the usual, jittery RTT
     assert cc.rtt_floor() == 0.05
     assert cc.pipe_size() == int(cc.bandwidth * (0.01 + 0.05) / 2)
+
+
+def test_where_jitter_is_as_large_as_the_rtt_a_loss_without_a_queue_is_random():
+    """One-way delays anywhere in 0-20 ms: the minimum RTT is a rare packet that met no jitter,
+    and even the floor of many samples sits far above it, with no queue at all."""
+    import random
+
+    rng = random.Random(5)
+    cc = warmed(rtt_min=0.02, rtt_now=0.02)
+    for i in range(400):
+        cc.on_rtt_measurement(now=100.0 + i * 1e-3, rtt=rng.uniform(0.0, 0.02) + rng.uniform(0.0, 0.02))
+    assert cc.rtt_floor() > congestion.QUEUEING_RTT * cc._min_rtt  # the ratio alone would see a queue
+    before = cc.congestion_window
+    lose_one(cc, now=100.5)
+    assert cc.random_losses == 1 and cc.congestion_window == before
+    # the same jitter on top of a standing queue of 50 ms is still a queue
+    for i in range(400):
+        cc.on_rtt_measurement(now=101.0 + i * 1e-3, rtt=0.05 + rng.uniform(0.0, 0.02) + rng.uniform(0.0, 0.02))
+    put_window_in_flight(cc, now=101.5)
+    lose_one(cc, now=102.0)
+    assert cc.random_losses == 1  # congestion: the window is set from the measured pipe
+    assert cc.ssthresh == max(cc.pipe_size(), K_MINIMUM_WINDOW * MDS)

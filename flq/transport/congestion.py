@@ -72,6 +72,7 @@ SAMPLES = 10  # the rate is the best of this many recent per-RTT samples
 RTT_FLOOR_WINDOW = 0.5  # smoothed RTTs: the RTT's floor is the lowest RTT measured this recently
 RTT_FLOOR_SAMPLES = 4096  # at most this many RTT samples kept for it
 RTT_FLOOR_MIN_SAMPLES = 16  # and at least the last this many, however long ago
+JITTER_ALLOWANCE = 2.0  # the floor may sit this many times the RTT's jitter above the minimum with no queue
 NAME = "westwood"
 RESUME_LIFETIME_S = 3600.0  # a remembered pipe older than this is not used
 RESUME_RTT_RANGE = (0.5, 10.0)  # the new path's first RTT over the remembered minimum RTT: the same path
@@ -123,6 +124,7 @@ class WestwoodCongestionControl(QuicCongestionControl):
         self._srtt: float | None = None
         self._recent_rtts: deque[tuple[float, float]] = deque(maxlen=RTT_FLOOR_SAMPLES)  # (time, RTT), RTT increasing
         self._last_rtts: deque[float] = deque(maxlen=RTT_FLOOR_MIN_SAMPLES)
+        self._jitter = 0.0  # RFC 3550's estimate: mean |difference| of consecutive RTT samples
         self._acked = 0
         self._sample_start: float | None = None
         self._sample_max_in_flight = 0  # the most bytes in flight during the current sample
@@ -223,10 +225,17 @@ class WestwoodCongestionControl(QuicCongestionControl):
         return self.path_unqueued()
 
     def path_unqueued(self) -> bool:
-        """Whether the RTT's recent floor sits near its minimum: no queue is standing on the path."""
+        """Whether the RTT's recent floor sits near its minimum: no queue is standing on the path.
+
+        "Near" is QUEUEING_RTT x the minimum, or the minimum plus JITTER_ALLOWANCE x the RTT's
+        jitter if that is more: where the jitter is as large as the RTT itself, the minimum is
+        a rare packet that met none, and even the floor of many samples sits well above it
+        with no queue at all. A standing queue moves the floor but not the jitter (RFC 3550's:
+        the mean difference between consecutive samples), so the two stay apart."""
         if self._srtt is None or math.isinf(self._min_rtt):
             return False
-        return self.rtt_floor() <= QUEUEING_RTT * self._min_rtt
+        near = max(QUEUEING_RTT * self._min_rtt, self._min_rtt + JITTER_ALLOWANCE * self._jitter)
+        return self.rtt_floor() <= near
 
     def rtt_floor(self) -> float:
         """The lowest RTT measured in the last RTT_FLOOR_WINDOW smoothed RTTs or among the last
@@ -252,6 +261,8 @@ class WestwoodCongestionControl(QuicCongestionControl):
         recent = self._recent_rtts
         while recent and recent[-1][1] >= rtt:
             recent.pop()
+        if self._last_rtts:
+            self._jitter += (abs(rtt - self._last_rtts[-1]) - self._jitter) / 16
         recent.append((now, rtt))
         self._last_rtts.append(rtt)
         while recent[0][0] < now - RTT_FLOOR_WINDOW * self._srtt:

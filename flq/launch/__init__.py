@@ -1,0 +1,1 @@
+"""Real deployments from one experiment file: on this host (``flq launch``), on Slurm, with Compose."""

@@ -75,7 +75,8 @@ class Profile:
     rtt_ms: float = 0.0
     loss: float = 0.0
     jitter_ms: float = 0.0  # +- per packet each way: packets reorder
-    rate_mbps: float | None = None  # bottleneck each way, with a drop-tail queue of QUEUE_MS
+    rate_mbps: float | None = None  # bottleneck each way, with a drop-tail queue
+    queue_ms: float = 100.0  # the bottleneck's buffer in ms at its rate (a common access-router sizing)
     emulated: bool = True
     sizes: tuple[int, ...] = SIZES
 
@@ -85,21 +86,19 @@ class Profile:
             jitter_ms=self.jitter_ms,
             loss=self.loss,
             rate_mbps=self.rate_mbps,
-            queue_ms=QUEUE_MS,
+            queue_ms=self.queue_ms,
         )
 
 
-QUEUE_MS = 100.0  # a bottleneck's buffer: 100 ms at its rate, a common access-router sizing
-
-
 def profile_named(name: str) -> Profile:
-    """``RTTms-LOSS%[-jJITTER][-rRATE]``, e.g. ``100ms-3%-j20-r20`` (100 ms, 3 % loss, +-20 ms, 20 Mb/s)."""
+    """``RTTms-LOSS%[-jJITTER][-rRATE][-qQUEUE]``, e.g. ``100ms-3%-j20-r20`` (100 ms, 3 % loss,
+    +-20 ms, 20 Mb/s; the queue 100 ms at the rate unless ``-qMS``)."""
     if name in PROFILES:
         return PROFILES[name]
     rtt, loss, *rest = name.split("-")
     fields: dict[str, Any] = {"rtt_ms": float(rtt.removesuffix("ms")), "loss": float(loss.removesuffix("%")) / 100}
     for part in rest:
-        key = {"j": "jitter_ms", "r": "rate_mbps"}.get(part[:1])
+        key = {"j": "jitter_ms", "r": "rate_mbps", "q": "queue_ms"}.get(part[:1])
         if key is None:
             raise ValueError(f"unknown link part {part!r} in {name!r}")
         fields[key] = float(part[1:])

@@ -72,3 +72,15 @@ def test_shared_names():
     assert callable(flower_pins.get_uvicorn_log_config) and callable(flower_pins.event)
     assert hasattr(flower_pins.EventType, "RUN_SUPERLINK_ENTER")
     assert flower_pins.console_handler is not None
+
+
+def test_fleet_paths_are_exactly_flowers_fleet_routes_and_client_calls():
+    """The QUIC server's exact allowlist: every Fleet route the SuperLink serves, each one the SuperNode calls."""
+    import re
+
+    from flwr.superlink.routers.fleet.router import router
+
+    routes = {(method, route.path) for route in router.routes for method in route.methods}
+    assert routes == {("POST", path) for path in flower_pins.FLEET_PATHS}
+    called = set(re.findall(r'path="(/v1/fleet/[a-z-]+)"', inspect.getsource(flower_pins.FleetHttpClient)))
+    assert called == flower_pins.FLEET_PATHS

@@ -22,6 +22,7 @@ from aioquic.asyncio.client import connect as aioquic_connect
 
 from flq.transport import congestion, frames
 from flq.transport.certs import make_certificates
+from flq.transport.flower_pins import FLEET_PATHS
 from flq.transport.frames import ErrorCode, FrameType
 from flq.transport.quic_client import FleetQuicClient, QuicConnectFailed
 from flq.transport.quic_httpx import QuicHttpTransport
@@ -37,6 +38,8 @@ GUARD = 30.0  # hang guard for any single wait
 IGNORE_AIOQUIC_WRITER_GC = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 SMALL = QuicSettings(limits=frames.Limits(max_frame_payload=64 * 1024, max_body=1 << 20, max_head_bytes=4096))
+# The server serves an exact list of paths: Flower's Fleet RPCs, plus the test app's own.
+TEST_PATHS = FLEET_PATHS | {f"/v1/fleet/{name}" for name in ("echo", "slow", "release", "x")}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +94,7 @@ class ServerThread:
             certfile=str(certs["server_cert"]),
             keyfile=str(certs["server_key"]),
             settings=settings,
+            allowed_paths=TEST_PATHS,
             max_buffered_per_connection=max_buffered,
         )
         await server.start("127.0.0.1", port)

@@ -8,10 +8,12 @@ with the substitution in place (see superlink_quic and supernode_quic).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable
 
+from .admission import RETRY_MODES
 from .flower_pins import (
     EventType,
     _parse_args_run_superlink,
@@ -98,6 +100,66 @@ def _add_superlink_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--quic-keyfile", default=None, help="TLS key for QUIC (default: --ssl-keyfile)")
     _add_quic_tuning_args(group)
+    _add_quic_guard_args(group)
+
+
+def _add_quic_guard_args(group: argparse._ArgumentGroup) -> None:
+    """The SuperLink's bounds against hostile senders (docs/deployment.md, "Limits and bad input")."""
+    defaults = QuicSettings()
+    group.add_argument(
+        "--quic-memory-budget-mib",
+        type=int,
+        default=defaults.memory_budget >> 20,
+        metavar="MIB",
+        help="all request bytes QUIC peers together may make the SuperLink hold; past it new work is "
+        f"refused (503) until memory is given back (default {defaults.memory_budget >> 20}; keep it "
+        "above --quic-max-message-mib)",
+    )
+    group.add_argument(
+        "--quic-max-half-open",
+        type=int,
+        default=defaults.max_half_open,
+        metavar="N",
+        help=f"connections whose handshake is not complete (default {defaults.max_half_open}; "
+        "with --quic-retry auto, address validation starts at a quarter of it)",
+    )
+    group.add_argument(
+        "--quic-max-connections-per-address",
+        type=int,
+        default=defaults.max_connections_per_address,
+        metavar="N",
+        help="connections from one IP address (IPv6: one /64), once proven (default "
+        f"{defaults.max_connections_per_address}; raise it for many SuperNodes behind one NAT)",
+    )
+    group.add_argument(
+        "--quic-max-connections",
+        type=int,
+        default=defaults.max_connections,
+        metavar="N",
+        help=f"QUIC connections in all (default {defaults.max_connections})",
+    )
+    group.add_argument(
+        "--quic-retry",
+        choices=RETRY_MODES,
+        default=defaults.retry,
+        help="QUIC Retry (address validation, costs new connections one round trip): 'auto' only "
+        "while many handshakes are pending, 'always', or 'never' (default auto)",
+    )
+
+
+def _guard_settings(args: argparse.Namespace, settings: QuicSettings) -> QuicSettings:
+    if args.quic_memory_budget_mib <= args.quic_max_message_mib:
+        raise SystemExit("--quic-memory-budget-mib must be larger than --quic-max-message-mib")
+    if min(args.quic_max_half_open, args.quic_max_connections_per_address, args.quic_max_connections) < 1:
+        raise SystemExit("--quic-max-half-open, --quic-max-connections(-per-address) must be >= 1")
+    return dataclasses.replace(
+        settings,
+        memory_budget=args.quic_memory_budget_mib << 20,
+        max_half_open=args.quic_max_half_open,
+        max_connections_per_address=args.quic_max_connections_per_address,
+        max_connections=args.quic_max_connections,
+        retry=args.quic_retry,
+    )
 
 
 def _add_supernode_args(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +223,7 @@ def superlink_main(argv: list[str] | None = None) -> None:
         host, port = split_address(args.quic_address) if args.quic_address else (args.host, args.port)
     except ValueError as exc:
         parser.error(str(exc))
-    settings = _quic_settings(args)
+    settings = _guard_settings(args, _quic_settings(args))
     _route_logs_to_flower()
 
     sys.argv = [sys.argv[0], *flower_argv]  # Flower's own step re-reads sys.argv

@@ -47,6 +47,26 @@ from flwr.supernode.fleet_http_client import FleetHttpClient  # noqa: E402
 FLEET_CONNECTION_MODULE = fleet_http_connection
 FLEET_CLIENT_GLOBAL = "FleetHttpClient"
 
+# Every Fleet RPC path Flower 1.41's SuperNode calls (FleetHttpClient) and its SuperLink routes
+# (flwr/superlink/routers/fleet/router.py), all POST. The QUIC server serves exactly these.
+FLEET_PATHS = frozenset(
+    "/v1/fleet/" + rpc
+    for rpc in (
+        "register-node",
+        "activate-node",
+        "deactivate-node",
+        "unregister-node",
+        "send-node-heartbeat",
+        "pull-messages",
+        "push-messages",
+        "get-run",
+        "get-fab",
+        "push-object",
+        "pull-object",
+        "confirm-message-received",
+    )
+)
+
 
 def check_flower_version() -> None:
     """Refuse to run against a Flower other than the one these pins were checked on."""
@@ -69,6 +89,7 @@ __all__ = [
     "ProtobufClient",
     "FLEET_CONNECTION_MODULE",
     "FLEET_CLIENT_GLOBAL",
+    "FLEET_PATHS",
     "_parse_args_run_supernode",
     "flower_supernode",
     "get_uvicorn_log_config",

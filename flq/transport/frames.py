@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -83,10 +83,16 @@ class Limits:
     max_head_bytes: int = 16 << 10  # a whole REQUEST_HEAD / RESPONSE_HEAD payload
     max_path: int = 2048
     max_error_message: int = 1024
+    # Requests only: an LZ4 BODY frame may inflate to at most this many times its compressed
+    # size. 1 MiB of zeros is ~4 kB on the wire (~255x); FLQ's quantized updates compress < 2x,
+    # so only degenerate data (long runs of one byte) goes uncompressed under this limit.
+    max_lz4_ratio: int = 64
 
     def __post_init__(self) -> None:
         if not 0 < self.max_head_bytes <= self.max_frame_payload:
             raise ValueError("max_head_bytes must be in (0, max_frame_payload]")
+        if self.max_lz4_ratio < 1:
+            raise ValueError("max_lz4_ratio must be >= 1")
         if self.max_frame_payload > 0xFFFFFFFF - 4:
             raise ValueError("max_frame_payload does not fit the 4-byte length field")
 
@@ -279,17 +285,33 @@ def decode_response_head(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Res
     return ResponseHead(status, headers)
 
 
-def encode_body_chunk(chunk: bytes, *, compress: bool = True) -> bytes:
-    """One BODY frame; LZ4 only if it makes this frame smaller."""
+def encode_body_chunk(chunk: bytes, *, compress: bool = True, max_ratio: int | None = None) -> bytes:
+    """One BODY frame; LZ4 only if it makes this frame smaller and inflates at most `max_ratio` x."""
     if compress and len(chunk) >= MIN_COMPRESS_SIZE:
         packed = lz4.block.compress(chunk, store_size=False)
-        if len(packed) + 4 < len(chunk):
+        if len(packed) + 4 < len(chunk) and (max_ratio is None or len(chunk) <= max_ratio * len(packed)):
             return encode_frame(FrameType.BODY, len(chunk).to_bytes(4, "big") + packed, compressed=True)
     return encode_frame(FrameType.BODY, chunk)
 
 
-def decode_body(payload: bytes, compressed: bool, limits: Limits = DEFAULT_LIMITS, budget: int | None = None) -> bytes:
-    """A BODY payload; `budget` is how many body bytes the message may still carry."""
+Reserve = Callable[[int], None]  # called with an LZ4 frame's declared size before inflating; may raise FrameError
+
+
+def decode_body(
+    payload: bytes,
+    compressed: bool,
+    limits: Limits = DEFAULT_LIMITS,
+    budget: int | None = None,
+    *,
+    max_ratio: int | None = None,
+    reserve: Reserve | None = None,
+) -> bytes:
+    """A BODY payload; `budget` is how many body bytes the message may still carry.
+
+    A compressed payload is checked against the frame limit, the body budget and `max_ratio`
+    from its declared size alone, then `reserve` is told that size, and only then is the
+    output buffer (exactly that size) allocated.
+    """
     budget = limits.max_body if budget is None else budget
     if not compressed:
         if len(payload) > budget:
@@ -304,6 +326,13 @@ def decode_body(payload: bytes, compressed: bool, limits: Limits = DEFAULT_LIMIT
     if size > budget:
         raise FrameError(ErrorCode.BODY_TOO_LARGE, f"body exceeds {limits.max_body} bytes")
     packed = reader.take(len(payload) - 4, "LZ4 data")
+    if max_ratio is not None and size > max_ratio * len(packed):
+        raise FrameError(
+            ErrorCode.FRAME_TOO_LARGE,
+            f"LZ4 frame of {len(packed)} bytes declares {size} inflated (limit {max_ratio}x its size)",
+        )
+    if reserve is not None:
+        reserve(size)
     try:
         # The output buffer is exactly `size` bytes: data that inflates further fails here.
         data = lz4.block.decompress(packed, uncompressed_size=size)
@@ -339,10 +368,13 @@ def decode_error(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> PeerError:
     return PeerError(code, raw.decode("utf-8", errors="replace"))
 
 
-def encode_body(body: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE, compress: bool = True) -> list[bytes]:
+def encode_body(
+    body: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE, compress: bool = True, max_ratio: int | None = None
+) -> list[bytes]:
     view = memoryview(body)
     return [
-        encode_body_chunk(bytes(view[i : i + chunk_size]), compress=compress) for i in range(0, len(body), chunk_size)
+        encode_body_chunk(bytes(view[i : i + chunk_size]), compress=compress, max_ratio=max_ratio)
+        for i in range(0, len(body), chunk_size)
     ]
 
 
@@ -359,7 +391,12 @@ def encode_request(
         raise FrameError(ErrorCode.BODY_TOO_LARGE, f"request body of {len(body)} bytes")
     return [
         encode_request_head(method, path, headers, limits),
-        *encode_body(body, chunk_size=min(DEFAULT_CHUNK_SIZE, limits.max_frame_payload), compress=compress),
+        *encode_body(
+            body,
+            chunk_size=min(DEFAULT_CHUNK_SIZE, limits.max_frame_payload),
+            compress=compress,
+            max_ratio=limits.max_lz4_ratio,
+        ),
         encode_end(),
     ]
 
@@ -387,14 +424,18 @@ _AWAIT_HEAD, _IN_BODY, _DONE = range(3)
 class StreamDecoder:
     """Decodes one direction of one stream. `feed` bytes, get events; errors raise FrameError.
 
-    `expect` is "request" on the server (REQUEST_HEAD first) and "response" on the client.
-    After END or ERROR the message is complete; any further frame is an error.
+    `expect` is "request" on the server (REQUEST_HEAD first) and "response" on the client;
+    requests also obey `limits.max_lz4_ratio`. After END or ERROR the message is complete;
+    any further frame is an error. `feed`'s `reserve`, if given, is called with each LZ4
+    frame's declared size before it is inflated (the server charges its memory budget there).
     """
 
     def __init__(self, expect: str, limits: Limits = DEFAULT_LIMITS) -> None:
         if expect not in ("request", "response"):
             raise ValueError("expect must be 'request' or 'response'")
         self._head_type = FrameType.REQUEST_HEAD if expect == "request" else FrameType.RESPONSE_HEAD
+        self._max_ratio = limits.max_lz4_ratio if expect == "request" else None
+        self._reserve: Reserve | None = None
         self._limits = limits
         self._buffer = bytearray()
         self._state = _AWAIT_HEAD
@@ -409,15 +450,23 @@ class StreamDecoder:
     def body_bytes(self) -> int:
         return self._body_bytes
 
-    def feed(self, data: bytes) -> list[Event]:
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes, *, reserve: Reserve | None = None) -> list[Event]:
         if self._failed is not None:
             raise self._failed
+        self._reserve = reserve  # held only during this call: no reference cycle through the caller
         try:
             return self._feed(data)
         except FrameError as exc:
             self._failed = exc
             self._buffer.clear()
             raise
+        finally:
+            self._reserve = None
 
     def end_of_stream(self) -> None:
         """The peer finished its side: anything short of a complete message is truncated."""
@@ -486,7 +535,14 @@ class StreamDecoder:
             self._state = _IN_BODY
             return decode_response_head(payload, self._limits)
         if frame_type is FrameType.BODY:
-            data = decode_body(payload, compressed, self._limits, self._limits.max_body - self._body_bytes)
+            data = decode_body(
+                payload,
+                compressed,
+                self._limits,
+                self._limits.max_body - self._body_bytes,
+                max_ratio=self._max_ratio,
+                reserve=self._reserve,
+            )
             self._body_bytes += len(data)
             return BodyChunk(data)
         self._state = _DONE

@@ -75,6 +75,22 @@ class ClientStats:
     dropped_silent: int = 0  # connections dropped because the peer went silent
 
 
+class _RetryResendingQuicConnection(QuicConnection):
+    """aioquic 1.7's client restarts its handshake on a Retry with fresh packet spaces and so
+    forgets the 0-RTT packets it had sent: their request data was never resent and the request
+    hung. Here they are declared lost (not a congestion event) so their data goes out again."""
+
+    def _receive_retry_packet(self, header, packet_without_tag: bytes, now: float) -> None:
+        spaces, retries = list(self._loss.spaces), self._retry_count
+        super()._receive_retry_packet(header, packet_without_tag, now)
+        if self._retry_count == retries:
+            return  # not acted upon
+        for space in spaces:
+            if space.sent_packets:
+                packets = list(space.sent_packets.values())
+                self._loss._on_packets_lost(congestion_event=False, now=now, packets=packets, space=space)
+
+
 class _PendingResponse:
     __slots__ = ("decoder", "future", "head", "body")
 
@@ -316,7 +332,7 @@ class FleetQuicClient:
             alpn=self._alpn,
         )
         ticket_arrived = asyncio.Event()
-        quic = QuicConnection(
+        quic = _RetryResendingQuicConnection(
             configuration=config, session_ticket_handler=lambda ticket: self._on_ticket(ticket, ticket_arrived)
         )
         addr = addr[:2] if family == socket.AF_INET else addr

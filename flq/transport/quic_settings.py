@@ -40,6 +40,12 @@ class QuicSettings:
     resume_paths: bool = True  # westwood only: a new connection may start from the pipe last measured to its peer host
     adaptive_reordering: bool = True  # loss detection learns reordering, undoes spurious losses (recovery.py)
     limits: Limits = field(default_factory=Limits)
+    # Server only; why each default: docs/deployment.md, "Limits and bad input".
+    memory_budget: int = 256 << 20  # all a SuperLink's peers together may make it hold
+    max_half_open: int = 128  # connections whose handshake is not complete
+    max_connections_per_address: int = 32  # counted once the address is proven (IPv6: per /64)
+    max_connections: int = 1024  # in all
+    retry: str = "auto"  # QUIC Retry (address validation): "auto" (under load), "always", "never"
 
 
 def _apply(config: QuicConfiguration, settings: QuicSettings) -> QuicConfiguration:

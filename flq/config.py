@@ -15,6 +15,7 @@ from pathlib import PurePath
 from typing import Any
 
 from .codec.update_codec import SCHEMES as CODECS
+from .scheduler.bandit import parts_off
 from .scheduler.registry import SCHEDULERS
 from .scheduler.spread import SpreadError, parse_int_spread
 from .sim.clock import CLOCKS, HANDSHAKE_RTTS, POLICIES
@@ -93,6 +94,7 @@ class RunConfig:
     base_rank: int = 0
     client_ranks: str = ""
     client_bits: str = ""
+    bandit_off: str = ""  # ablations: bandit parts switched off (flq.scheduler.bandit.BANDIT_PARTS)
     # tiers, clock and deadline (docs/clock.md)
     tiers: str = "reference"
     tier_file: str = ""
@@ -194,6 +196,12 @@ class RunConfig:
         )
         check(self.server_tau > 0, "server-tau must be > 0")
         check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}")
+        try:
+            off = parts_off(self.bandit_off)
+        except ValueError as exc:
+            errors.append(f"bandit-off: {exc}")
+        else:
+            check(not off or self.scheduler == "bandit", 'bandit-off switches parts of scheduler="bandit" only')
         check(0 <= self.base_rank <= self.lora_rank, "base-rank must be in [0, lora-rank] (0 = lora-rank)")
         check(self.clock in CLOCKS, f"clock must be one of {CLOCKS}")
         check(self.policy in POLICIES, f"policy must be one of {POLICIES}")

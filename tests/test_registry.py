@@ -5,6 +5,7 @@ import pytest
 from flq import config
 from flq.config import RunConfig
 from flq.scheduler import BanditScheduler, ClientInfo, TableScheduler, TierScheduler
+from flq.scheduler.bandit import BANDIT_PARTS
 from flq.scheduler.priors import MemoryModel
 from flq.scheduler.registry import SCHEDULERS, build_for_run
 from flq.sim.tiers import load_tiers
@@ -50,3 +51,21 @@ def test_schedulers_that_take_no_memory_model_are_built_without_one():
     memory = MemoryModel(backbone_mb_16bit=100.0, activation_mb=50.0, adapter_mb_per_rank=1.0)
     for name in ("fixed", "lite"):
         build_for_run(RunConfig(scheduler=name), tiers=load_tiers(), memory_model=memory)  # no TypeError
+
+
+@pytest.mark.parametrize("part", list(BANDIT_PARTS))
+def test_bandit_off_switches_off_exactly_the_part_it_names(part):
+    on = build_for_run(RunConfig(scheduler="bandit"), tiers=load_tiers())
+    off = build_for_run(RunConfig(scheduler="bandit", bandit_off=part), tiers=load_tiers())
+    flags = set(BANDIT_PARTS.values())
+    assert all(getattr(on, flag) for flag in flags)
+    assert {flag for flag in flags if not getattr(off, flag)} == {BANDIT_PARTS[part]}
+
+
+def test_bandit_off_takes_several_parts_and_rejects_unknown_ones_and_other_schedulers():
+    both = build_for_run(RunConfig(scheduler="bandit", bandit_off="caution, batch-shrink"), tiers=load_tiers())
+    assert not both.use_caution and not both.shrink_batch and both.learn_times
+    with pytest.raises(config.ConfigError, match="bandit-off: unknown bandit part.*'cautoin'"):
+        RunConfig.from_flower({"scheduler": "bandit", "bandit-off": "cautoin"})
+    with pytest.raises(config.ConfigError, match='bandit-off switches parts of scheduler="bandit" only'):
+        RunConfig.from_flower({"scheduler": "fixed", "bandit-off": "caution"})

@@ -8,6 +8,7 @@ noise, a deadline. No Flower, no torch, no wall-clock thresholds.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -409,6 +410,89 @@ def test_bandit_batch_never_goes_below_its_floor():
     assert scheduler.assign(2, [ClientInfo(1, "cpu")], 30.0)[1].batch_size == 3
     with pytest.raises(ValueError, match="min_batch_size"):
         bandit(min_batch_size=0)
+
+
+# --------------------------------------------------------------------------------------
+# bandit: ablation switches (run config bandit-off), each changing only its part
+# --------------------------------------------------------------------------------------
+
+
+def test_without_the_round_bandit_every_round_aims_at_the_base_rank():
+    def mean_ranks(**options):
+        federation = SimulatedFederation(three_tier_clients(2), deadline_s=600.0, seed=5)
+        history = run_rounds(bandit(arms=(4, 8, 16), **options), federation, 6)
+        return [np.mean([a.rank for a in assignments.values()]) for assignments, _, _ in history]
+
+    assert mean_ranks(round_bandit=False) == [DEFAULTS.rank] * 6
+    on = mean_ranks()
+    assert on[0] == DEFAULTS.rank and set(on[1:3]) == {4.0, 16.0}  # the bandit explores its arms
+
+
+def test_without_the_time_model_assignments_follow_the_tier_prior_whatever_was_observed():
+    clients = [ClientInfo(1, "cpu"), ClientInfo(2, "gpu")]
+    fresh = bandit(learn_times=False).assign(1, clients, 40.0)
+
+    def after_reports(**options):
+        scheduler = bandit(**options)
+        for server_round in (1, 2, 3):  # on time, but the cpu client is far slower than its tier says
+            a = scheduler.assign(server_round, clients, 40.0)[1]
+            slow = report(1, "ok", rank=a.rank, steps=a.local_steps, compute_s=a.local_steps * 9.0, transfer_s=3.0)
+            scheduler.observe(server_round, [slow], RoundOutcome(server_round, 30.0, 40.0, 1.0, 0.9))
+        return scheduler, scheduler.assign(4, clients, 40.0)
+
+    frozen, frozen_plan = after_reports(learn_times=False)
+    assert frozen_plan == fresh
+    assert frozen.table["caution"][frozen.table.rows([1])[0]] == 1.0
+    _, learned_plan = after_reports()
+    assert learned_plan[1].local_steps < fresh[1].local_steps  # the switch is what held it
+
+
+def test_without_batch_shrink_no_client_gets_a_smaller_batch_and_nothing_else_changes():
+    def rounds(**options):
+        federation = SimulatedFederation(three_tier_clients(3, {"edge": 6.0}), deadline_s=30.0, seed=4)
+        return run_rounds(bandit(arms=(2, 4, 8), **options), federation, 8)
+
+    shrinking, kept = rounds(), rounds(shrink_batch=False)
+    assert all(a.batch_size is None for assignments, _, _ in kept for a in assignments.values())
+    first, first_kept = shrinking[0][0], kept[0][0]  # the same state: only the batch differs
+    assert any(a.batch_size is not None for a in first.values())
+    assert {n: replace(a, batch_size=None) for n, a in first.items()} == first_kept
+
+
+def test_without_bits_choice_the_run_bits_stay_and_memory_still_caps_rank():
+    clients = [ClientInfo(1, "gpu", memory_limit_mb=24_000), ClientInfo(2, "cpu", memory_limit_mb=4_000)]
+    chosen = bandit(arms=(16,), memory_model=MEMORY).assign(1, clients, None)
+    fixed = bandit(arms=(16,), memory_model=MEMORY, choose_bits=False).assign(1, clients, None)
+    assert [chosen[n].bits for n in (1, 2)] == [16, 8]
+    assert [fixed[n].bits for n in (1, 2)] == [16, 16]
+    gpu_alone = clients[:1]  # where the run's bits fit, nothing differs
+    assert bandit(arms=(16,), memory_model=MEMORY, choose_bits=False).assign(1, gpu_alone, None) == bandit(
+        arms=(16,), memory_model=MEMORY
+    ).assign(1, gpu_alone, None)
+    # 16 bits in 6,600 MB: 6,000 + 500 + 10 per rank leaves room for rank 10, below the aim of 16
+    tight = bandit(arms=(16,), memory_model=MEMORY, choose_bits=False)
+    assert tight.assign(1, [ClientInfo(3, "cpu", memory_limit_mb=6_600)], None)[3].rank == 10
+    # out of memory: half the rank, the same bits
+    oom = report(1, "oom", rank=16, bits=16, steps=0, compute_s=0.0, transfer_s=0.0, tier="gpu")
+    tight.observe(1, [oom], None)
+    after = tight.assign(2, [ClientInfo(1, "gpu", memory_limit_mb=24_000)], None)[1]
+    assert (after.bits, after.rank) == (16, 8)
+
+
+def test_without_caution_a_late_client_is_not_pushed_down():
+    clients = [ClientInfo(1, "cpu")]
+
+    def after(status: str, **options):
+        scheduler = bandit(stop_on_budget=True, **options)
+        scheduler.observe(1, [report(1, status, compute_s=70.0)], None)
+        return scheduler, scheduler.assign(2, clients, 60.0)[1]
+
+    careless, late_plan = after("late", use_caution=False)
+    _, on_time_plan = after("ok", use_caution=False)
+    assert late_plan == on_time_plan and late_plan.budget_s == 60.0  # the time model learns alike
+    assert careless.table["caution"][careless.table.rows([1])[0]] == 1.0
+    _, cautious_plan = after("late")
+    assert cautious_plan.budget_s < 60.0
 
 
 # --------------------------------------------------------------------------------------

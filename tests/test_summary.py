@@ -12,14 +12,18 @@ from flq.metrics.summary import (
     deadline_share,
     dropped_per_tier,
     fairness,
+    fairness_at_clock,
     final_score,
     higher_is_better_for,
     jain_index,
     peak_memory_per_tier,
     rejected_replies,
     round_within_deadline,
+    score_at_clock,
     summarize,
+    sustained_time_to_target,
     time_to_target,
+    work_per_tier,
     write_summary,
 )
 
@@ -125,6 +129,40 @@ def test_only_the_first_crossing_counts():
     assert time_to_target(records, 0.8, True).rounds == 2
 
 
+def test_sustained_target_needs_the_next_evaluation_to_stay_at_or_past_it():
+    # 0.9 in round 2 falls back to 0.4; 0.95 in round 4 is confirmed by 0.8 (exactly the target) in round 5.
+    records = scores_at([0.5, 0.9, 0.4, 0.95, 0.8], [10.0, 20.0, 30.0, 40.0, 50.0])
+    assert time_to_target(records, 0.8, True).rounds == 2
+    hit = sustained_time_to_target(records, 0.8, True)
+    assert (hit.rounds, hit.clock_s, hit.clock_s_at_round) == (4, 40.0, 40.0)
+    assert sustained_time_to_target(records, 0.8, True, evaluations=1).clock_s == 20.0  # no interpolation
+    assert sustained_time_to_target(records, 0.8, True, evaluations=3) is None
+    summary = summarize(records, 0.8, True)
+    assert (summary["rounds_to_sustained_target"], summary["clock_s_to_sustained_target"]) == (4, 40.0)
+
+
+def test_sustained_target_is_none_when_only_the_last_evaluation_crosses():
+    assert sustained_time_to_target(scores_at([0.5, 0.6, 0.9], [1.0, 2.0, 3.0]), 0.8, True) is None
+
+
+def test_sustained_target_skips_unscored_rounds_and_reads_perplexity_downwards():
+    # A round without a score neither breaks nor extends a streak: 0.9, (none), 0.85 are two evaluations.
+    records = scores_at([0.5, 0.9, None, 0.85], [10.0, 20.0, 30.0, 40.0])
+    assert sustained_time_to_target(records, 0.8, True).rounds == 2
+    perplexity = scores_at([60.0, 25.0, 28.0], [10.0, 20.0, 30.0], score_name="perplexity")
+    assert sustained_time_to_target(perplexity, 30.0, False).rounds == 2
+    with pytest.raises(ValueError, match="evaluations"):
+        sustained_time_to_target(perplexity, 30.0, False, evaluations=0)
+
+
+def test_score_at_clock_is_the_last_evaluation_at_or_before_it():
+    records = scores_at([0.5, None, 0.9], [10.0, 20.0, 30.0])
+    assert score_at_clock(records, 5.0) is None
+    assert score_at_clock(records, 10.0) == 0.5
+    assert score_at_clock(records, 29.9) == 0.5  # round 2 had no score
+    assert score_at_clock(records, 100.0) == 0.9
+
+
 def test_final_and_best_score():
     records = scores_at([0.5, 0.9, 0.7, None], [1.0, 2.0, 3.0, 4.0])
     assert final_score(records) == 0.7
@@ -224,6 +262,18 @@ def test_fairness_uses_the_last_round_that_evaluated_clients():
     assert f["jain"] == pytest.approx(9 / 11)
 
 
+def test_fairness_at_clock_reads_the_last_client_evaluation_by_then():
+    records = [
+        make_round(1, 10.0, 0.5, client_eval=evals([0.1, 0.3])),
+        make_round(2, 20.0, 0.6),
+        make_round(3, 30.0, 0.7, client_eval=evals([0.5, 0.9])),
+    ]
+    assert fairness_at_clock(records, 5.0, True) is None
+    early = fairness_at_clock(records, 25.0, True)
+    assert (early["round"], early["clock_s"], early["worst"]) == (1, 10.0, 0.1)
+    assert fairness_at_clock(records, 30.0, True)["worst"] == 0.5
+
+
 def test_fairness_for_perplexity_counts_from_the_high_end():
     f = fairness([make_round(1, 1.0, 30.0, client_eval=evals([10.0, 20.0, 30.0, 40.0, 50.0]))], False)
     # Worst is the highest perplexity; p10 from the bad end is the 90th percentile:
@@ -271,6 +321,17 @@ def test_peak_memory_is_the_highest_any_client_of_the_tier_reported():
 
 def test_dropped_counts_late_client_rounds_per_tier():
     assert dropped_per_tier(tiered_rounds()) == {"cpu-edge": 2, "gpu-24g": 0, "jetson-nano": 0, "untiered": 0}
+
+
+def test_work_per_tier_counts_examples_that_reached_the_model_per_sampled_client_round():
+    records = tiered_rounds()
+    records[0].clients[0].num_examples = 32  # gpu-24g, accepted
+    records[0].clients[1].num_examples = 8  # cpu-edge, late: its examples never counted
+    records[1].clients[0].num_examples = 16  # gpu-24g, rejected
+    work = work_per_tier(records)
+    assert work["gpu-24g"] == {"client_rounds": 2, "accepted_share": 0.5, "examples_per_client_round": 16.0}
+    assert work["cpu-edge"] == {"client_rounds": 2, "accepted_share": 0.0, "examples_per_client_round": 0.0}
+    assert sorted(work) == ["cpu-edge", "gpu-24g", "jetson-nano", "untiered"]
 
 
 def test_rejected_replies_are_counted():

@@ -86,6 +86,36 @@ def time_to_target(records: Sequence[RoundRecord], target: float, higher_is_bett
     return None
 
 
+def sustained_time_to_target(
+    records: Sequence[RoundRecord], target: float, higher_is_better: bool, evaluations: int = 2
+) -> TargetHit | None:
+    """The first evaluation from which the score stays at or past ``target`` for ``evaluations``
+    consecutive evaluations (itself included); None if none does.
+
+    One evaluation on a small held-out set can cross the target by luck and fall back; this
+    counts a crossing only once the next evaluation(s) confirm it. The clock is that first
+    evaluation's (no interpolation), so a hit is always later than or equal to ``time_to_target``'s.
+    A crossing in the last evaluation(s) of a run has nothing to confirm it and does not count.
+    """
+    if evaluations < 1:
+        raise ValueError(f"evaluations must be at least 1, got {evaluations}")
+    scored = _scored(records)
+    run = 0  # consecutive evaluations at or past the target, ending at i
+    for i, record in enumerate(scored):
+        run = run + 1 if reaches(record.score, target, higher_is_better) else 0
+        if run == evaluations:
+            first = scored[i - evaluations + 1]
+            return TargetHit(first.server_round, first.clock_s, first.clock_s)
+    return None
+
+
+def score_at_clock(records: Sequence[RoundRecord], clock_s: float) -> float | None:
+    """The global score the run had at ``clock_s``: its last evaluation at or before it (None
+    before the first). Compares runs at equal clock whatever their round lengths."""
+    at = [r for r in _scored(records) if r.clock_s <= clock_s]
+    return at[-1].score if at else None
+
+
 # -- deadlines ----------------------------------------------------------------------------
 def round_within_deadline(record: RoundRecord, deadline_s: float) -> bool:
     """The round ended by the deadline and no client that replied with an update was late.
@@ -152,18 +182,32 @@ def fairness(records: Sequence[RoundRecord], higher_is_better: bool) -> dict[str
     90% of clients reach or beat (for perplexity, the 90th percentile).
     """
     for record in reversed(records):
-        scores = [e.score for e in record.client_eval if e.score is not None and math.isfinite(e.score)]
-        if scores:
-            x = np.asarray(scores, dtype=float)
-            return {
-                "round": record.server_round,
-                "clients": int(x.size),
-                "worst": float(x.min() if higher_is_better else x.max()),
-                "p10": float(np.percentile(x, 10 if higher_is_better else 90)),
-                "mean": float(x.mean()),
-                "jain": jain_index(x),
-            }
+        found = _client_fairness(record, higher_is_better)
+        if found:
+            return found
     return None
+
+
+def fairness_at_clock(records: Sequence[RoundRecord], clock_s: float, higher_is_better: bool) -> dict[str, Any] | None:
+    """``fairness`` as the run stood at ``clock_s``: from the last round at or before it that
+    evaluated clients (its ``round`` says which; None if none did by then)."""
+    return fairness([r for r in records if r.clock_s <= clock_s], higher_is_better)
+
+
+def _client_fairness(record: RoundRecord, higher_is_better: bool) -> dict[str, Any] | None:
+    scores = [e.score for e in record.client_eval if e.score is not None and math.isfinite(e.score)]
+    if not scores:
+        return None
+    x = np.asarray(scores, dtype=float)
+    return {
+        "round": record.server_round,
+        "clock_s": record.clock_s,
+        "clients": int(x.size),
+        "worst": float(x.min() if higher_is_better else x.max()),
+        "p10": float(np.percentile(x, 10 if higher_is_better else 90)),
+        "mean": float(x.mean()),
+        "jain": jain_index(x),
+    }
 
 
 # -- per tier -----------------------------------------------------------------------------
@@ -197,6 +241,24 @@ def dropped_per_tier(records: Sequence[RoundRecord]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def work_per_tier(records: Sequence[RoundRecord]) -> dict[str, dict[str, float]]:
+    """Per tier, what its sampled clients contributed: client-rounds sampled, the share whose
+    update was accepted, and the training examples per sampled client-round that reached the
+    global model (a dropped or failed client's count as 0), so tiers compare per chance given."""
+    totals: dict[str, list[float]] = {}
+    for r in records:
+        for c in r.clients:
+            entry = totals.setdefault(_tier_key(c.tier), [0, 0, 0.0])
+            accepted = c.status == ClientStatus.OK
+            entry[0] += 1
+            entry[1] += accepted
+            entry[2] += c.num_examples if accepted else 0
+    return {
+        tier: {"client_rounds": n, "accepted_share": ok / n, "examples_per_client_round": examples / n}
+        for tier, (n, ok, examples) in sorted(totals.items())
+    }
+
+
 def rejected_replies(records: Sequence[RoundRecord]) -> int:
     return sum(len(r.rejected) for r in records)
 
@@ -211,6 +273,7 @@ def summarize(
     """The run's summary (JSON-serialisable); ``deadline_s`` as in ``deadline_share``."""
     last = records[-1] if records else None
     hit = time_to_target(records, target, higher_is_better) if target is not None else None
+    sustained = sustained_time_to_target(records, target, higher_is_better) if target is not None else None
     deadlines = sorted({r.deadline_s for r in records if r.deadline_s is not None})
     return {
         "rounds": len(records),
@@ -230,11 +293,14 @@ def summarize(
         "rounds_to_target": hit.rounds if hit else None,
         "clock_s_to_target": hit.clock_s if hit else None,
         "clock_s_at_target_round": hit.clock_s_at_round if hit else None,
+        "rounds_to_sustained_target": sustained.rounds if sustained else None,
+        "clock_s_to_sustained_target": sustained.clock_s if sustained else None,
         "within_deadline_share": deadline_share(records, deadline_s),
         **bytes_per_round(records),
         "fairness": fairness(records, higher_is_better),
         "peak_mem_mb_per_tier": peak_memory_per_tier(records),
         "dropped_per_tier": dropped_per_tier(records),
+        "work_per_tier": work_per_tier(records),
         "rejected_replies": rejected_replies(records),
     }
 

@@ -52,6 +52,28 @@ BUDGET_LEVELS = 256
 # A transfer-per-rank prior when the run gave no bytes-per-rank: wide, so reports decide.
 UNKNOWN_TRANSFER_SD_PER_RANK = 0.1
 
+# The parts an ablation may switch off (run config ``bandit-off``), each to its constructor flag:
+# round-bandit: the average rank stays the run's base rank; time-model: every client keeps its
+# tier's prior times whatever it reports; batch-shrink: no client gets a smaller batch;
+# bits-choice: bits are the run's (table) bits, the memory model still caps rank;
+# caution: a miss or failure does not shrink a client's deadline.
+BANDIT_PARTS: dict[str, str] = {
+    "round-bandit": "round_bandit",
+    "time-model": "learn_times",
+    "batch-shrink": "shrink_batch",
+    "bits-choice": "choose_bits",
+    "caution": "use_caution",
+}
+
+
+def parts_off(spec: str) -> dict[str, bool]:
+    """``bandit-off`` (comma-separated part names) as constructor flags set to False."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BANDIT_PARTS]
+    if unknown:
+        raise ValueError(f"unknown bandit part(s) {unknown}: choose from {', '.join(BANDIT_PARTS)}")
+    return {BANDIT_PARTS[name]: False for name in names}
+
 
 # --------------------------------------------------------------------------------------
 # Round level: which average rank to aim for
@@ -255,6 +277,11 @@ class BanditScheduler(RankScheduler):
     ``memory_model`` / ``bits_options``: choose backbone bits per client (the most that fits
     its memory); without a model, bits come from the run's tier table or default.
     ``arms``, ``discount``, ``exploration``: the round-level bandit.
+    Ablation switches (``BANDIT_PARTS``), each on by default and each changing only its part:
+    ``round_bandit`` (off: aim at the run's base rank every round), ``learn_times`` (off: the
+    time models keep their tier priors), ``shrink_batch``, ``choose_bits`` (off: the run's bits,
+    as without a memory model, while the model still caps rank), ``use_caution`` (off: a miss or
+    failure leaves the client's deadline whole).
     ``forgetting``: weight of past rounds in the time models. ``miss_backoff``,
     ``caution_max``, ``recovery``: how hard a missed deadline or failure pushes a client
     down (its deadline is divided by a caution factor) and how fast it recovers.
@@ -278,6 +305,10 @@ class BanditScheduler(RankScheduler):
         min_batch_size: int = 1,
         memory_model: MemoryModel | None = None,
         bits_options: Sequence[int] = DEFAULT_BITS_OPTIONS,
+        round_bandit: bool = True,
+        learn_times: bool = True,
+        choose_bits: bool = True,
+        use_caution: bool = True,
         arms: Sequence[int] = DEFAULT_ARMS,
         discount: float = 0.95,
         exploration: float = 0.15,
@@ -311,6 +342,10 @@ class BanditScheduler(RankScheduler):
         self.min_batch_size = min_batch_size
         self.memory_model = memory_model
         self.bits_options = sorted(set(int(b) for b in bits_options), reverse=True)
+        self.round_bandit = round_bandit
+        self.learn_times = learn_times
+        self.choose_bits = choose_bits
+        self.use_caution = use_caution
         self.miss_backoff = miss_backoff
         self.caution_max = caution_max
         self.recovery = recovery
@@ -402,7 +437,7 @@ class BanditScheduler(RankScheduler):
             .astype(np.int64)
             .clip(d.rank_min, d.rank_max)
         )
-        target = self.average_rank.choose(server_round)
+        target = self.average_rank.choose(server_round) if self.round_bandit else d.rank
         cap = np.full(len(rows), d.local_steps, dtype=np.int64)
         if deadline_s is None or deadline_s <= 0:
             ranks = waterfill_ranks(ceilings, d.rank_min, target)
@@ -419,16 +454,20 @@ class BanditScheduler(RankScheduler):
         d = self.defaults
         no_limit = np.full(len(rows), float(d.rank_max))
         model = self.memory_model
+        table_bits = np.minimum(self.table["table_bits"][rows], self.table["bits_cap"][rows]).astype(np.int64)
         if model is None:
-            return np.minimum(self.table["table_bits"][rows], self.table["bits_cap"][rows]).astype(np.int64), no_limit
+            return table_bits, no_limit
         limits = self._memory_limits(clients)
-        bits_cap = self.table["bits_cap"][rows]
-        bits = np.full(len(rows), self.bits_options[-1], dtype=np.int64)
-        chosen = np.zeros(len(rows), dtype=bool)
-        for option in self.bits_options:  # most bits first: a better backbone when it fits
-            fits = ~chosen & (option <= bits_cap) & (model.peak_mb(option, d.rank_min) <= limits)
-            bits[fits] = option
-            chosen |= fits
+        if self.choose_bits:
+            bits_cap = self.table["bits_cap"][rows]
+            bits = np.full(len(rows), self.bits_options[-1], dtype=np.int64)
+            chosen = np.zeros(len(rows), dtype=bool)
+            for option in self.bits_options:  # most bits first: a better backbone when it fits
+                fits = ~chosen & (option <= bits_cap) & (model.peak_mb(option, d.rank_min) <= limits)
+                bits[fits] = option
+                chosen |= fits
+        else:
+            bits = table_bits
         if model.adapter_mb_per_rank <= 0:
             return bits, no_limit
         room = (limits - model.peak_mb(bits, 0)) / model.adapter_mb_per_rank
@@ -529,8 +568,10 @@ class BanditScheduler(RankScheduler):
         rows = self.table.rows(
             columns.node_ids, lambda new, positions: self._init_rows(new, [reports[p].tier for p in positions])
         )
-        self._learn_times(rows, columns)
-        self._update_caution(rows, columns)
+        if self.learn_times:
+            self._learn_times(rows, columns)
+        if self.use_caution:
+            self._update_caution(rows, columns)
         self._learn_memory(rows, columns)
 
     def _learn_times(self, rows: np.ndarray, reports: ReportColumns) -> None:
@@ -562,9 +603,10 @@ class BanditScheduler(RankScheduler):
         """Out of memory: fewer bits if bits are chosen and a lower option exists, else half the rank."""
         oom = np.flatnonzero(reports.status == OOM)
         lowest_bits = self.bits_options[-1]
+        chooses_bits = self.memory_model is not None and self.choose_bits
         for position in oom.tolist():
             row, bits, rank = rows[position], int(reports.bits[position]), int(reports.rank[position])
-            if self.memory_model is not None and bits > lowest_bits:
+            if chooses_bits and bits > lowest_bits:
                 self.table["bits_cap"][row] = max(b for b in self.bits_options if b < bits)
             else:
                 self.table["oom_rank_cap"][row] = max(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .bandit import BanditScheduler
+from .bandit import BanditScheduler, parts_off
 from .base import FixedRankScheduler, RankScheduler, SchedulerDefaults, TableScheduler
 from .lite import LiteScheduler
 from .spread import parse_spread
@@ -40,6 +40,7 @@ def build_for_run(cfg: RunConfig, *, tiers: Mapping[str, Any] | None = None, **p
         options = {"ranks": cfg.client_ranks, "bits": cfg.client_bits}
     elif cfg.scheduler == "bandit":
         options["stop_on_budget"] = cfg.policy == "budget"
+        options.update(parts_off(cfg.bandit_off))  # ablations: each named part switched off
         if memory_model is not None:
             options["memory_model"] = memory_model
     return build_scheduler(cfg.scheduler, defaults, tiers=tiers, seed=cfg.seed, **priors, **options)

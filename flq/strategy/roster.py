@@ -2,6 +2,13 @@
 
 Pure Python: replies arrive here as plain mappings (a MetricRecord and a ConfigRecord are
 mappings), so the roster knows the message contract's keys (``flq.wire``) but not Flower.
+
+Paired design: the sample of a round depends only on the run's ``seed``, the round (one draw
+per round from one generator that nothing else uses) and the partition ids of the available
+nodes, never on node ids (Flower draws new ones every run) nor on the scheduler or policy. So two
+runs of a seed that differ only in how they schedule train the same partitions in every round
+they both run; their partitions are the same too (``flq.task.partition``: a function of the
+data keys and the seed). tests/test_paired_design.py checks both.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ docs/clock.md explains its use).
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +41,9 @@ def model_shape(model_dir: str | Path) -> ModelShape:
     layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
     linear = other = 0
     for file in sorted(path.glob("*.safetensors")):
-        for name, numel in _safetensors_numels(file).items():
-            if name.endswith(".weight") and ".layers." in name and "norm" not in name and "embed" not in name:
+        for name, shape in _safetensors_shapes(file).items():
+            numel = math.prod(shape)
+            if is_block_linear(name, shape):
                 linear += numel
             else:
                 other += numel
@@ -49,21 +52,31 @@ def model_shape(model_dir: str | Path) -> ModelShape:
     return ModelShape(linear, other, hidden, layers)
 
 
-def _safetensors_numels(file: Path) -> dict[str, int]:
+# A repeated block's parameters: ``model.layers.3.`` (Llama, SmolLM2), ``encoder.layer.3.`` (BERT,
+# MiniLM), ``h.3.`` (GPT-2), ``blocks.3.``.
+_BLOCK = re.compile(r"(^|\.)(layers|layer|h|blocks|block)\.\d+\.")
+
+
+def is_block_linear(name: str, shape: tuple[int, ...]) -> bool:
+    """A linear layer's weight matrix inside a repeated block (what quantization and compute scale
+    with): 2-D, not a norm, not an embedding."""
+    lowered = name.lower()
+    return (
+        name.endswith(".weight")
+        and len(shape) == 2
+        and _BLOCK.search(name) is not None
+        and "norm" not in lowered
+        and "embed" not in lowered
+    )
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
     with open(file, "rb") as fh:
         header_len = int.from_bytes(fh.read(8), "little")
         if not 0 < header_len <= 100_000_000:
             raise ValueError(f"{file}: implausible safetensors header length {header_len}")
         header = json.loads(fh.read(header_len))
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        numel = 1
-        for dim in meta["shape"]:
-            numel *= int(dim)
-        out[name] = numel
-    return out
+    return {name: tuple(int(d) for d in meta["shape"]) for name, meta in header.items() if name != "__metadata__"}
 
 
 def estimate_train_memory_mb(shape: ModelShape, bits: int, adapter_params: int, batch_size: int, seq_len: int) -> float:

@@ -1,0 +1,149 @@
+"""The scheduler-evidence report on synthetic runs whose numbers are known by construction."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flq.metrics.arm_plots import score_band
+from flq.metrics.records import ClientEvalRecord, ClientRoundRecord, RoundRecord, append_round
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from evidence_report import Protocol, RunRef, pairing_problems, run_facts, write_evidence_report  # noqa: E402
+
+TARGET, DEADLINE, BUDGET = 0.7, 10.0, 30.0
+TIERS = ("gpu-24g", "cpu-edge")
+
+
+def rounds(
+    round_s: float, scores: list[float], seed: int, late_edge: bool = False, shift: int = 0
+) -> list[RoundRecord]:
+    """Two of four partitions per round (the same for every arm of a seed unless ``shift``)."""
+    out, clock = [], 0.0
+    for i, score in enumerate(scores, 1):
+        clock += round_s
+        pids = sorted({(seed + i + shift) % 4, (seed + 2 * i + 1 + shift) % 4})
+        clients = [
+            ClientRoundRecord(
+                node_id=100 + p,
+                status="late" if late_edge and TIERS[p % 2] == "cpu-edge" else "ok",
+                partition_id=p,
+                tier=TIERS[p % 2],
+                bits=16,
+                steps=4,
+                num_examples=32,
+                compute_s=round_s / 2,
+                measured_compute_s=0.5,
+                comm_s=0.1,
+                round_s=round_s,
+                on_time=round_s <= DEADLINE,
+            )
+            for p in pids
+        ]
+        evals = [ClientEvalRecord(100 + p, p, TIERS[p % 2], score - 0.1 * (p % 2), 1.0, 10) for p in range(4)]
+        out.append(
+            RoundRecord(
+                i,
+                "virtual",
+                clock,
+                round_s,
+                float(i),
+                DEADLINE,
+                "budget",
+                "accuracy",
+                score,
+                1.0,
+                1.0,
+                1000,
+                2000,
+                len(clients),
+                len(clients),
+                clients,
+                evals,
+            )  # fmt: skip
+        )
+    return out
+
+
+def protocol() -> Protocol:
+    return Protocol(
+        command="python benchmarks/scheduler_evidence.py --size smoke",
+        size="smoke",
+        settings={
+            "model": "minilm-l6",
+            "clients": 4,
+            "tiers": "cycle:gpu-24g,cpu-edge",
+            "per_round": 2,
+            "steps": 4,
+            "batch_size": 8,
+        },  # fmt: skip
+        seeds=[0, 1, 2],
+        target=TARGET,
+        deadline_s=DEADLINE,
+        deadline_steps=14.0,
+        reference_step_s=0.141,
+        clock_budget_s=BUDGET,
+        server_test_size=200,
+    )
+
+
+SCORES = [0.5, 0.6, 0.75, 0.8, 0.85, 0.9]  # sustained from round 3 on
+
+
+def write_runs(tmp_path: Path) -> list[RunRef]:
+    # fixed-wait's rounds are 20 s, fixed-budget's 10 s, bandit's 5 s: the same scores per round,
+    # so bandit reaches the target 4x sooner than fixed-wait and 2x sooner than fixed-budget, every seed.
+    refs = []
+    for seed in (0, 1, 2):
+        for arm, round_s in (("fixed-wait", 20.0), ("fixed-budget", 10.0), ("bandit", 5.0)):
+            run_dir = tmp_path / f"{arm}-{seed}"
+            for record in rounds(round_s, SCORES, seed, late_edge=arm == "fixed-budget"):
+                append_round(run_dir, record)
+            refs.append(RunRef("dirichlet:0.3", arm, seed, run_dir))
+    return refs
+
+
+def test_run_facts_read_the_sustained_target_fairness_and_work():
+    facts = run_facts(rounds(10.0, SCORES, seed=0, late_edge=True), protocol())
+    assert facts.ttt_sustained == 30.0  # round 3 at 10 s per round
+    assert facts.ttt == pytest.approx(20.0 + (0.7 - 0.6) / (0.75 - 0.6) * 10.0)
+    assert facts.score_at_budget == 0.75  # round 3 ends at exactly 30 s
+    assert run_facts(rounds(10.0, SCORES[:2], seed=0), protocol()).score_at_budget is None  # ended at 20 s
+    assert facts.fair_target["worst"] == pytest.approx(0.65) and facts.fair_target["round"] == 3
+    assert facts.work["cpu-edge"]["examples_per_client_round"] == 0.0  # late every time
+    assert facts.bits == {"gpu-24g": [16]}
+
+
+def test_the_report_gives_the_ratios_targets_and_pairing_it_was_built_with(tmp_path):
+    path = write_evidence_report(write_runs(tmp_path), protocol(), tmp_path / "report.md")
+    text = path.read_text()
+    assert "| bandit | 3/3 | 15 ± 0 | 13.3 ± 0 | 0.9 ± 0 | 100.0% | 6 ± 0 |" in text
+    ratios = next(line for line in text.splitlines() if line.startswith("| bandit | 4.00x"))
+    assert ratios.startswith(
+        "| bandit | 4.00x [4.00, 4.00] | 2.00x [2.00, 2.00] | 4.00x [4.00, 4.00] | 2.00x [2.00, 2.00] |"
+    )
+    assert "- bandit >= 1.5x sooner than fixed-wait, CI above 1: met" in text
+    assert "- bandit >= 1.2x sooner than fixed-budget, CI above 1: met" in text
+    assert "seed 0: paired" in text and "seed 2: paired" in text
+    assert "Command: `python benchmarks/scheduler_evidence.py --size smoke`" in text
+    for suffix in ("_score_vs_clock.png", "_tier_work.png", "_tradeoff.png"):
+        assert (tmp_path / f"report{suffix}").stat().st_size > 0
+
+
+def test_arms_that_sampled_other_clients_are_named():
+    same = run_facts(rounds(5.0, SCORES, seed=0), protocol())
+    other = run_facts(rounds(5.0, SCORES, seed=0, shift=1), protocol())
+    assert pairing_problems({"fixed-wait": same, "bandit": same}) == []
+    problems = pairing_problems({"fixed-wait": same, "bandit": other})
+    assert problems and problems[0].startswith("bandit sampled other clients than fixed-wait in round(s) [1,")
+
+
+def test_score_band_is_mean_min_max_over_seeds_once_every_seed_has_a_score():
+    fast, slow = rounds(5.0, [0.5, 0.9], seed=0), rounds(10.0, [0.7, 0.8], seed=0)
+    mean, low, high = score_band([fast, slow], np.array([4.0, 5.0, 10.0, 20.0]))
+    assert np.isnan(mean[:2]).all()  # at 5 s the slow seed has no evaluation yet
+    assert mean[2] == pytest.approx(0.8) and (low[2], high[2]) == (0.7, 0.9)  # (0.9 + 0.7) / 2
+    assert np.isnan(mean[3])  # the fast seed ended at 10 s: its score is not carried on
+    alone, _, _ = score_band([slow], np.array([20.0, 25.0]))
+    assert alone[0] == 0.8 and np.isnan(alone[1])

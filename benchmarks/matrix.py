@@ -19,6 +19,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.simulation import LocalSimulation, SimulationRun  # noqa: E402
 
+# The scheduler benchmarks' baseline arms: a scheduler and what a round does with late clients.
+SCHEDULER_ARMS = {
+    "fixed-wait": {"scheduler": "fixed", "policy": "wait"},
+    "fixed-drop": {"scheduler": "fixed", "policy": "drop"},
+    "fixed-budget": {"scheduler": "fixed", "policy": "budget"},
+    "tier-drop": {"scheduler": "tier", "policy": "drop"},
+    "lite": {"scheduler": "lite", "policy": "budget"},
+    "solver": {"scheduler": "solver", "policy": "drop"},
+    "bandit": {"scheduler": "bandit", "policy": "budget"},
+}
+
+
+def partition_overrides(spec: str) -> dict:
+    """``dirichlet:0.1`` / ``pathological:2`` / ``iid`` as run-config overrides."""
+    name, _, value = spec.partition(":")
+    if name == "dirichlet":
+        return {"partitioner": "dirichlet", "dirichlet-alpha": float(value)}
+    if name == "pathological":
+        return {"partitioner": "pathological", "classes-per-client": int(value)}
+    if name == "iid":
+        return {"partitioner": "iid"}
+    raise ValueError(f"unknown partition {spec!r}: dirichlet:ALPHA | pathological:K | iid")
+
 
 @dataclass
 class Cell:

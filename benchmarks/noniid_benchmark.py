@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from matrix import Matrix, dump_cells, markdown_table, mean_std, write_report
+from matrix import Matrix, dump_cells, markdown_table, mean_std, partition_overrides, write_report
 
 from flq.metrics.classification import is_collapsed
 
@@ -54,18 +54,6 @@ ARMS = {
     "scaffold": {"scaffold": True},
     "balanced": {"class-weighting": "balanced"},
 }
-
-
-def partition_overrides(spec: str) -> dict:
-    """``dirichlet:0.1`` / ``pathological:2`` / ``iid`` as run-config overrides."""
-    name, _, value = spec.partition(":")
-    if name == "dirichlet":
-        return {"partitioner": "dirichlet", "dirichlet-alpha": float(value)}
-    if name == "pathological":
-        return {"partitioner": "pathological", "classes-per-client": int(value)}
-    if name == "iid":
-        return {"partitioner": "iid"}
-    raise ValueError(f"unknown partition {spec!r}: dirichlet:ALPHA | pathological:K | iid")
 
 
 def majority_share(overrides: dict) -> float:

@@ -9,7 +9,7 @@ the same steps aggregate exactly as FedAvg would), int8 updates with error feedb
 deadline on the virtual clock, the same seeds for every arm. Arms:
 
 * ``fixed-wait``: FedAvg, everyone rank 8, the server waits for the slowest client;
-* ``fixed-drop``, ``tier-drop``, ``solver-drop``: late updates are discarded (``solver`` is the
+* ``fixed-drop``, ``tier-drop``, ``solver``: late updates are discarded (``solver`` is the
   FAH-QLoRA rank-only baseline, ``tier`` the static HetLoRA-style table);
 * ``fixed-budget``: everyone rank 8 and every client stops its local steps when its time
   budget (the deadline less its predicted transfer) runs out: the strongest simple baseline;
@@ -33,7 +33,7 @@ import json
 import statistics
 from pathlib import Path
 
-from matrix import Matrix, column, dump_cells, markdown_table, mean_std, summaries, write_report
+from matrix import SCHEDULER_ARMS, Matrix, column, dump_cells, markdown_table, mean_std, summaries, write_report
 
 from flq.metrics.plots import plot_comparison
 from flq.metrics.report import load_records
@@ -41,15 +41,7 @@ from flq.strategy.aggregation import AGGREGATION_WEIGHTS
 
 RESULTS = Path(__file__).parent / "results"
 
-ARMS = {
-    "fixed-wait": {"scheduler": "fixed", "policy": "wait"},
-    "fixed-drop": {"scheduler": "fixed", "policy": "drop"},
-    "fixed-budget": {"scheduler": "fixed", "policy": "budget"},
-    "tier-drop": {"scheduler": "tier", "policy": "drop"},
-    "solver-drop": {"scheduler": "solver", "policy": "drop"},
-    "bandit": {"scheduler": "bandit", "policy": "budget"},
-    "lite": {"scheduler": "lite", "policy": "budget"},
-}
+ARMS = SCHEDULER_ARMS
 DEFAULT_ARMS = [arm for arm in ARMS if arm != "lite"]
 
 

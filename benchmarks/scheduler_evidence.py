@@ -38,21 +38,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from evidence_report import Protocol, RunRef, write_evidence_report
-from matrix import Matrix, dump_cells
+from matrix import SCHEDULER_ARMS, Matrix, dump_cells, partition_overrides
 
 from flq.scheduler.bandit import BANDIT_PARTS
 
 RESULTS = Path(__file__).parent / "results"
 
-BASELINES = {
-    "fixed-wait": {"scheduler": "fixed", "policy": "wait"},
-    "fixed-drop": {"scheduler": "fixed", "policy": "drop"},
-    "fixed-budget": {"scheduler": "fixed", "policy": "budget"},
-    "tier-drop": {"scheduler": "tier", "policy": "drop"},
-    "lite": {"scheduler": "lite", "policy": "budget"},
-    "solver": {"scheduler": "solver", "policy": "drop"},
-    "bandit": {"scheduler": "bandit", "policy": "budget"},
-}
+BASELINES = SCHEDULER_ARMS
 # One ablation per part the bandit can switch off (flq.scheduler.bandit.BANDIT_PARTS).
 ABLATIONS = {f"bandit-no-{part}": {**BASELINES["bandit"], "bandit-off": part} for part in BANDIT_PARTS}
 ARMS = {**BASELINES, **ABLATIONS}
@@ -75,18 +67,6 @@ SIZES = {
     "smoke": Size(4, 2, 2, ("dirichlet:0.3",), ("fixed-wait", "fixed-budget", "bandit"), 100, 5.0, 4, 0.5),
     "default": Size(32, 10, 5, ("dirichlet:0.1", "pathological:2"), tuple(ARMS), 600, 25.0, 80, 0.7),
 }
-
-
-def partition_overrides(spec: str) -> dict:
-    """``dirichlet:0.1`` / ``pathological:2`` / ``iid`` as run-config overrides."""
-    name, _, value = spec.partition(":")
-    if name == "dirichlet":
-        return {"partitioner": "dirichlet", "dirichlet-alpha": float(value)}
-    if name == "pathological":
-        return {"partitioner": "pathological", "classes-per-client": int(value)}
-    if name == "iid":
-        return {"partitioner": "iid"}
-    raise ValueError(f"unknown partition {spec!r}: dirichlet:ALPHA | pathological:K | iid")
 
 
 def reference_step_s(model: str, bits: int, batch_size: int, seq_len: int) -> float:

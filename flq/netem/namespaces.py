@@ -12,18 +12,16 @@ removed on exit.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
 import struct
 import subprocess
-import threading
 
+from .forwarder import Forwarder
 from .link import LinkDirection, LinkQueue
 
 _TUNSETIFF, _IFF_TUN, _IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
 ADDRESSES = {"a": "10.201.0.1", "b": "10.201.0.2"}
-MAX_PACKET = 65536
 
 
 def _sh(*cmd: str) -> None:
@@ -45,8 +43,7 @@ class EmulatedLink:
         self._tun = {"a": f"flqta{tag}", "b": f"flqtb{tag}"}
         self.up, self.down = LinkQueue(up, seed), LinkQueue(down, seed + 1)
         self._fds: dict[str, int] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="netem-forwarder", daemon=True)
+        self._forwarder = Forwarder()
 
     def __enter__(self) -> EmulatedLink:
         try:
@@ -63,27 +60,10 @@ class EmulatedLink:
             self.__exit__(None, None, None)
             raise
         a, b = self._fds["a"], self._fds["b"]
-        self._loop.call_soon(self._loop.add_reader, a, self._pump, a, b, self.up)
-        self._loop.call_soon(self._loop.add_reader, b, self._pump, b, a, self.down)
-        self._thread.start()
+        self._forwarder.carry(a, b, self.up)
+        self._forwarder.carry(b, a, self.down)
+        self._forwarder.start()
         return self
-
-    def _pump(self, src: int, dst: int, queue: LinkQueue) -> None:
-        while True:
-            try:
-                packet = os.read(src, MAX_PACKET)
-            except BlockingIOError:
-                return
-            deliver_at = queue.admit(self._loop.time(), len(packet))
-            if deliver_at is not None:
-                self._loop.call_at(deliver_at, self._deliver, dst, packet)
-
-    @staticmethod
-    def _deliver(dst: int, packet: bytes) -> None:
-        try:
-            os.write(dst, packet)
-        except OSError:
-            pass  # the namespace is going away
 
     def prefix(self, side: str) -> list[str]:
         """The command prefix that runs a program on ``side`` ("a" or "b")."""
@@ -97,9 +77,7 @@ class EmulatedLink:
         return f"up: {self.up.counts()}; down: {self.down.counts()}"
 
     def __exit__(self, *exc) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+        self._forwarder.stop()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

@@ -14,13 +14,12 @@ removed on exit.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
-import threading
 
+from .forwarder import Forwarder
 from .link import LinkDirection, LinkQueue
-from .namespaces import MAX_PACKET, _open_tun, _sh
+from .namespaces import _open_tun, _sh
 
 SUBNET = "10.203"  # spoke i: 10.203.i.1 (spoke side) <-> 10.203.i.2 (hub side); only inside our namespaces
 MAX_SPOKES = 250
@@ -52,8 +51,7 @@ class StarNetwork:
         self.up = [LinkQueue(up, seed + 2 * i) for i, (up, _) in enumerate(links)]
         self.down = [LinkQueue(down, seed + 2 * i + 1) for i, (_, down) in enumerate(links)]
         self._fds: list[int] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="netem-star", daemon=True)
+        self._forwarder = Forwarder("netem-star")
 
     @staticmethod
     def spoke_address(i: int) -> str:
@@ -87,32 +85,13 @@ class StarNetwork:
                     _sh("ip", "-n", where, "addr", "add", local, "peer", peer, "dev", dev)
                     _sh("ip", "-n", where, "link", "set", dev, "up")
                 spoke_fd, hub_fd = fds
-                self._loop.call_soon(self._loop.add_reader, spoke_fd, self._pump, spoke_fd, hub_fd, self.up[i])
-                self._loop.call_soon(self._loop.add_reader, hub_fd, self._pump, hub_fd, spoke_fd, self.down[i])
+                self._forwarder.carry(spoke_fd, hub_fd, self.up[i])
+                self._forwarder.carry(hub_fd, spoke_fd, self.down[i])
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        self._thread.start()
+        self._forwarder.start()
         return self
-
-    def _pump(self, src: int, dst: int, queue: LinkQueue) -> None:
-        while True:
-            try:
-                packet = os.read(src, MAX_PACKET)
-            except BlockingIOError:
-                return
-            except OSError:
-                return  # the device is going away
-            deliver_at = queue.admit(self._loop.time(), len(packet))
-            if deliver_at is not None:
-                self._loop.call_at(deliver_at, self._deliver, dst, packet)
-
-    @staticmethod
-    def _deliver(dst: int, packet: bytes) -> None:
-        try:
-            os.write(dst, packet)
-        except OSError:
-            pass
 
     def hub_prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.hub_ns]
@@ -124,9 +103,7 @@ class StarNetwork:
         return [f"up: {u.counts()}; down: {d.counts()}" for u, d in zip(self.up, self.down, strict=True)]
 
     def __exit__(self, *exc) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+        self._forwarder.stop()
         for fd in self._fds:
             try:
                 os.close(fd)

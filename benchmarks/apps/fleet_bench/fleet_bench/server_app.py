@@ -68,6 +68,7 @@ def main(grid: Grid, context: Context) -> None:
                         "rep": rep,
                         "ok": ok,
                         "server_seconds": time.monotonic() - started,
+                        "at": time.time(),  # wall clock at the round's end (quic_hostile_load.py)
                     }
                 )
                 save()

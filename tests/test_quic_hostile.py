@@ -17,11 +17,11 @@ import weakref
 
 import pytest
 from aioquic.asyncio.client import connect as aioquic_connect
-from aioquic.quic.connection import QuicConnection
 
 from flq.transport import frames
 from flq.transport.quic_client import FleetQuicClient, QuicTransportError
 from flq.transport.quic_settings import QuicSettings, client_configuration
+from harness import quic_attacks
 from tests.test_quic_transport import GUARD, SMALL, ServerThread, client_for, error_of, run
 
 pytestmark = pytest.mark.e2e  # real QUIC servers and connections on loopback
@@ -42,18 +42,9 @@ def wait_for(condition, what: str, timeout: float = GUARD) -> None:
         time.sleep(0.02)
 
 
-def junk_initial() -> bytes:
-    """A QUIC v1 Initial long header with a fresh connection ID and a garbage payload, 1,200 bytes."""
-    head = bytes([0xC3]) + (1).to_bytes(4, "big") + b"\x08" + os.urandom(8) + b"\x08" + os.urandom(8) + b"\x00"
-    rest = 1200 - len(head) - 2
-    return head + (0x4000 | rest).to_bytes(2, "big") + os.urandom(rest)
-
-
 def real_initial(certs, port: int) -> bytes:
     """The first datagram of a real client handshake (which will never be continued)."""
-    conn = QuicConnection(configuration=client_configuration("127.0.0.1", QuicSettings(), cafile=str(certs["ca_cert"])))
-    conn.connect(("127.0.0.1", port), now=time.monotonic())
-    return conn.datagrams_to_send(now=time.monotonic())[0][0]
+    return quic_attacks.real_initial(str(certs["ca_cert"]), "127.0.0.1", port)
 
 
 def echo(srv, certs, body: bytes = b"ping", **kwargs):
@@ -82,7 +73,7 @@ def test_junk_initials_create_no_connection_and_legit_clients_are_served(certs, 
     srv = ServerThread(certs)
     try:
         for _ in range(200):
-            udp.sendto(junk_initial(), ("127.0.0.1", srv.port))
+            udp.sendto(quic_attacks.junk_initial(), ("127.0.0.1", srv.port))
         wait_for(lambda: srv.stats.junk_datagrams == 200, "the server to read the junk")
         assert srv.stats.connections == 0 and srv.server.admission.half_open == 0
         assert echo(srv, certs).body == b"gnip"
@@ -165,7 +156,7 @@ def test_a_datagram_with_a_live_connection_id_from_elsewhere_is_not_a_migration(
         await client.request("POST", "/v1/fleet/echo", [], b"a")
         cid = client._conn._quic._peer_cid.cid  # the server's connection ID, visible on the wire
         for _ in range(5):
-            udp.sendto(bytes([0x40]) + cid + os.urandom(40), ("127.0.0.1", srv.port))
+            udp.sendto(quic_attacks.short_header(cid, 1 + len(cid) + 40), ("127.0.0.1", srv.port))
         await asyncio.sleep(0.2)
         response = await client.request("POST", "/v1/fleet/echo", [], b"b")
         await client.close()

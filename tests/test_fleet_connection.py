@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import struct
 import weakref
 
 import lz4.block
@@ -21,7 +20,7 @@ from aioquic.quic.stream import StreamFinishedError
 from aioquic.tls import Epoch
 
 from flq.transport import frames
-from flq.transport.bounded_quic import MAX_FRAGMENTS, BoundedQuicConnection
+from flq.transport.bounded_quic import MAX_FRAGMENTS, REASSEMBLY_FRACTION, BoundedQuicConnection
 from flq.transport.certs import make_certificates
 from flq.transport.fleet_connection import (
     FleetConnection,
@@ -33,9 +32,10 @@ from flq.transport.fleet_connection import (
     check_path,
 )
 from flq.transport.flower_pins import FLEET_PATHS
-from flq.transport.frames import ErrorCode, FrameType
+from flq.transport.frames import ErrorCode
 from flq.transport.memory_budget import Account, MemoryBudget
 from flq.transport.quic_settings import QuicSettings, client_configuration, server_configuration
+from harness.quic_attacks import lz4_frame, partial_body
 
 CLIENT, OTHER, SERVER = ("10.0.0.1", 50000), ("10.0.0.9", 50001), ("10.0.0.2", 4433)
 ECHO = "/v1/fleet/push-object"
@@ -232,7 +232,7 @@ def test_every_flower_fleet_path_is_served_and_bad_ones_never_reach_the_app(cert
 
 def _partial_body(size: int) -> bytes:
     """A request head and one raw BODY frame that declares `size` bytes and sends all but one."""
-    return frames.encode_request_head("POST", ECHO) + struct.pack(">IB", size, FrameType.BODY) + b"\x01" * (size - 1)
+    return partial_body(size, ECHO)
 
 
 def test_partly_received_frames_count_against_the_connection_cap(certs):
@@ -265,19 +265,13 @@ def test_one_budget_across_connections_refuses_new_work_when_spent_and_recovers(
     assert len(ran(other.pump())) == 1
 
 
-def _lz4_frame(data: bytes) -> bytes:
-    return frames.encode_frame(
-        FrameType.BODY, len(data).to_bytes(4, "big") + lz4.block.compress(data, store_size=False), compressed=True
-    )
-
-
 def test_lz4_is_charged_at_its_declared_size_before_inflating(certs, monkeypatch):
     budget = MemoryBudget(48 << 10)
     pair = Pair(certs, budget=budget)
     inflated = []
     real = lz4.block.decompress
     monkeypatch.setattr(lz4.block, "decompress", lambda *a, **k: inflated.append(k) or real(*a, **k))
-    pair.send(frames.encode_request_head("POST", ECHO) + _lz4_frame(os.urandom(2000) * 30) + frames.encode_end())
+    pair.send(frames.encode_request_head("POST", ECHO) + lz4_frame(os.urandom(2000) * 30) + frames.encode_end())
     fleet_events = pair.pump()
     assert [e.code for e in refused(fleet_events)] == [ErrorCode.UNAVAILABLE]
     assert inflated == [] and budget.used == 0  # refused on the declared 60 KB, nothing inflated
@@ -285,7 +279,7 @@ def test_lz4_is_charged_at_its_declared_size_before_inflating(certs, monkeypatch
 
 def test_lz4_frames_past_the_ratio_limit_are_refused_and_the_encoder_never_sends_them(certs):
     pair = Pair(certs)
-    pair.send(frames.encode_request_head("POST", ECHO) + _lz4_frame(b"\x00" * 60_000) + frames.encode_end())
+    pair.send(frames.encode_request_head("POST", ECHO) + lz4_frame(b"\x00" * 60_000) + frames.encode_end())
     fleet_events = pair.pump()
     assert [e.code for e in refused(fleet_events)] == [ErrorCode.FRAME_TOO_LARGE]
     assert "limit 64x" in refused(fleet_events)[0].message
@@ -315,7 +309,7 @@ def test_one_byte_at_a_high_offset_is_charged_and_bounded(certs):
     pair = Pair(certs, budget=budget)
     stream_id = pair.request(body=b"x", end=False)
     pair.pump()
-    high = SETTINGS.max_stream_data - 1
+    high = SETTINGS.max_stream_data // REASSEMBLY_FRACTION - 1  # the most one connection may hold
     pair.inject(stream_id + 4, high, b"z")  # the gap below is zero-filled by aioquic...
     assert pair.quic.reassembly_bytes == high + 1 and budget.used == high + 1  # ...and charged
     with pytest.raises(QuicConnectionError, match="out-of-order"):  # past max_reassembly on this connection
@@ -323,12 +317,40 @@ def test_one_byte_at_a_high_offset_is_charged_and_bounded(certs):
     assert pair.quic.reassembly_bytes == high + 1
 
 
+def test_out_of_order_data_from_many_connections_leaves_small_requests_served(certs):
+    # 16 connections each send one byte near the end of the stream window: before, each held a
+    # whole window (16 MiB under the defaults) and the budget was spent, refusing even heartbeats
+    budget = MemoryBudget(SETTINGS.max_stream_data * 4, reserve=SETTINGS.max_stream_data // 2)
+    attackers = [Pair(certs, budget=budget) for _ in range(16)]
+    closed = 0
+    for attacker in attackers:
+        stream_id = attacker.request(body=b"x", end=False)
+        attacker.pump()
+        try:
+            attacker.inject(stream_id + 4, SETTINGS.max_stream_data - 1, b"z")
+        except QuicConnectionError as exc:
+            assert "out-of-order" in exc.reason_phrase
+            closed += 1
+            attacker.fleet.release()
+    assert closed == 16 and budget.used < SETTINGS.max_stream_data
+    # one source (or several) filling everything outside the reserve still leaves small requests served
+    hog = Pair(certs, budget=budget, cap=budget.limit)
+    while budget.used < budget.limit - budget.reserve - 70_000:
+        hog.send(_partial_body(60_000), end=False)
+        hog.pump()
+    legit = Pair(certs, budget=budget)
+    legit.request(body=os.urandom(200_000))
+    assert [e.code for e in refused(legit.pump())] == [ErrorCode.UNAVAILABLE]  # a large one waits
+    legit.request(body=b"heartbeat")
+    assert [e.body for e in ran(legit.pump())] == [b"heartbeat"] and budget.reserved == 0
+
+
 def test_out_of_order_data_the_budget_cannot_hold_is_dropped_and_its_stream_refused(certs):
-    budget = MemoryBudget(1 << 20)
+    budget = MemoryBudget(200 << 10)
     pair = Pair(certs, budget=budget)
     stream_id = pair.request(body=b"x")
     pair.pump()
-    pair.inject(stream_id + 4, 1_500_000, b"z")
+    pair.inject(stream_id + 4, SETTINGS.max_stream_data // REASSEMBLY_FRACTION - 1, b"z")  # 256 KiB
     assert pair.quic.reassembly_bytes == 0 and budget.used == 0  # nothing was allocated
     fleet_events = pair.server_events()
     assert [(e.stream_id, e.code) for e in refused(fleet_events)] == [(stream_id + 4, ErrorCode.UNAVAILABLE)]
@@ -354,6 +376,30 @@ def test_refused_streams_leave_nothing_behind(certs):
         assert len(refused(pair.pump())) == 100
     assert pair.fleet.open_streams == 0
     assert len(pair.quic._streams) < 128 and pair.account.held == 0
+
+
+def test_a_refused_streams_body_is_freed_without_the_cycle_collector(certs):
+    # decoder._failed held the FrameError, whose traceback held _on_data's frame and the stream:
+    # a cycle, so a refused stream's body lived until the cycle collector ran
+    pair = Pair(certs, budget=MemoryBudget(256 << 10), cap=8 << 20)
+    body = b"".join(frames.encode_body(os.urandom(400_000), chunk_size=60_000))
+    request = frames.encode_request_head("POST", ECHO) + body
+    stream_id = pair.send(request[:1000], end=False)
+    pair.pump()
+    stream = weakref.ref(pair.fleet._streams[stream_id])
+    gc.disable()
+    try:
+        pair.send(request[1000:300_000], end=False, stream_id=stream_id)  # past the budget
+        assert [e.code for e in refused(pair.pump())] == [ErrorCode.UNAVAILABLE]
+        assert stream() is None and pair.account.held == 0  # freed at once, by reference counting
+    finally:
+        gc.enable()
+    decoder = frames.StreamDecoder("request", LIMITS)
+    with pytest.raises(frames.FrameError):
+        decoder.feed(b"\xff" * 10)
+    assert not isinstance(decoder._failed, BaseException)  # kept without its traceback
+    with pytest.raises(frames.FrameError, match="MALFORMED|UNEXPECTED|FRAME"):
+        decoder.feed(b"more")
 
 
 # --- defect 7: migration used only once aioquic has validated the path ------------------------

@@ -4,17 +4,20 @@ and the flq-superlink flags that set them. No sockets."""
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 from aioquic.buffer import Buffer
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_header
 
+from flq.transport import quic_server
 from flq.transport.admission import Admission, AdmissionLimits, Verdict, address_key, initial_decrypts
+from flq.transport.certs import make_certificates
 from flq.transport.log_limit import RateLimitedLog
-from flq.transport.memory_budget import Account, MemoryBudget
+from flq.transport.memory_budget import RESERVE_PER_CONNECTION, SMALL_REQUEST, Account, MemoryBudget
+from flq.transport.quic_server import TRIM_AFTER_RELEASE, TRIM_INTERVAL_S, FleetQuicServer
 from flq.transport.quic_settings import QuicSettings, client_configuration
+from harness.quic_attacks import junk_initial
 
 # --- admission ----------------------------------------------------------------------------------
 
@@ -91,9 +94,7 @@ def test_only_an_initial_that_decrypts_passes(tmp_path):
     tampered = bytearray(datagram)
     tampered[200] ^= 0xFF
     assert not check(bytes(tampered))
-    junk = bytes([0xC3]) + (1).to_bytes(4, "big") + b"\x08" + os.urandom(8) + b"\x08" + os.urandom(8) + b"\x00"
-    junk += (0x4000 | (1200 - len(junk) - 2)).to_bytes(2, "big")
-    assert not check(junk + os.urandom(1200 - len(junk)))
+    assert not check(junk_initial())
 
 
 # --- memory budget ----------------------------------------------------------------------------
@@ -110,6 +111,56 @@ def test_accounts_share_one_budget_and_say_which_limit_refused():
     assert budget.used == 30 and a.held == 0
     b.release(1000)  # never more than it holds
     assert budget.used == 0
+
+
+def test_the_budget_keeps_a_reserve_only_small_charges_reach_a_share_per_connection():
+    budget = MemoryBudget(100 << 20, reserve=1 << 20)
+    hog, small = Account(budget, cap=200 << 20), Account(budget, cap=200 << 20)
+    assert budget.try_charge(99 << 20) and not budget.try_charge(1)  # out-of-order data: never the reserve
+    assert hog.try_charge(1) == "server"  # a large request waits
+    assert small.try_charge(SMALL_REQUEST, small=True) is None and budget.reserved == SMALL_REQUEST
+    assert small.try_charge(RESERVE_PER_CONNECTION, small=True) == "server"  # its share of the reserve is taken
+    small.close()
+    assert budget.reserved == 0 and budget.used == 99 << 20
+
+
+# --- giving the heap back to the OS -------------------------------------------------------------
+
+
+def _server(tmp_path):
+    certs = make_certificates(tmp_path)
+    return FleetQuicServer(None, certfile=str(certs["server_cert"]), keyfile=str(certs["server_key"]))
+
+
+def test_the_heap_is_trimmed_after_a_close_at_a_bounded_rate(tmp_path, monkeypatch):
+    trims = []
+    monkeypatch.setattr(quic_server, "_malloc_trim", lambda pad: trims.append(pad) or 1)
+    server = _server(tmp_path)
+    assert not server.maybe_trim_heap(100.0) and trims == []  # nothing closed, nothing released
+    server.forget(object())  # a connection closed
+    assert server.maybe_trim_heap(100.0) and trims == [0]
+    server.forget(object())
+    assert not server.maybe_trim_heap(101.0) and trims == [0]  # at most every TRIM_INTERVAL_S...
+    assert server.maybe_trim_heap(100.0 + TRIM_INTERVAL_S) and trims == [0, 0]  # ...but not forgotten
+    server.budget.charge(TRIM_AFTER_RELEASE)
+    server.budget.release(TRIM_AFTER_RELEASE)  # a large release, no close
+    assert server.maybe_trim_heap(200.0) and trims == [0, 0, 0]
+
+
+def test_trimming_is_a_no_op_without_malloc_trim(tmp_path, monkeypatch):
+    monkeypatch.setattr(quic_server, "_malloc_trim", None)
+    assert quic_server.trim_heap() is False
+    server = _server(tmp_path)
+    server.forget(object())
+    assert server.maybe_trim_heap(100.0) is False  # no error, nothing called
+
+    def broken(pad):
+        raise OSError("no")
+
+    monkeypatch.setattr(quic_server, "_malloc_trim", broken)
+    assert quic_server.trim_heap() is False  # never raises
+    libc_has_it = quic_server._find_malloc_trim()  # found on Linux/glibc, None elsewhere
+    assert libc_has_it is None or callable(libc_has_it)
 
 
 # --- rate-limited log --------------------------------------------------------------------------

@@ -7,9 +7,10 @@ sent at a high offset allocates everything under it, in no limit FLQ could see. 
 - windows are fixed: a connection's credit never runs more than `max_data` past the bytes it
   has consumed, a stream's never more than `max_stream_data` past its delivered offset;
 - out-of-order data (the reassembly buffers, gaps included) is checked before aioquic
-  allocates it: past `max_reassembly` on one connection it is a connection error, and while
-  the server's MemoryBudget cannot hold it the stream's input is dropped and the stream is
-  reported `starved` (the Fleet layer refuses it); what is held is charged to the budget;
+  allocates it: past `max_reassembly` on one connection (default: 1/8 of the stream window) it
+  is a connection error, and while the server's MemoryBudget cannot hold it the stream's input
+  is dropped and the stream is reported `starved` (the Fleet layer refuses it); what is held
+  is charged to the budget (never to its reserve for small requests);
 - a stream holds at most MAX_FRAGMENTS out-of-order fragments (each costs a Python object);
 - `discard_input` stops buffering a stream whose request was refused or answered;
 - `release` frees what a closed connection holds: aioquic keeps itself in reference
@@ -34,6 +35,13 @@ from aioquic.quic.stream import QuicStream, QuicStreamReceiver
 
 from .memory_budget import MemoryBudget
 
+# Out-of-order bytes (gaps included) one connection may make the server hold: 1/8 of the stream
+# window, 2 MiB with the default 16 MiB. A Fleet client sends in order, so a gap is only what
+# was in flight past a lost or reordered packet: at most one congestion window, and 2 MiB is a
+# full flight on a 170 Mbit/s x 100 ms path (jitter reorders a few hundred KB at most). The
+# window itself is sized for bulk throughput, not for this; at 16 MiB one byte per connection
+# let 16 connections from one address spend a 256 MiB budget.
+REASSEMBLY_FRACTION = 8
 MAX_FRAGMENTS = 1024  # out-of-order ranges on one stream; loss on a real path leaves far fewer
 REFUSED_STREAM_ERROR = 0x100  # application error code for STOP_SENDING / RESET_STREAM on a refused stream
 
@@ -55,7 +63,9 @@ class BoundedQuicConnection(QuicConnection):
         super().__init__(configuration=configuration, **kwargs)
         self._window = configuration.max_data
         self._stream_window = configuration.max_stream_data
-        self._max_reassembly = configuration.max_stream_data if max_reassembly is None else max_reassembly
+        if max_reassembly is None:
+            max_reassembly = configuration.max_stream_data // REASSEMBLY_FRACTION
+        self._max_reassembly = max_reassembly
         self._budget = budget
         self._reassembly = 0  # bytes in reassembly buffers, all streams; charged to the budget
         self._fragmented: set[QuicStream] = set()  # streams whose reassembly buffer is not empty

@@ -26,7 +26,7 @@ from . import frames
 from .bounded_quic import REFUSED_STREAM_ERROR as QUIC_APP_ERROR
 from .bounded_quic import BoundedQuicConnection
 from .flower_pins import FLEET_PATHS
-from .memory_budget import Account
+from .memory_budget import SMALL_REQUEST, Account
 
 # Fleet RPCs run at once even when they arrive as 0-RTT data, because executing a replayed
 # copy harms nothing: reads, idempotent writes (push-object is content-addressed, activate
@@ -140,6 +140,7 @@ class _Stream:
         "responded",
         "early",
         "request",
+        "__weakref__",
     )
 
     def __init__(self, limits: frames.Limits, early: bool) -> None:
@@ -349,6 +350,8 @@ class FleetConnection:
             self._account.release(stream.charged)
             stream.charged = 0
             stream.request = None
+            stream.body = bytearray()  # freed now, whoever still holds the stream object
+            stream.decoder.discard()
         self._quic.discard_input(stream_id, stop_code=QUIC_APP_ERROR if stop or reset else None)
         if reset:
             try:
@@ -359,7 +362,7 @@ class FleetConnection:
     # --- memory ---------------------------------------------------------------------------
 
     def _charge(self, stream: _Stream, n: int) -> None:
-        why = self._account.try_charge(n)
+        why = self._account.try_charge(n, small=stream.charged + n <= SMALL_REQUEST)
         if why == "connection":
             raise frames.FrameError(
                 frames.ErrorCode.BODY_TOO_LARGE, "too many request bytes buffered on this connection"

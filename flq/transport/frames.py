@@ -440,7 +440,9 @@ class StreamDecoder:
         self._buffer = bytearray()
         self._state = _AWAIT_HEAD
         self._body_bytes = 0
-        self._failed: FrameError | None = None
+        # why the stream failed, as (code, message): never the exception itself, whose traceback
+        # holds the caller's frames (and the stream they decode) in a reference cycle
+        self._failed: tuple[ErrorCode, str] | None = None
 
     @property
     def complete(self) -> bool:
@@ -457,24 +459,30 @@ class StreamDecoder:
 
     def feed(self, data: bytes, *, reserve: Reserve | None = None) -> list[Event]:
         if self._failed is not None:
-            raise self._failed
+            raise FrameError(*self._failed)
         self._reserve = reserve  # held only during this call: no reference cycle through the caller
         try:
             return self._feed(data)
         except FrameError as exc:
-            self._failed = exc
+            self._failed = (exc.code, exc.message)
             self._buffer.clear()
             raise
         finally:
             self._reserve = None
 
+    def discard(self) -> None:
+        """Keep nothing more (the stream is refused or forgotten): any further input fails."""
+        self._buffer = bytearray()
+        if self._failed is None:
+            self._failed = (ErrorCode.UNEXPECTED_FRAME, "the stream is closed")
+
     def end_of_stream(self) -> None:
         """The peer finished its side: anything short of a complete message is truncated."""
         if self._failed is not None:
-            raise self._failed
+            raise FrameError(*self._failed)
         if self._state != _DONE or self._buffer:
-            self._failed = FrameError(ErrorCode.TRUNCATED, "stream ended inside a message")
-            raise self._failed
+            self._failed = (ErrorCode.TRUNCATED, "stream ended inside a message")
+            raise FrameError(*self._failed)
 
     def _max_payload(self, frame_type: FrameType, compressed: bool) -> int:
         if frame_type is FrameType.BODY:

@@ -8,32 +8,16 @@ import inspect
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType
-from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import K_PACKET_THRESHOLD, K_TIME_THRESHOLD, QuicPacketRecovery, QuicPacketSpace
-from aioquic.tls import Epoch
 
 from flq.netem.link import LinkDirection
 from flq.transport import recovery as rec
 from flq.transport.quic_settings import QuicSettings
 from harness.quic_link import upload
+from tests.test_congestion import MDS, packet
 
-MDS = 1200
 RTT = 0.1
-
-
-def packet(number: int, sent: float) -> QuicSentPacket:
-    return QuicSentPacket(
-        epoch=Epoch.ONE_RTT,
-        in_flight=True,
-        is_ack_eliciting=True,
-        is_crypto_packet=False,
-        packet_number=number,
-        packet_type=QuicPacketType.ONE_RTT,
-        sent_time=sent,
-        sent_bytes=MDS,
-    )
 
 
 class Path:

@@ -169,16 +169,17 @@ def load_checkpoint(run_dir: Path) -> tuple[AdapterState, dict[str, Any]] | None
 
 def load_optimizer_state(run_dir: Path) -> dict[str, np.ndarray]:
     """The server optimizer's state in the last checkpoint ({} if none: fedavg, or an older run)."""
-    path = Path(run_dir) / CHECKPOINT_DIR / "optimizer.npz"
-    if not path.is_file():
-        return {}
-    with np.load(path, allow_pickle=False) as archive:
-        return {k: archive[k] for k in archive.files}
+    return _load_checkpoint_arrays(run_dir, "optimizer")
 
 
 def load_control_state(run_dir: Path) -> dict[str, np.ndarray]:
     """SCAFFOLD's server control variate in the last checkpoint ({} if none: off, or an older run)."""
-    path = Path(run_dir) / CHECKPOINT_DIR / "scaffold.npz"
+    return _load_checkpoint_arrays(run_dir, "scaffold")
+
+
+def _load_checkpoint_arrays(run_dir: Path, name: str) -> dict[str, np.ndarray]:
+    """The arrays ``save_checkpoint`` wrote as ``<name>.npz`` ({} if the checkpoint has no such file)."""
+    path = Path(run_dir) / CHECKPOINT_DIR / f"{name}.npz"
     if not path.is_file():
         return {}
     with np.load(path, allow_pickle=False) as archive:

@@ -53,14 +53,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..adapter import LORA_A_SUFFIX, LORA_B_SUFFIX, AdapterState, adapter_rank, pad_to_rank, truncate_to_rank
+from .server_optimizer import ServerArrays
 
 
-class ScaffoldControl:
-    """The server's control variate ``c`` (float64, at r_max); zero until the first update."""
+class ScaffoldControl(ServerArrays):
+    """The server's control variate ``c`` ("c/<key>", float64, at r_max); zero until the first update."""
 
     def __init__(self, rank_max: int) -> None:
+        super().__init__()
         self.rank_max = rank_max
-        self.state: dict[str, np.ndarray] = {}  # "c/<key>"
 
     def for_rank(self, template: Mapping[str, np.ndarray], rank: int) -> AdapterState:
         """``c`` truncated to ``rank``, in float32 (what a client at that rank is sent).
@@ -87,16 +88,7 @@ class ScaffoldControl:
             c += (accepted / n) * (total / accepted)
 
     def _c(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
-        name = f"c/{key}"
-        if name not in self.state:
-            self.state[name] = np.zeros(shape, np.float64)
-        return self.state[name]
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.state.items()}
-
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        self.state = {k: np.asarray(v, np.float64).copy() for k, v in state.items()}
+        return self._array(f"c/{key}", shape)
 
 
 class ControlDeltaSum:

@@ -51,12 +51,31 @@ class ServerOptimizerSpec:
             raise ValueError(f"unknown server optimizer {self.name!r}; choose one of {SERVER_OPTIMIZERS}")
 
 
-class ServerOptimizer:
-    """Applies one server optimizer step per round; holds the moments between rounds."""
+class ServerArrays:
+    """Named float64 arrays the server keeps between rounds and checkpoints (zero until first used)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, np.ndarray] = {}
+
+    def _array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in self.state:
+            self.state[name] = np.zeros(shape, np.float64)
+        return self.state[name]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.state = {k: np.asarray(v, np.float64).copy() for k, v in state.items()}
+
+
+class ServerOptimizer(ServerArrays):
+    """Applies one server optimizer step per round; holds the moments ("m/<key>", "v/<key>",
+    "n/<key>") between rounds."""
 
     def __init__(self, spec: ServerOptimizerSpec) -> None:
+        super().__init__()
         self.spec = spec
-        self.state: dict[str, np.ndarray] = {}  # "m/<key>", "v/<key>", "n/<key>"
 
     def step(self, previous: AdapterState, aggregated: AdapterState, trained_rank: int) -> AdapterState:
         """The new global from the round's ``aggregated`` adapter.
@@ -101,16 +120,7 @@ class ServerOptimizer:
         return s.lr * m_hat / (np.sqrt(v_hat) + s.tau)
 
     def _moment(self, kind: str, key: str, shape: tuple[int, ...]) -> np.ndarray:
-        name = f"{kind}/{key}"
-        if name not in self.state:
-            self.state[name] = np.zeros(shape, np.float64)
-        return self.state[name]
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.state.items()}
-
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        self.state = {k: np.asarray(v, np.float64).copy() for k, v in state.items()}
+        return self._array(f"{kind}/{key}", shape)
 
 
 def trained_masks(state: AdapterState, trained_rank: int) -> dict[str, np.ndarray]:

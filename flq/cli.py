@@ -9,7 +9,7 @@ import sys
 # subcommand -> (module, help). Each module exposes ``add_arguments(parser)`` and ``run(args)``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("flq.metrics.report", "summarise and plot one or more run directories"),
-    "prepare-model": ("flq.task.model_cache", "convert and cache an embedded model"),
+    "prepare-model": ("flq.task.model_cache", "convert and cache an embedded model or a GGUF file"),
     "federations": ("flq.federations", "install the project's federations into Flower's config"),
     "launch": ("flq.launch.cli", "start a tiered deployment from an experiment file, or render it for Slurm/Compose"),
 }

@@ -49,7 +49,7 @@ from .task.lr_schedule import round_learning_rate
 from .task.model_cache import resolve_model
 from .task.models import resolve_device
 from .task.partition import client_split
-from .task.specs import backbone_spec, data_spec, lora_spec
+from .task.specs import backbone_spec, data_spec, generation_spec, lora_spec
 from .task.train import autocast_dtype, balanced_class_weights, make_batches, set_torch_threads, train_steps
 from .task.train import evaluate as evaluate_adapter
 
@@ -178,7 +178,9 @@ def train(msg: Message, context: Context) -> Message:
 
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + node.partition_id
     torch.manual_seed(seed)
-    batches = make_batches(cfg.task, split.train, model.processor, local.batch_size, cfg.max_seq_length, seed)
+    batches = make_batches(
+        cfg.task, split.train, model.processor, local.batch_size, cfg.max_seq_length, seed, cfg.packing
+    )
     learning_rate = round_learning_rate(
         cfg.learning_rate, cfg.lr_schedule, server_round, cfg.num_server_rounds, cfg.lr_warmup_rounds
     )
@@ -331,7 +333,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     model.use_rank(int(ask[wire.RANK]))
     model.load_adapter_state(array_record_to_adapter(msg.content[wire.ARRAYS]))
     stats = evaluate_adapter(
-        model.model, cfg.task, split.test, model.processor, cfg.eval_batch_size, cfg.max_seq_length
+        model.model,
+        cfg.task,
+        split.test,
+        model.processor,
+        cfg.eval_batch_size,
+        cfg.max_seq_length,
+        generation_spec(cfg),
     )
     metrics = MetricRecord(
         {

@@ -15,19 +15,21 @@ from pathlib import PurePath
 from typing import Any
 
 from .codec.update_codec import SCHEMES as CODECS
+from .metrics.summary import higher_is_better_for
 from .scheduler.bandit import parts_off
 from .scheduler.registry import SCHEDULERS
 from .scheduler.spread import SpreadError, parse_int_spread
 from .sim.clock import CLOCKS, HANDSHAKE_RTTS, POLICIES
 from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS
 from .strategy.server_optimizer import SERVER_OPTIMIZERS
+from .task.chat_data import EMBEDDED_CHAT, GENERATIVE_TASKS, INSTRUCTION_TASK
 from .task.data import EMBEDDED_TEXT, ROW_SUFFIXES, TEXT_SUFFIXES, check_encoding
 from .task.images import IMAGE_FILE_SUFFIXES, IMAGE_SOURCES, IMAGE_TASK
 from .task.lr_schedule import LR_SCHEDULES
 from .task.partition import LABEL_PARTITIONERS
 
 CLASS_WEIGHTINGS = ("none", "balanced")
-TASKS = ("sequence-classification", "causal-lm", "image-classification")
+TASKS = ("sequence-classification", "causal-lm", INSTRUCTION_TASK, "image-classification")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 BITS = (4, 8, 16, 32)
 QUANT_TYPES = ("nf4", "fp4")
@@ -51,6 +53,15 @@ class RunConfig:
     text_column: str = "text"
     label_column: str = "label"
     data_encoding: str = "utf-8"  # decodes CSV, JSONL and text files (not bbc-news, always latin-1)
+    # instruction data (task="instruction"; flq/task/chat.py): prompt/response(/system) columns or chat messages
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    system_column: str = "system"
+    messages_column: str = "messages"
+    system_prompt: str = ""  # a system message for examples that carry none ("": none)
+    packing: bool = False  # several short examples per block (attention crosses them; loss stays on responses)
+    generation_samples: int = 32  # held-out prompts the server answers at every evaluation (ROUGE-L, exact match)
+    max_new_tokens: int = 32
     max_seq_length: int = 64
     server_test_size: int = 300
     local_test_fraction: float = 0.2
@@ -110,6 +121,7 @@ class RunConfig:
     error_feedback: bool = True
     # outputs
     output_dir: str = "runs"
+    export_merged: bool = False  # also write the adapter merged into a full model folder (merged/)
     run_name: str = ""
     resume: bool = False
 
@@ -134,11 +146,11 @@ class RunConfig:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.task != "causal-lm"  # perplexity: lower is better
+        return higher_is_better_for(self.score_name)
 
     @property
     def score_name(self) -> str:
-        return "perplexity" if self.task == "causal-lm" else "accuracy"
+        return {"causal-lm": "perplexity", INSTRUCTION_TASK: "rouge-l"}.get(self.task, "accuracy")
 
     def to_dict(self) -> dict[str, Any]:
         return {_flower_key(f.name): getattr(self, f.name) for f in fields(self)}
@@ -237,9 +249,11 @@ class RunConfig:
         check(self.proximal_mu >= 0, "proximal-mu must be >= 0 (0: no proximal term)")
         check(self.class_weighting in CLASS_WEIGHTINGS, f"class-weighting must be one of {CLASS_WEIGHTINGS}")
         check(
-            self.class_weighting == "none" or self.task != "causal-lm",
-            "class-weighting applies to classification tasks, not causal-lm",
+            self.class_weighting == "none" or self.task not in GENERATIVE_TASKS,
+            f"class-weighting applies to classification tasks, not {self.task}",
         )
+        check(self.generation_samples >= 0, "generation-samples must be >= 0")
+        check(self.max_new_tokens >= 1, "max-new-tokens must be >= 1")
         check(self.lora_rank >= 1, "lora-rank must be >= 1")
         check(self.lora_alpha > 0, "lora-alpha must be > 0")
         check(0.0 <= self.lora_dropout < 1.0, "lora-dropout must be in [0, 1)")
@@ -268,6 +282,24 @@ class RunConfig:
                 'set partitioner="iid"'
             )
         kind = data_kind(data)
+        if self.packing and task != INSTRUCTION_TASK:
+            problems.append(f'packing joins instruction examples and task="{task}": set packing=false')
+        if task == INSTRUCTION_TASK and self.generation_samples < 1:
+            problems.append(
+                'task="instruction" is scored by the ROUGE-L of generated answers: set generation-samples >= 1'
+            )
+        if task == INSTRUCTION_TASK and kind == "plain-text":
+            problems.append(
+                f'data="{data}" is plain text and task="instruction" needs prompts and answers: '
+                'set data="bbc-headlines" or a .csv/.jsonl/.json/.parquet file with prompt/response columns '
+                'or chat messages (or task="causal-lm")'
+            )
+        elif task == INSTRUCTION_TASK and data in EMBEDDED_TEXT:
+            problems.append(
+                f'data="{data}" is not instruction data: set data="bbc-headlines" (its articles and their titles)'
+            )
+        elif task != INSTRUCTION_TASK and kind == "chat":
+            problems.append(f'data="{data}" is instruction data: set task="instruction"')
         if task == IMAGE_TASK and kind in ("text", "plain-text"):
             problems.append(
                 f'data="{data}" is text and task="{task}" needs images: set data="digits", an .npz or a folder '
@@ -289,7 +321,10 @@ class RunConfig:
                 "is scored by perplexity, lower is better): set target-score to a perplexity, e.g. 30"
             )
         elif task != "causal-lm" and not 0.0 < self.target_score <= 1.0:
-            problems.append(f'target-score={self.target_score:g} is an accuracy for task="{task}": set it in (0, 1]')
+            problems.append(
+                f"target-score={self.target_score:g} is {'a ROUGE-L' if task == INSTRUCTION_TASK else 'an accuracy'} "
+                f'for task="{task}": set it in (0, 1]'
+            )
         return problems
 
     def lora_target_list(self) -> list[str] | str:
@@ -301,8 +336,10 @@ class RunConfig:
 
 
 def data_kind(data: str) -> str:
-    """What ``data`` names, as far as its name tells: text | plain-text (no labels) | images | unknown
-    (a folder, or a file type the loaders will judge)."""
+    """What ``data`` names, as far as its name tells: text | plain-text (no labels) | chat (instruction
+    data) | images | unknown (a folder, or a file type the loaders will judge)."""
+    if data in EMBEDDED_CHAT:
+        return "chat"
     if data in EMBEDDED_TEXT or data.startswith("hf:"):
         return "text"
     if data in IMAGE_SOURCES:

@@ -24,6 +24,7 @@ import numpy as np
 from .adapter import AdapterState
 from .logs import log
 from .metrics.classification import from_metric_values, is_collapsed
+from .metrics.generation import from_generation_metric_values
 from .metrics.records import RUN_INFO_FILE, RoundRecord, append_round
 from .sim.clock import real_clock_description
 from .status import ClientStatus
@@ -87,6 +88,7 @@ class RunRecorder(RoundRecorder):
             scheduler=snapshot.scheduler_name,
             scheduler_ms=snapshot.scheduler_ms,
             **from_metric_values(metrics),
+            **from_generation_metric_values(metrics),
         )
         append_round(self.run_dir, record)
         self.records.append(record)
@@ -122,6 +124,8 @@ def progress_line(r: RoundRecord, num_rounds: int) -> str:
     score = "n/a" if r.score is None else f"{r.score:.4f}"
     if r.balanced_accuracy is not None:
         score += f" balanced={r.balanced_accuracy:.4f} macro-f1={r.macro_f1:.4f}"
+    if r.exact_match is not None:
+        score += f" exact-match={r.exact_match:.4f} response-perplexity={r.response_perplexity:.2f}"
     loss = "n/a" if r.train_loss is None else f"{r.train_loss:.3f}"
     ranks = sorted({c.rank for c in r.clients})
     return (

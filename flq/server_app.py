@@ -3,7 +3,8 @@
 Per round it evaluates the global adapter on the server's held-out set, appends a JSON line
 to ``rounds.jsonl``, checkpoints the adapter and scheduler, and prints a progress line. At
 the end it writes ``summary.json`` and the final adapter in peft format (``adapter/rank<R>/``, with its
-label names and model card: ``flq.task.export``).
+label names and model card; with ``export-merged``, also merged into a full model in ``merged/``:
+``flq.task.export``).
 Set ``resume=true`` with the same ``run-name`` to continue a run from its last checkpoint.
 """
 
@@ -25,6 +26,7 @@ from .codec.update_codec import bytes_per_element
 from .config import ConfigError, NodeConfigError, RunConfig
 from .logs import log, quiet_libraries
 from .metrics.classification import to_metric_values
+from .metrics.generation import to_generation_metric_values
 from .metrics.model_card import CardFacts, model_card
 from .metrics.plots import write_run_figures
 from .metrics.records import RUN_INFO_FILE, read_rounds
@@ -38,25 +40,28 @@ from .status import ClientStatus
 from .strategy.accounting import ResumePoint, clock_budget_spent
 from .strategy.fedavg import FLQFedAvg, NoClientsError
 from .strategy.spec import StrategySpec
+from .task.chat_data import GENERATIVE_TASKS
 from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape
 from .task.data import DataError
-from .task.export import BASE_CONFIG_FILE, base_model_reference, export_adapter
+from .task.export import BASE_CONFIG_FILE, base_model_reference, export_adapter, export_merged
 from .task.lora import LoraModel
 from .task.model_cache import ModelNotFoundError, resolve_model
 from .task.models import ModelTaskError
 from .task.partition import check_partitioning, load_source, server_test_data
-from .task.specs import backbone_spec, data_spec, lora_spec
-from .task.train import evaluate
+from .task.specs import backbone_spec, data_spec, generation_spec, lora_spec
+from .task.train import EvalStats, evaluate
 
 quiet_libraries()
 app = ServerApp()
+GENERATIONS_FILE = "generations.jsonl"  # instruction: a few generated answers per evaluation, by round
 
 
 class ServerEvaluator:
     """Scores a global adapter on the server's held-out set (the ``evaluate_fn`` of a run)."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, generations_file: Path | None = None) -> None:
         self.cfg = cfg
+        self.generations_file = generations_file  # instruction: sample answers of every evaluation (JSONL)
         torch.manual_seed(cfg.seed)  # the random head and LoRA init are the run's initial adapter
         self.model = LoraModel(backbone_spec(cfg), lora_spec(cfg))
         self.model.use_rank(cfg.lora_rank)
@@ -65,19 +70,24 @@ class ServerEvaluator:
     def initial_adapter(self) -> AdapterState:
         return self.model.adapter_state()
 
-    def score(self, state: AdapterState) -> MetricRecord:
+    def evaluation(self, state: AdapterState) -> EvalStats:
         self.model.load_adapter_state(state)
         cfg = self.cfg
-        stats = evaluate(
-            self.model.model, cfg.task, self.test, self.model.processor, cfg.eval_batch_size, cfg.max_seq_length
+        return evaluate(
+            self.model.model,
+            cfg.task,
+            self.test,
+            self.model.processor,
+            cfg.eval_batch_size,
+            cfg.max_seq_length,
+            generation_spec(cfg),
         )
-        metrics = {"score": stats.score, "loss": stats.loss, "num-examples": stats.num_examples}
-        if stats.classes is not None:
-            metrics.update(to_metric_values(stats.classes))
-        return MetricRecord(metrics)
 
     def __call__(self, server_round: int, state: AdapterState) -> MetricRecord:
-        return self.score(state)
+        stats = self.evaluation(state)
+        if stats.generation is not None and self.generations_file is not None:
+            write_generations(self.generations_file, server_round, stats.generation.samples)
+        return metric_record(stats)
 
     def export(self, state: AdapterState, out_dir: Path, card: str | None = None) -> Path:
         """Save ``state`` as a peft adapter folder ``out_dir/rank<R>/`` (``PeftModel.from_pretrained(base,
@@ -87,7 +97,7 @@ class ServerEvaluator:
 
     @property
     def label_names(self) -> list[str] | None:
-        return None if self.cfg.task == "causal-lm" else load_source(data_spec(self.cfg)).label_names
+        return None if self.cfg.task in GENERATIVE_TASKS else load_source(data_spec(self.cfg)).label_names
 
     def card(self, run_dir: Path, records: list, summary: dict) -> str:
         """The exported adapter's model card: task, data, federation, rounds and scores of this run."""
@@ -108,6 +118,24 @@ class ServerEvaluator:
                 clients_trained=len(trained),
             )
         )
+
+
+def metric_record(stats: EvalStats) -> MetricRecord:
+    """The server's evaluation as Flower metrics (``RunRecorder`` reads them into the round's record)."""
+    metrics = {"score": stats.score, "loss": stats.loss, "num-examples": stats.num_examples}
+    if stats.classes is not None:
+        metrics.update(to_metric_values(stats.classes))
+    if stats.generation is not None:
+        metrics.update(to_generation_metric_values(stats.generation.exact_match, stats.generation.response_perplexity))
+    return MetricRecord(metrics)
+
+
+def write_generations(path: Path, server_round: int, samples: list[dict]) -> None:
+    """Append an evaluation's sample answers to ``path`` (JSONL, one answer a line, with its round)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        for sample in samples:
+            fh.write(json.dumps({"server_round": server_round, **sample}, ensure_ascii=False) + "\n")
 
 
 def scheduler_priors(cfg: RunConfig, initial: AdapterState) -> dict:
@@ -172,7 +200,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     run_dir = resolve_run_dir(cfg)
     log.info("FLQ run directory: %s", run_dir)
     check_partitioning(data_spec(cfg))  # a split that cannot work fails here, before any client starts
-    evaluator = ServerEvaluator(cfg)
+    evaluator = ServerEvaluator(cfg, run_dir / GENERATIONS_FILE)
     initial = evaluator.initial_adapter()
     log.info(
         "global adapter: rank %d, %d tensors, %.2fM parameters, %.2f MB in float32",
@@ -229,6 +257,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     write_summary(run_dir, summary)
     write_run_figures(records, run_dir / "figures", cfg.target_score)
     evaluator.export(state, run_dir / "adapter", evaluator.card(run_dir, records, summary))
+    if cfg.export_merged:  # the adapter just exported, merged into a full model folder
+        log.info("merged model: %s", export_merged(evaluator.model, run_dir / "merged", evaluator.label_names))
     log.info(
         "FLQ finished %d rounds: %s=%s (target %s reached %s), results in %s",
         len(records),

@@ -65,6 +65,17 @@ def make_word_tokenizer(words, adds_bos: bool):
     )
 
 
+# The instruction tests' task: name the pet by what it does. Their tokenizer knows these words and
+# those of FLQ's fallback chat template.
+PET_ANSWERS = {"barks": "dog", "meows": "cat", "sings": "bird", "swims": "fish"}
+CHAT_WORDS = ["###", "Instruction", "Response", ":", "which", "pet", *PET_ANSWERS, *PET_ANSWERS.values()]
+
+
+def make_chat_llama(path: Path) -> Path:
+    """A tiny random Llama with a word-level tokenizer (EOS, no chat template: FLQ's fallback applies)."""
+    return make_tiny_llama(path, hidden=128, tokenizer=make_word_tokenizer(CHAT_WORDS, adds_bos=False))
+
+
 def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """A random 2-layer BERT encoder with MiniLM's tokenizer, saved at ``path``."""
     import torch

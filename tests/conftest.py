@@ -31,6 +31,13 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chat_llama_dir(tmp_path_factory) -> Path:
+    from harness.tiny_models import make_chat_llama
+
+    return make_chat_llama(tmp_path_factory.mktemp("chat-llama"))
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     from harness.tiny_models import make_tiny_bert
 

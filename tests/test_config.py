@@ -104,6 +104,12 @@ def test_causal_lm_with_the_default_partitioner_fails_naming_the_keys_and_the_fi
         ({"data": "corpus.txt"}, 'data="corpus.txt" is plain text without labels'),
         ({"task": "causal-lm", "partitioner": "iid"}, "target-score=0.85 is below 1, which no perplexity reaches"),
         ({"target-score": 85}, 'target-score=85 is an accuracy for task="sequence-classification"'),
+        ({"task": "instruction", "data": "notes.txt"}, 'data="notes.txt" is plain text and task="instruction"'),
+        ({"task": "instruction"}, 'data="bbc-news" is not instruction data: set data="bbc-headlines"'),
+        ({"data": "bbc-headlines"}, 'data="bbc-headlines" is instruction data: set task="instruction"'),
+        ({"task": "instruction", "data": "bbc-headlines", "target-score": 2}, "target-score=2 is a ROUGE-L"),
+        ({"task": "instruction", "data": "bbc-headlines", "generation-samples": 0}, "set generation-samples >= 1"),
+        ({"packing": True}, 'packing joins instruction examples and task="sequence-classification"'),
     ],
 )
 def test_task_data_and_target_combinations_that_cannot_work(overrides, message):
@@ -120,10 +126,17 @@ def test_task_data_and_target_combinations_that_cannot_work(overrides, message):
         {"task": "causal-lm", "data": "d.jsonl", "partitioner": "iid", "target-score": 20},
         {"data": "d.parquet", "partitioner": "pathological"},
         {"data": "some/folder"},
+        {"task": "instruction", "data": "bbc-headlines", "target-score": 0.3, "packing": True},
+        {"task": "instruction", "data": "chats.jsonl", "partitioner": "iid"},
     ],
 )
 def test_combinations_that_work_pass(overrides):
     RunConfig.from_flower(overrides)
+
+
+def test_instruction_runs_are_scored_by_rouge_l_higher_is_better():
+    cfg = RunConfig.from_flower({"task": "instruction", "data": "bbc-headlines", "target-score": 0.3})
+    assert cfg.score_name == "rouge-l" and cfg.higher_is_better
 
 
 def test_the_server_app_reports_a_config_error_in_one_line_before_anything_loads(caplog):

@@ -160,3 +160,72 @@ def test_an_image_classifier_card_loads_with_a_replaced_head():
     assert "pipeline_tag: image-classification" in card and "Sequence length" not in card
     load = "AutoModelForImageClassification.from_pretrained(base_id, config=config, ignore_mismatched_sizes=True)"
     assert load in card
+
+
+# -- export-merged: the adapter merged into a full model folder -----------------------------------
+def lora_model_with_trained_look(model_dir, task: str, bits: int, state=None):
+    """A LoraModel on ``model_dir`` whose LoRA factors are all nonzero (a fresh B is zero: nothing to merge)."""
+    from flq.task.lora import LoraModel, LoraSpec
+    from flq.task.models import BackboneSpec
+
+    torch.manual_seed(1)
+    lm = LoraModel(BackboneSpec(str(model_dir), task, bits, num_labels=3, device="cpu"), LoraSpec(2.0, "auto"))
+    lm.use_rank(4)
+    if state is None:
+        rng = torch.Generator().manual_seed(2)
+        state = {k: (torch.randn(v.shape, generator=rng) * 0.2).numpy() for k, v in lm.adapter_state().items()}
+    lm.load_adapter_state(state)
+    return lm, state
+
+
+def logits_of(model, tokenizer):
+    batch = tokenizer(["the economy grew", "a football game today"], padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+def test_a_merged_classifier_loads_without_peft_with_label_names_and_the_adapter_s_logits(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from flq.task.export import export_merged
+
+    lm, state = lora_model_with_trained_look(tiny_llama_dir, "sequence-classification", 32)
+    expected = logits_of(lm.model, lm.processor)
+    merged = export_merged(lm, tmp_path / "run" / "merged", LABELS)
+    assert merged == tmp_path / "run" / "merged"
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {p.name for p in merged.iterdir()}
+    assert not (merged / "adapter_config.json").exists()  # a full model, not an adapter
+    config = json.loads((merged / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and "quantization_config" not in config
+    model = AutoModelForSequenceClassification.from_pretrained(merged)
+    assert model.config.id2label == dict(enumerate(LABELS))
+    assert model.config.label2id == {name: i for i, name in enumerate(LABELS)}
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    torch.testing.assert_close(logits_of(model, tokenizer), expected)
+    # The run's own model is left as it was: merged on a copy, its adapter still live.
+    torch.testing.assert_close(logits_of(lm.model, lm.processor), expected)
+    assert all((lm.adapter_state()[k] == v).all() for k, v in state.items())
+
+
+def test_a_4_bit_backbone_is_merged_into_the_un_quantized_base_saved_in_bfloat16(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from flq.task.export import export_merged
+
+    lm4, state = lora_model_with_trained_look(tiny_llama_dir, "causal-lm", 4)
+    merged = export_merged(lm4, tmp_path / "merged")
+    config = json.loads((merged / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "bfloat16"
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert model.dtype == torch.bfloat16 and not any("lora" in n for n, _ in model.named_parameters())
+    # The reference: the same adapter on the base in float32 (what the merge adds to, rounded to bfloat16).
+    lm32, _ = lora_model_with_trained_look(tiny_llama_dir, "causal-lm", 32, state)
+    expected = logits_of(lm32.model, lm32.processor)
+    got = logits_of(model, lm32.processor)
+    torch.testing.assert_close(got, expected, atol=0.02, rtol=0)  # bfloat16 rounding only
+    # Not merged into the 4-bit weights: those are much further from the base the adapter was meant for.
+    assert (got - expected).abs().max() < (logits_of(lm4.model, lm4.processor) - expected).abs().max() / 3
+    # The merge changed the weights: the base alone gives other logits.
+    with lm32.model.disable_adapter():
+        assert (logits_of(lm32.model, lm32.processor) - expected).abs().max() > 0.1

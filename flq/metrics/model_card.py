@@ -16,13 +16,16 @@ from typing import Any
 PIPELINE_TAGS = {
     "sequence-classification": "text-classification",
     "causal-lm": "text-generation",
+    "instruction": "text-generation",
     "image-classification": "image-classification",
 }
 AUTO_CLASSES = {
     "sequence-classification": "AutoModelForSequenceClassification",
     "causal-lm": "AutoModelForCausalLM",
+    "instruction": "AutoModelForCausalLM",
     "image-classification": "AutoModelForImageClassification",
 }
+GENERATIVE = tuple(t for t, c in AUTO_CLASSES.items() if c == "AutoModelForCausalLM")  # no head, no labels
 PROJECT_URL = "https://flower.ai"
 MAX_LISTED_LABELS = 20
 
@@ -47,7 +50,9 @@ class CardFacts:
 def model_card(facts: CardFacts) -> str:
     cfg, summary = facts.config, facts.summary
     task = str(cfg["task"])
-    score_name = summary.get("score_name") or ("perplexity" if task == "causal-lm" else "accuracy")
+    score_name = summary.get("score_name") or {"causal-lm": "perplexity", "instruction": "rouge-l"}.get(
+        task, "accuracy"
+    )
     front = [
         "---",
         f"base_model: {json.dumps(facts.base_model)}",
@@ -65,13 +70,14 @@ def model_card(facts: CardFacts) -> str:
     what = {
         "sequence-classification": "text classifier",
         "causal-lm": "causal language model",
+        "instruction": "instruction-tuned language model",
         "image-classification": "image classifier",
     }.get(task, task)
     body = [
         f"# {facts.run_name}: a federated LoRA {what} on {cfg['model']}",
         "",
         f"A rank-{cfg['lora-rank']} LoRA adapter"
-        + (" with its classification head" if task != "causal-lm" else "")
+        + (" with its classification head" if task not in GENERATIVE else "")
         + f" for `{facts.base_model}`, trained by federated learning with FLQ (a [Flower]({PROJECT_URL}) app): "
         f"the data stayed with its {facts.num_clients} clients; only adapter updates travelled.",
         "",
@@ -109,7 +115,7 @@ def model_card(facts: CardFacts) -> str:
         "```",
         "",
         f"`{facts.config_file}` is the base model's config as FLQ trained it"
-        + (" (the number of labels, `id2label`/`label2id`, the pad token)" if task != "causal-lm" else "")
+        + (" (the number of labels, `id2label`/`label2id`, the pad token)" if task not in GENERATIVE else "")
         + "; the tokenizer or image processor is saved beside the adapter.",
         "",
     ]
@@ -191,6 +197,6 @@ def _load_snippet(facts: CardFacts, task: str) -> list[str]:
         "model = PeftModel.from_pretrained(base, path)",
         f"processor = {processor}.from_pretrained(path)",
     ]
-    if task != "causal-lm":
+    if task not in GENERATIVE:
         lines.append("# model.config.id2label names the classes of model(...).logits")
     return lines

@@ -91,6 +91,9 @@ class RoundRecord:
     per_class_score: list[float | None] | None = None  # accuracy (recall) by class id
     top_prediction: int | None = None  # the class the global model predicts most often
     top_prediction_share: float | None = None  # ... and for which share of the held-out set
+    # Instruction only (the score is then the mean ROUGE-L of generated answers; flq.task.generate):
+    exact_match: float | None = None
+    response_perplexity: float | None = None  # on answer tokens only
 
     def to_json(self) -> str:
         return json.dumps(_finite(asdict(self)), sort_keys=True)

@@ -22,13 +22,14 @@ from .records import SUMMARY_FILE, RoundRecord
 UNTIERED = "untiered"  # key for clients that reported no tier
 
 
+# Whether each score rises as the model improves (perplexity falls).
+HIGHER_IS_BETTER = {"accuracy": True, "perplexity": False, "rouge-l": True}
+
+
 def higher_is_better_for(score_name: str) -> bool:
-    """Accuracy rises as the model improves; perplexity falls."""
-    if score_name == "perplexity":
-        return False
-    if score_name == "accuracy":
-        return True
-    raise ValueError(f"unknown score {score_name!r}: say whether higher is better")
+    if score_name not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown score {score_name!r}: say whether higher is better")
+    return HIGHER_IS_BETTER[score_name]
 
 
 def reaches(score: float, target: float, higher_is_better: bool) -> bool:
@@ -289,6 +290,8 @@ def summarize(
         "final_balanced_accuracy": _final(records, "balanced_accuracy"),
         "final_macro_f1": _final(records, "macro_f1"),
         "final_top_prediction_share": _final(records, "top_prediction_share"),
+        "final_exact_match": _final(records, "exact_match"),
+        "final_response_perplexity": _final(records, "response_perplexity"),
         "best_score": best_score(records, higher_is_better),
         "rounds_to_target": hit.rounds if hit else None,
         "clock_s_to_target": hit.clock_s if hit else None,

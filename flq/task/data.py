@@ -106,7 +106,7 @@ def load_text_data(
         if path.is_dir():
             data = _load_folder(path, need_labels, encoding)
         elif suffix in ROW_BUILDERS:
-            rows, features = _read_rows(path, encoding)
+            rows, features = read_rows(path, encoding)
             data = _load_rows(path, rows, text_column, label_column, need_labels, features)
         elif suffix in TEXT_SUFFIXES:
             if need_labels:
@@ -220,7 +220,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _read_rows(path: Path, encoding: str) -> tuple[list[dict], dict]:
+def read_rows(path: Path, encoding: str) -> tuple[list[dict], dict]:
     """(rows, features) of a CSV, JSON/JSONL or Parquet file, through ``datasets``' loader.
 
     CSV cells stay strings, as written (no type guessing, no "NA" as missing); JSON values keep

@@ -14,12 +14,23 @@ beside them FLQ writes
 
 No ``config.json``: beside an ``adapter_config.json`` it would tell transformers the folder is a
 complete model, and ``AutoModel...from_pretrained("adapter/rank<R>")`` would stop loading the base.
+
+``export_merged`` (run config ``export-merged = true``) also writes the adapter merged into a full
+model folder, ``merged/``: ``config.json`` (classifiers: with ``id2label``/``label2id``), safetensors
+weights and the tokenizer (or image processor), which ``AutoModel...from_pretrained("merged")``
+loads with no peft and no base download. The merge is done into the base loaded afresh in float32,
+never into 4/8-bit quantized weights; the folder is saved in bfloat16 when the run's backbone had
+fewer than 32 bits, else in float32.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .lora import LoraModel
@@ -63,3 +74,37 @@ def export_adapter(
         for target in (folder / CARD_FILE, out_dir / CARD_FILE):
             target.write_text(card, encoding="utf-8")
     return folder
+
+
+def export_merged(lm: LoraModel, out_dir: Path, label_names: Sequence[str] | None = None) -> Path:
+    """Save ``lm``'s active adapter merged into its base as a full model folder ``out_dir``; returns it.
+
+    A second copy of the base is loaded un-quantized (float32, on the CPU) and the adapter's tensors
+    (LoRA factors and task head) are loaded into it and merged: ``lm`` itself is left untouched.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    spec = lm.backbone_spec
+    full = LoraModel(replace(spec, bits=32, device="cpu"), lm.lora_spec)
+    full.use_rank(lm.rank)
+    full.load_adapter_state(lm.adapter_state())
+    model = full.model.merge_and_unload()
+    if spec.bits < 32:
+        model = model.to(torch.bfloat16)
+    config = model.config  # loaded in float32: no quantization_config to leave out
+    if label_names:  # classifiers (generative tasks pass none)
+        config.id2label = {i: str(n) for i, n in enumerate(label_names)}
+        config.label2id = {str(n): i for i, n in enumerate(label_names)}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        lm.processor.save_pretrained(tmp)  # the tokenizer as FLQ used it (pad token included)
+        if out_dir.exists():  # a resumed run writes its merged model again
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..adapter import AdapterState
+from .chat_data import GENERATIVE_TASKS, INSTRUCTION_TASK
 from .models import HEAD_MODULES, BackboneSpec, load_backbone
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ AUTO_TARGETS = {
 }
 
 # peft task types by FLQ task; image classification has none (a plain PeftModel).
-PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM", INSTRUCTION_TASK: "CAUSAL_LM"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class LoraModel:
         self.base, self.processor = load_backbone(backbone)
         self.targets = resolve_targets(self.base, lora.targets)
         self.heads = [name for name in HEAD_MODULES if hasattr(self.base, name)]
-        if backbone.task != "causal-lm" and not self.heads:
+        if backbone.task not in GENERATIVE_TASKS and not self.heads:
             raise ValueError(f"{backbone.model}: no classification head found (looked for {HEAD_MODULES})")
         self.peft = None
         self.rank: int | None = None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import logs  # noqa: F401  (installs the bitsandbytes log filters)
+from .chat_data import GENERATIVE_TASKS, INSTRUCTION_TASK
 from .images import IMAGE_TASK
 from .model_cache import resolve_model
 
@@ -29,7 +30,7 @@ HEAD_MODULES = ("score", "classifier")
 @dataclass(frozen=True)
 class BackboneSpec:
     model: str  # embedded name, local dir or hub id
-    task: str  # sequence-classification | causal-lm | image-classification
+    task: str  # sequence-classification | causal-lm | instruction | image-classification
     bits: int  # 4 | 8 | 16 | 32
     quant_type: str = "nf4"  # 4-bit only
     num_labels: int = 2  # classification tasks only
@@ -48,6 +49,7 @@ _AUTO_CLASSES = {
         "a text classifier",
     ),
     "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING", "a causal language model"),
+    INSTRUCTION_TASK: ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING", "a causal language model"),
     IMAGE_TASK: ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING", "an image classifier"),
 }
 
@@ -76,7 +78,7 @@ def load_backbone(spec: BackboneSpec):
     path = resolve_model(spec.model)
     auto_class = _check_task(spec, path)
     kwargs = _quantization_kwargs(spec, device)
-    if spec.task == "causal-lm":
+    if spec.task in GENERATIVE_TASKS:
         model = auto_class.from_pretrained(path, **kwargs)
     elif spec.task == IMAGE_TASK:
         # A pretrained head of another size (e.g. ImageNet's 1,000 classes) is replaced.

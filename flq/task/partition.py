@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .chat_data import INSTRUCTION_TASK, ChatColumns, load_chat_data
 from .data import DataError, TaskData, load_text_data
 from .images import IMAGE_TASK, load_image_data
 
@@ -27,6 +28,7 @@ class DataSpec:
     text_column: str = "text"
     label_column: str = "label"
     encoding: str = "utf-8"  # of CSV, JSONL and text files
+    chat: ChatColumns = ChatColumns()  # instruction data: where rows keep their conversation
     server_test_size: int = 300
     local_test_fraction: float = 0.2
     partitioner: str = "dirichlet"
@@ -50,6 +52,8 @@ def subset(data: TaskData, indices) -> TaskData:
 def load_source(spec: DataSpec) -> TaskData:
     if spec.task == IMAGE_TASK:
         return load_image_data(spec.source)
+    if spec.task == INSTRUCTION_TASK:
+        return load_chat_data(spec.source, spec.chat, spec.label_column, spec.encoding)
     return load_text_data(spec.source, spec.task, spec.text_column, spec.label_column, spec.encoding)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..config import RunConfig
+from .chat_data import GENERATIVE_TASKS, ChatColumns
+from .generate import GenerationSpec
 from .lora import LoraSpec
 from .models import BackboneSpec
 from .partition import DataSpec, load_source
@@ -15,6 +17,13 @@ def data_spec(cfg: RunConfig) -> DataSpec:
         text_column=cfg.text_column,
         label_column=cfg.label_column,
         encoding=cfg.data_encoding,
+        chat=ChatColumns(
+            prompt=cfg.prompt_column,
+            response=cfg.response_column,
+            system=cfg.system_column,
+            messages=cfg.messages_column,
+            system_prompt=cfg.system_prompt,
+        ),
         server_test_size=cfg.server_test_size,
         local_test_fraction=cfg.local_test_fraction,
         partitioner=cfg.partitioner,
@@ -25,7 +34,7 @@ def data_spec(cfg: RunConfig) -> DataSpec:
 
 
 def backbone_spec(cfg: RunConfig, bits: int | None = None) -> BackboneSpec:
-    num_labels = load_source(data_spec(cfg)).num_labels if cfg.task != "causal-lm" else 0
+    num_labels = load_source(data_spec(cfg)).num_labels if cfg.task not in GENERATIVE_TASKS else 0
     return BackboneSpec(
         model=cfg.model,
         task=cfg.task,
@@ -42,3 +51,7 @@ def lora_spec(cfg: RunConfig) -> LoraSpec:
         targets=targets if isinstance(targets, str) else tuple(targets),
         dropout=cfg.lora_dropout,
     )
+
+
+def generation_spec(cfg: RunConfig) -> GenerationSpec:
+    return GenerationSpec(samples=cfg.generation_samples, max_new_tokens=cfg.max_new_tokens)

@@ -26,7 +26,10 @@ import numpy as np
 import torch
 
 from ..metrics.classification import ClassificationScores, classification_scores
+from .chat import chat_batches
+from .chat_data import INSTRUCTION_TASK, ChatData
 from .data import TaskData, TextData
+from .generate import GenerationScores, GenerationSpec, evaluate_instruction
 from .images import ImageData, encode_images
 from .lm_blocks import lm_blocks
 from .models import half_dtype, model_device
@@ -45,9 +48,10 @@ class TrainStats:
 @dataclass
 class EvalStats:
     loss: float
-    score: float  # accuracy, or perplexity for causal LM
+    score: float  # accuracy; perplexity for causal LM; ROUGE-L for instruction
     num_examples: int
     classes: ClassificationScores | None = None  # balanced accuracy, macro-F1, per class (classification)
+    generation: GenerationScores | None = None  # ROUGE-L, exact match, response perplexity (instruction)
 
 
 # -- batches ----------------------------------------------------------------------------
@@ -87,8 +91,14 @@ def lm_batches(data: TextData, tokenizer, batch_size: int, max_len: int, seed: i
             yield blocks.batch(order[start : start + batch_size])
 
 
-def make_batches(task: str, data: TaskData, processor, batch_size: int, max_len: int, seed: int) -> Iterator[dict]:
-    """Endless training batches; ``processor`` is the tokenizer or the image processor."""
+def make_batches(
+    task: str, data: TaskData, processor, batch_size: int, max_len: int, seed: int, packing: bool = False
+) -> Iterator[dict]:
+    """Endless training batches; ``processor`` is the tokenizer or the image processor.
+
+    ``packing``: instruction examples joined into sequences of up to ``max_len`` tokens (``flq.task.chat``)."""
+    if task == INSTRUCTION_TASK:
+        return chat_batches(data, processor, batch_size, max_len, seed, packing)
     if task == "causal-lm":
         return lm_batches(data, processor, batch_size, max_len, seed)
     return classification_batches(data, processor, batch_size, max_len, seed)
@@ -262,8 +272,22 @@ def _to_device(batch: dict, device: torch.device, float_dtype: torch.dtype = tor
 
 
 # -- evaluation -------------------------------------------------------------------------
-def evaluate(model: torch.nn.Module, task: str, data: TaskData, processor, batch_size: int, max_len: int) -> EvalStats:
-    """Accuracy and mean loss (classification) or token perplexity (causal LM)."""
+def evaluate(
+    model: torch.nn.Module,
+    task: str,
+    data: TaskData,
+    processor,
+    batch_size: int,
+    max_len: int,
+    generation: GenerationSpec | None = None,
+) -> EvalStats:
+    """Accuracy and mean loss (classification), token perplexity (causal LM), or mean ROUGE-L of
+    generated answers and the loss on answer tokens (instruction; ``generation`` says how many)."""
+    if task == INSTRUCTION_TASK:
+        assert isinstance(data, ChatData)
+        loss, scores = evaluate_instruction(model, data, processor, batch_size, max_len, generation or GenerationSpec())
+        train_mode(model)
+        return EvalStats(loss, scores.rouge_l, len(data), generation=scores)
     device = model_device(model)
     inputs_dtype = float_input_dtype(model)
     model.eval()

@@ -17,7 +17,7 @@ from .. import wire
 from ..adapter import AdapterState
 from ..logs import log
 from ..metrics.records import ClientRoundRecord
-from ..scheduler.base import Assignment, ClientReport
+from ..scheduler.base import Assignment, ClientReport, RoundOutcome
 from ..scheduler.priors import own_batch_size
 from ..sim.clock import ClockModel, round_time
 from ..sim.tiers import REFERENCE_TIER, TierError, TierProfile
@@ -197,6 +197,25 @@ def scheduler_report(r: ClientRoundRecord) -> ClientReport:
         loss_after=r.loss_after,
         on_time=r.on_time,
     )
+
+
+def round_outcome(
+    server_round: int,
+    round_s: float,
+    deadline_s: float | None,
+    before: Mapping[str, float] | None,
+    after: Mapping[str, float] | None,
+) -> RoundOutcome:
+    """The round as the scheduler observes it: its time, and the server's evaluation before and after."""
+    return RoundOutcome(
+        server_round, round_s, deadline_s, _metric(before, "loss"), _metric(after, "loss"), _metric(after, "score")
+    )
+
+
+def _metric(record: Mapping[str, float] | None, key: str) -> float | None:
+    if record is None or key not in record:
+        return None
+    return float(record[key])
 
 
 def clock_budget_spent(clock_s: float, clock_budget_s: float | None) -> bool:

@@ -26,16 +26,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from .. import wire
 from ..adapter import AdapterState, truncate_to_rank
-from ..codec.flower_records import adapter_to_array_record, array_record_nbytes
+from ..codec.flower_records import adapter_to_array_record
 from ..logs import log
 from ..metrics.records import ClientEvalRecord
-from ..scheduler.base import RankScheduler, RoundOutcome
+from ..scheduler.base import RankScheduler
 from ..sim.clock import ClockModel
 from ..status import ClientStatus
 from .accounting import (
@@ -44,6 +43,7 @@ from .accounting import (
     RoundAccounting,
     RoundResult,
     clock_budget_spent,
+    round_outcome,
     scheduler_report,
 )
 from .aggregation import client_weight, make_aggregator
@@ -51,12 +51,13 @@ from .diagnostics import UpdateDiagnostics
 from .messages import (
     TrainRound,
     client_eval_metrics,
-    last_line,
-    profile_queries,
+    evaluate_messages,
+    query_profiles,
     read_eval_reply,
     read_train_reply,
     reply_metrics,
     send_and_receive_timed,
+    train_message,
     wait_for_nodes,
 )
 from .recording import RoundRecorder, RoundSnapshot, RunStart
@@ -99,14 +100,9 @@ class FLQFedAvg(FedAvg):
     def discover_nodes(self, grid: Grid, timeout: float) -> None:
         """Ask every connected node who it is (partition, tier, data size) in one query round."""
         node_ids = wait_for_nodes(grid, self.spec.min_available_nodes)
-        errors: dict[int, str] = {}
-        for reply in grid.send_and_receive(profile_queries(node_ids), timeout=timeout):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                errors[node] = last_line(reply.error.reason)
-                log.warning("node %d cannot take part: %s", node, errors[node])
-                continue
-            self.roster.note(node, *reply_metrics(reply))
+        answers, errors = query_profiles(grid, node_ids, timeout)
+        for node, (metrics, info) in answers.items():
+            self.roster.note(node, metrics, info)
         if errors and len(errors) == len(node_ids):
             reasons = sorted(set(errors.values()))
             raise NoClientsError("no client can take part: " + " | ".join(reasons[:3]))
@@ -134,6 +130,7 @@ class FLQFedAvg(FedAvg):
         assign_s = time.perf_counter() - started
         plans: dict[int, ClientPlan] = {}
         messages = []
+        clock, rtts = self.accounting.clock, self.accounting.clock_model.handshake_rtts
         for node in node_ids:
             a = self.accounting.within_tier_ceiling(self.roster.profile(node).tier, assignments[node])
             if not 1 <= a.rank <= self.spec.rank_max:
@@ -141,27 +138,9 @@ class FLQFedAvg(FedAvg):
                     f"scheduler {self.scheduler.name} gave rank {a.rank} outside [1, {self.spec.rank_max}]"
                 )
             sent = truncate_to_rank(global_state, a.rank)
-            record = adapter_to_array_record(sent, self.spec.broadcast_codec)
-            cfg = ConfigRecord(dict(config))  # a copy per node: Flower shares one otherwise
-            cfg[wire.SERVER_ROUND] = server_round
-            cfg[wire.RANK] = a.rank
-            cfg[wire.BITS] = a.bits
-            cfg[wire.LOCAL_STEPS] = a.local_steps
-            cfg[wire.CODEC_UP] = a.codec or self.spec.update_codec
-            cfg[wire.CLOCK] = self.accounting.clock
-            cfg[wire.HANDSHAKE_RTTS] = self.accounting.clock_model.handshake_rtts
-            cfg[wire.ERROR_FEEDBACK] = self.spec.error_feedback
-            budget_s = float(a.budget_s) if self.spec.policy == "budget" and a.budget_s is not None else None
-            if budget_s is not None:
-                cfg[wire.BUDGET_S] = budget_s
-            if a.batch_size is not None:
-                cfg[wire.BATCH_SIZE] = int(a.batch_size)
-            content = RecordDict({wire.ARRAYS: record, wire.CONFIG: cfg})
-            if self.control is not None:  # SCAFFOLD's c at the node's rank, beside the adapter
-                content[wire.CONTROL] = adapter_to_array_record(self.control.for_rank(global_state, a.rank), "fp32")
-            bytes_down = sum(array_record_nbytes(r) for r in content.array_records.values())
-            plans[node] = ClientPlan(node, a, sent, bytes_down, budget_s)
-            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+            control = self.control.for_rank(global_state, a.rank) if self.control is not None else None
+            message, plans[node] = train_message(node, server_round, a, sent, control, config, self.spec, clock, rtts)
+            messages.append(message)
         return TrainRound(global_state, plans, messages, assign_s)
 
     def aggregate_train(
@@ -240,15 +219,8 @@ class FLQFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, global_state: AdapterState, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
-        record = adapter_to_array_record(global_state, self.spec.broadcast_codec)
-        messages = []
-        for node in self.roster.available(self._connected(grid)):
-            cfg = ConfigRecord(dict(config))
-            cfg[wire.SERVER_ROUND] = server_round
-            cfg[wire.RANK] = self.spec.rank_max
-            content = RecordDict({wire.ARRAYS: record, wire.CONFIG: cfg})
-            messages.append(Message(content, dst_node_id=node, message_type=MessageType.EVALUATE))
-        return messages
+        node_ids = self.roster.available(self._connected(grid))
+        return evaluate_messages(node_ids, server_round, global_state, config, self.spec)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> list[ClientEvalRecord]:
         records = []
@@ -327,14 +299,7 @@ class FLQFedAvg(FedAvg):
             metrics = evaluate_fn(server_round, global_state) if evaluate_fn else None
             if metrics is not None:
                 result.evaluate_metrics_serverapp[server_round] = MetricRecord(dict(metrics))
-            outcome = RoundOutcome(
-                server_round,
-                round_result.round_s,
-                self.accounting.deadline_s,
-                _metric(previous, "loss"),
-                _metric(metrics, "loss"),
-                _metric(metrics, "score"),
-            )
+            outcome = round_outcome(server_round, round_result.round_s, self.accounting.deadline_s, previous, metrics)
             started = time.perf_counter()
             self.scheduler.observe(server_round, round_result.reports, outcome)
             scheduler_ms = 1000 * (train_round.assign_s + time.perf_counter() - started)
@@ -373,9 +338,3 @@ class FLQFedAvg(FedAvg):
         measured on the final adapter)."""
         every = self.spec.client_eval_every
         return every > 0 and server_round % every == 0
-
-
-def _metric(record: Mapping[str, float] | None, key: str) -> float | None:
-    if record is None or key not in record:
-        return None
-    return float(record[key])

@@ -1,7 +1,9 @@
-"""The strategy's traffic with the grid: waiting for nodes, timed exchanges, and reading replies.
+"""The strategy's traffic with the grid: waiting for nodes, building the messages, timed
+exchanges, and reading replies.
 
-Flower types in, plain data out: a train reply becomes a ``TrainReply`` (status, what the
-client measured, the decoded and validated update) that the round's accounting records.
+Out: a node's assignment and adapter become its train message, with the ``ClientPlan`` its
+reply is read against. In: a train reply becomes a ``TrainReply`` (status, what the client
+measured, the decoded and validated update) that the round's accounting records.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from flwr.serverapp import Grid
 from .. import wire
 from ..adapter import AdapterState, add
 from ..codec.array_codec import CodecError, DecodeLimits
-from ..codec.flower_records import array_record_nbytes, array_record_to_adapter
+from ..codec.flower_records import adapter_to_array_record, array_record_nbytes, array_record_to_adapter
 from ..logs import log
 from ..metrics.records import ClientEvalRecord
+from ..scheduler.base import Assignment
 from ..status import ClientStatus
 from .accounting import ClientPlan
 from .roster import NodeProfile
+from .spec import StrategySpec
 from .validation import validate_update
 
 
@@ -55,6 +59,74 @@ def profile_queries(node_ids: Iterable[int]) -> list[Message]:
         )
         for n in node_ids
     ]
+
+
+def query_profiles(
+    grid: Grid, node_ids: Iterable[int], timeout: float
+) -> tuple[dict[int, tuple[Mapping, Mapping]], dict[int, str]]:
+    """Ask every node who it is, in one query round: the (metrics, info) of each node that
+    answered, and why each node that raised cannot take part (logged)."""
+    answers: dict[int, tuple[Mapping, Mapping]] = {}
+    errors: dict[int, str] = {}
+    for reply in grid.send_and_receive(profile_queries(node_ids), timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            errors[node] = last_line(reply.error.reason)
+            log.warning("node %d cannot take part: %s", node, errors[node])
+            continue
+        answers[node] = reply_metrics(reply)
+    return answers, errors
+
+
+def train_message(
+    node: int,
+    server_round: int,
+    a: Assignment,
+    sent: AdapterState,
+    control: AdapterState | None,
+    config: ConfigRecord,
+    spec: StrategySpec,
+    clock: str,
+    handshake_rtts: int,
+) -> tuple[Message, ClientPlan]:
+    """One node's train message (``sent``: the global adapter at its rank; ``control``: SCAFFOLD's
+    c at its rank, or None) and the plan its reply is read against."""
+    record = adapter_to_array_record(sent, spec.broadcast_codec)
+    cfg = ConfigRecord(dict(config))  # a copy per node: Flower shares one otherwise
+    cfg[wire.SERVER_ROUND] = server_round
+    cfg[wire.RANK] = a.rank
+    cfg[wire.BITS] = a.bits
+    cfg[wire.LOCAL_STEPS] = a.local_steps
+    cfg[wire.CODEC_UP] = a.codec or spec.update_codec
+    cfg[wire.CLOCK] = clock
+    cfg[wire.HANDSHAKE_RTTS] = handshake_rtts
+    cfg[wire.ERROR_FEEDBACK] = spec.error_feedback
+    budget_s = float(a.budget_s) if spec.policy == "budget" and a.budget_s is not None else None
+    if budget_s is not None:
+        cfg[wire.BUDGET_S] = budget_s
+    if a.batch_size is not None:
+        cfg[wire.BATCH_SIZE] = int(a.batch_size)
+    content = RecordDict({wire.ARRAYS: record, wire.CONFIG: cfg})
+    if control is not None:  # SCAFFOLD's c at the node's rank, beside the adapter
+        content[wire.CONTROL] = adapter_to_array_record(control, "fp32")
+    bytes_down = sum(array_record_nbytes(r) for r in content.array_records.values())
+    plan = ClientPlan(node, a, sent, bytes_down, budget_s)
+    return Message(content, dst_node_id=node, message_type=MessageType.TRAIN), plan
+
+
+def evaluate_messages(
+    node_ids: Iterable[int], server_round: int, global_state: AdapterState, config: ConfigRecord, spec: StrategySpec
+) -> list[Message]:
+    """The global adapter at r_max to every node, for its own test split."""
+    record = adapter_to_array_record(global_state, spec.broadcast_codec)
+    messages = []
+    for node in node_ids:
+        cfg = ConfigRecord(dict(config))
+        cfg[wire.SERVER_ROUND] = server_round
+        cfg[wire.RANK] = spec.rank_max
+        content = RecordDict({wire.ARRAYS: record, wire.CONFIG: cfg})
+        messages.append(Message(content, dst_node_id=node, message_type=MessageType.EVALUATE))
+    return messages
 
 
 def send_and_receive_timed(

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from flq.launch.processes import descendants  # one owner: the launcher ships it
+
 BIN = Path(sys.executable).parent  # the virtualenv's commands: flwr, flower-superlink, flq-superlink, ...
 T = TypeVar("T")
 
@@ -59,24 +61,6 @@ def flower_env(flwr_home: Path, **extra: str | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (Flower starts SuperExec and app processes in new sessions)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def wait_for(predicate: Callable[[], T], what: str, timeout: float = 120.0, proc: Proc | None = None) -> T:

@@ -41,6 +41,31 @@ def make_tiny_llama(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0
     return Path(path)
 
 
+def make_tiny_gemma3(path: Path, tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """A random 2-layer Gemma 3 text model (the architecture of Gemma 3 270M/1B) with ``tokenizer``."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=256,
+        sliding_window=16,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
 TINY_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 
 

@@ -7,7 +7,7 @@ import torch
 
 from flq.task.data import TextData
 from flq.task.lm_blocks import IGNORE_INDEX, adds_bos, lm_blocks
-from harness.tiny_models import make_tiny_llama, make_word_tokenizer
+from harness.tiny_models import make_tiny_gemma3, make_tiny_llama, make_word_tokenizer
 
 WORDS = "the cat sat on a mat dog ran to park in rain sun".split()
 DOCS = [
@@ -108,12 +108,14 @@ def test_shipped_tokenizers_conventions():
 
 
 # -- with a model: evaluation measures what the model sees in use ---------------------------
-@pytest.fixture(scope="module")
-def bos_llama(tmp_path_factory):
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def bos_llama(tmp_path_factory, request):
+    """A tiny BOS-tokenizer causal LM: Llama's architecture, and Gemma 3's (whose models depend on BOS)."""
     from flq.task.lora import LoraModel, LoraSpec
     from flq.task.models import BackboneSpec
 
-    path = make_tiny_llama(tmp_path_factory.mktemp("bos-llama"), tokenizer=make_word_tokenizer(WORDS, True))
+    make = make_tiny_llama if request.param == "llama" else make_tiny_gemma3
+    path = make(tmp_path_factory.mktemp(f"bos-{request.param}"), tokenizer=make_word_tokenizer(WORDS, True))
     torch.manual_seed(0)
     lm = LoraModel(BackboneSpec(str(path), "causal-lm", 32), LoraSpec(2.0, "auto"))
     lm.use_rank(4)

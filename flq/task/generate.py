@@ -61,10 +61,11 @@ def evaluate_instruction(
     references = [data.references()[i] for i in chosen]
     rouges = [rouge_l(g, r) for g, r in zip(generated, references, strict=True)]
     matches = [exact_match(g, r) for g, r in zip(generated, references, strict=True)]
-    samples = [
-        {"prompt": tokenizer.decode(p, skip_special_tokens=False), "reference": r, "generated": g, "rouge_l": s}
-        for p, r, g, s in list(zip(prompts, references, generated, rouges, strict=True))[:SAMPLES_KEPT]
-    ]
+    samples = [  # spread over the answered prompts too, so they show several categories
+        {"prompt": tokenizer.decode(prompts[i]), "reference": references[i], "generated": generated[i],
+         "rouge_l": rouges[i]}
+        for i in spread_indices(len(prompts), SAMPLES_KEPT)
+    ]  # fmt: skip
     scores = GenerationScores(
         rouge_l=float(np.mean(rouges)) if rouges else 0.0,
         exact_match=float(np.mean(matches)) if matches else 0.0,

@@ -32,6 +32,8 @@ AUTO_TARGETS = {
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],  # Gemma 3 270M/1B (text only)
     "phi3": ["qkv_proj", "o_proj"],
     "gpt2": ["c_attn", "c_proj"],
     "bert": ["query", "key", "value"],

@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare-model": ("flq.task.model_cache", "convert and cache an embedded model or a GGUF file"),
     "federations": ("flq.federations", "install the project's federations into Flower's config"),
     "launch": ("flq.launch.cli", "start a tiered deployment from an experiment file, or render it for Slurm/Compose"),
+    "calibrate": ("flq.launch.calibrate", "measure seconds per training step here and write a calibrated tier file"),
 }
 
 

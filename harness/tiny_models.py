@@ -12,6 +12,22 @@ from pathlib import Path
 from flq.task.model_cache import resolve_model
 
 
+def _decoder_shape(tokenizer, hidden: int, layers: int, bos: int | None, eos: int | None) -> dict:
+    """The config keys every tiny decoder shares: GQA (4 heads, 2 KV), an MLP twice as wide, the tokens."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+    }
+
+
 def make_tiny_llama(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0, tokenizer=None) -> Path:
     """A random 2-layer Llama (GQA, like SmolLM2) with MiniLM's tokenizer (or ``tokenizer``), saved at ``path``."""
     import torch
@@ -22,19 +38,7 @@ def make_tiny_llama(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0
         bos, eos = tokenizer.cls_token_id, tokenizer.sep_token_id
     else:
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(**_decoder_shape(tokenizer, hidden, layers, bos, eos), tie_word_embeddings=True)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -46,20 +50,8 @@ def make_tiny_gemma3(path: Path, tokenizer, hidden: int = 64, layers: int = 2, s
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=hidden // 4,
-        max_position_embeddings=256,
-        sliding_window=16,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    shape = _decoder_shape(tokenizer, hidden, layers, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    config = Gemma3TextConfig(**shape, head_dim=hidden // 4, sliding_window=16)
     torch.manual_seed(seed)
     Gemma3ForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -107,8 +107,8 @@ def render_conversation(tokenizer, messages: list[dict]) -> ChatExample:
 
 def encode_conversation(tokenizer, messages: list[dict], max_len: int) -> ChatExample:
     """``render_conversation`` fitted into ``max_len`` tokens (see the module doc)."""
+    example = render_conversation(tokenizer, messages)
     for _ in range(SHORTEN_ATTEMPTS):
-        example = render_conversation(tokenizer, messages)
         overflow = len(example.input_ids) - max_len
         if overflow <= 0:
             return example
@@ -116,7 +116,7 @@ def encode_conversation(tokenizer, messages: list[dict], max_len: int) -> ChatEx
         if shorter is None:
             break
         messages = shorter
-    example = render_conversation(tokenizer, messages)
+        example = render_conversation(tokenizer, messages)
     ids, labels = example.input_ids, example.labels
     if len(ids) <= max_len:
         return example

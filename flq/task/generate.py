@@ -1,7 +1,7 @@
 """Evaluation of an instruction-tuned model: response perplexity, and generation on held-out prompts.
 
 * **Response perplexity**: the loss on answer tokens only (the same labels training uses), over
-  every example.
+  every example (``flq.task.train.evaluate`` measures it, as it does a causal LM's perplexity).
 * **Generation**: greedy decoding (deterministic, so rounds compare) of up to ``max_new_tokens``
   for ``samples`` prompts spread evenly over the data (data sources are often sorted by
   category), each scored against its reference with ROUGE-L and exact match
@@ -10,16 +10,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..metrics.generation import exact_match, rouge_l
-from .chat import chat_examples
-from .chat_data import ChatData
-from .lm_blocks import IGNORE_INDEX
+from .chat import ChatExamples
 from .models import model_device
 
 SAMPLES_KEPT = 4  # generations written to the run directory per evaluation
@@ -39,40 +36,33 @@ class GenerationScores:
     samples: list[dict] = field(default_factory=list)  # a few {prompt, reference, generated, rouge_l}
 
 
-def evaluate_instruction(
-    model: torch.nn.Module, data: ChatData, tokenizer, batch_size: int, max_len: int, spec: GenerationSpec
-) -> tuple[float, GenerationScores]:
-    """(mean loss on answer tokens, generation scores) of ``model`` on ``data``."""
-    examples = chat_examples(data, tokenizer, max_len)
-    device = model_device(model)
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in examples.batch(slice(start, start + batch_size)).items()}
-            tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            if tokens:
-                total += float(model(**batch).loss) * tokens
-                count += tokens
-    loss = total / max(count, 1)
+def generation_scores(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: ChatExamples,
+    references: list[str],
+    response_perplexity: float,
+    batch_size: int,
+    spec: GenerationSpec,
+) -> GenerationScores:
+    """Greedy answers to ``spec.samples`` of ``examples``' prompts scored against their ``references``."""
     chosen = spread_indices(len(examples), spec.samples)
     prompts = [examples.sequences[i].input_ids[: examples.sequences[i].prompt_len] for i in chosen]
     generated = generate(model, tokenizer, prompts, spec.max_new_tokens, batch_size)
-    references = [data.references()[i] for i in chosen]
-    rouges = [rouge_l(g, r) for g, r in zip(generated, references, strict=True)]
-    matches = [exact_match(g, r) for g, r in zip(generated, references, strict=True)]
+    answers = [references[i] for i in chosen]
+    rouges = [rouge_l(g, r) for g, r in zip(generated, answers, strict=True)]
+    matches = [exact_match(g, r) for g, r in zip(generated, answers, strict=True)]
     samples = [  # spread over the answered prompts too, so they show several categories
-        {"prompt": tokenizer.decode(prompts[i]), "reference": references[i], "generated": generated[i],
+        {"prompt": tokenizer.decode(prompts[i]), "reference": answers[i], "generated": generated[i],
          "rouge_l": rouges[i]}
         for i in spread_indices(len(prompts), SAMPLES_KEPT)
     ]  # fmt: skip
-    scores = GenerationScores(
+    return GenerationScores(
         rouge_l=float(np.mean(rouges)) if rouges else 0.0,
         exact_match=float(np.mean(matches)) if matches else 0.0,
-        response_perplexity=math.exp(min(loss, 50.0)),
+        response_perplexity=response_perplexity,
         samples=samples,
     )
-    return loss, scores
 
 
 def spread_indices(n: int, k: int) -> list[int]:

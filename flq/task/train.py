@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from ..metrics.classification import ClassificationScores, classification_scores
-from .chat import chat_batches
+from .chat import chat_batches, chat_examples
 from .chat_data import INSTRUCTION_TASK, ChatData
 from .data import TaskData, TextData
-from .generate import GenerationScores, GenerationSpec, evaluate_instruction
+from .generate import GenerationScores, GenerationSpec, generation_scores
 from .images import ImageData, encode_images
-from .lm_blocks import lm_blocks
+from .lm_blocks import IGNORE_INDEX, lm_blocks
 from .models import half_dtype, model_device
 
 
@@ -285,9 +285,19 @@ def evaluate(
     generated answers and the loss on answer tokens (instruction; ``generation`` says how many)."""
     if task == INSTRUCTION_TASK:
         assert isinstance(data, ChatData)
-        loss, scores = evaluate_instruction(model, data, processor, batch_size, max_len, generation or GenerationSpec())
+        model.eval()
+        examples = chat_examples(data, processor, max_len)
+        loss = scored_token_loss(model, examples, batch_size)
+        scores = generation_scores(
+            model, processor, examples, data.references(), perplexity(loss), batch_size, generation or GenerationSpec()
+        )
         train_mode(model)
         return EvalStats(loss, scores.rouge_l, len(data), generation=scores)
+    if task == "causal-lm":
+        model.eval()
+        mean = scored_token_loss(model, lm_blocks(data.texts, processor, max_len), batch_size)
+        train_mode(model)
+        return EvalStats(mean, perplexity(mean), len(data.texts))
     device = model_device(model)
     inputs_dtype = float_input_dtype(model)
     model.eval()
@@ -295,16 +305,6 @@ def evaluate(
     count = 0
     labels, predictions, num_classes = [], [], 0
     with torch.no_grad():
-        if task == "causal-lm":
-            blocks = lm_blocks(data.texts, processor, max_len)
-            for start in range(0, len(blocks), batch_size):
-                batch = _to_device(blocks.batch(slice(start, start + batch_size)), device)
-                tokens = int((batch["labels"][:, 1:] != -100).sum())
-                total_loss += float(model(**batch).loss) * tokens
-                count += tokens
-            train_mode(model)
-            mean = total_loss / max(count, 1)
-            return EvalStats(mean, math.exp(min(mean, 50.0)), len(data.texts))
         for start in range(0, len(data), batch_size):
             idx = range(start, min(start + batch_size, len(data)))
             batch = _to_device(encode_classification(data, idx, processor, max_len), device, inputs_dtype)
@@ -317,6 +317,26 @@ def evaluate(
     train_mode(model)
     classes = classification_scores(np.concatenate(labels), np.concatenate(predictions), num_classes)
     return EvalStats(total_loss / count, classes.accuracy, count, classes)
+
+
+def scored_token_loss(model: torch.nn.Module, sequences, batch_size: int) -> float:
+    """Mean loss per scored token over ``sequences`` (``LmBlocks`` or ``ChatExamples``: a length and
+    ``batch(slice)``), each batch weighted by its scored tokens (labels past a row's first position
+    that are not ``IGNORE_INDEX``); a batch with none scored has no loss and is skipped."""
+    device = model_device(model)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            batch = _to_device(sequences.batch(slice(start, start + batch_size)), device)
+            tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            if tokens:
+                total += float(model(**batch).loss) * tokens
+                count += tokens
+    return total / max(count, 1)
+
+
+def perplexity(mean_loss: float) -> float:
+    return math.exp(min(mean_loss, 50.0))  # capped: an untrained model's loss would overflow exp
 
 
 # -- memory -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import ROW_BUILDERS, DataError, encode_labels, load_bbc_news, read_rows
+from .data import ROW_BUILDERS, DataError, load_bbc_news, read_hub_rows, read_rows, row_labels
 
 INSTRUCTION_TASK = "instruction"
 # Tasks a causal LM does (no head, no labels for the model): plain text, and instruction/answer pairs.
@@ -76,7 +76,7 @@ def load_chat_data(
     if source == "bbc-headlines":
         data = bbc_headlines()
     elif source.startswith("hf:"):
-        data = _load_hub_chats(source[3:], columns, label_column)
+        data = chats_from_rows(*read_hub_rows(source[3:]), columns, label_column)
     else:
         path = Path(source).expanduser()
         if not path.is_file():
@@ -86,8 +86,8 @@ def load_chat_data(
                 f"{path}: instruction data must be a {'/'.join(ROW_BUILDERS)} file of prompt/response rows "
                 "or chat messages"
             )
-        rows, _ = read_rows(path, encoding)
-        data = chats_from_rows(str(path), rows, columns, label_column)
+        rows, features = read_rows(path, encoding)
+        data = chats_from_rows(str(path), rows, features, columns, label_column)
     if columns.system_prompt:
         data.conversations = [with_system_prompt(c, columns.system_prompt) for c in data.conversations]
     return data
@@ -110,8 +110,11 @@ def bbc_headlines() -> ChatData:
     return ChatData(conversations, news.labels, news.label_names)
 
 
-def chats_from_rows(where: str, rows: list[dict], columns: ChatColumns, label_column: str = "label") -> ChatData:
-    """Conversations from rows of a messages column, or of prompt/response(/system) columns."""
+def chats_from_rows(
+    where: str, rows: list[dict], features: dict, columns: ChatColumns, label_column: str = "label"
+) -> ChatData:
+    """Conversations from rows of a messages column, or of prompt/response(/system) columns; a
+    ``label_column`` gives each a category (``datasets`` ``features`` keep a ClassLabel's names)."""
     if not rows:
         raise DataError(f"{where}: no rows")
     first = rows[0]
@@ -127,11 +130,7 @@ def chats_from_rows(where: str, rows: list[dict], columns: ChatColumns, label_co
         )
     if label_column not in first:
         return ChatData(conversations)
-    raw = [row.get(label_column) for row in rows]
-    missing = [i for i, v in enumerate(raw, 1) if v is None or (isinstance(v, str) and not v.strip())]
-    if missing:
-        raise DataError(f"{where}: row {missing[0]} has no {label_column!r}")
-    labels, names = encode_labels(raw)
+    labels, names = row_labels(where, rows, label_column, features)
     return ChatData(conversations, labels, names)
 
 
@@ -169,15 +168,3 @@ def with_system_prompt(conversation: list[dict], system_prompt: str) -> list[dic
     if conversation[0]["role"] == "system":
         return conversation
     return [{"role": "system", "content": system_prompt}, *conversation]
-
-
-def _load_hub_chats(spec: str, columns: ChatColumns, label_column: str) -> ChatData:
-    """``hf:NAME`` or ``hf:NAME:SPLIT`` through ``datasets`` (needs network; not tested here)."""
-    from datasets import load_dataset
-
-    name, _, split = spec.partition(":")
-    try:
-        dataset = load_dataset(name, split=split or "train")
-    except Exception as exc:  # the hub raises many types: report one clear error
-        raise DataError(f"cannot load hub dataset {name!r}: {exc}") from exc
-    return chats_from_rows(f"hf:{name}", dataset.to_list(), columns, label_column)

@@ -304,25 +304,31 @@ def _load_rows(
         raise DataError(f"{path}: no text column {text_column!r} (columns: {columns}); set text-column")
     if need_labels and label_column not in rows[0]:
         raise DataError(f"{path}: no label column {label_column!r} (columns: {columns}); set label-column")
-    texts, raw_labels = [], []
+    texts = []
     for i, row in enumerate(rows, 1):
         text = row.get(text_column)
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}: row {i} has an empty or missing {text_column!r}")
         texts.append(text)
-        if need_labels:
-            label = row.get(label_column)
-            if label is None or (isinstance(label, str) and not label.strip()):
-                raise DataError(f"{path}: row {i} has no {label_column!r}")
-            raw_labels.append(label)
     if not need_labels:
         return TextData(texts, None, None)
+    labels, names = row_labels(path, rows, label_column, features)
+    return TextData(texts, labels, names)
+
+
+def row_labels(where, rows: list[dict], label_column: str, features: dict | None = None) -> tuple[list[int], list[str]]:
+    """(label ids, label names) of ``rows``' ``label_column``; every row needs one."""
+    raw = []
+    for i, row in enumerate(rows, 1):
+        label = row.get(label_column)
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise DataError(f"{where}: row {i} has no {label_column!r}")
+        raw.append(label)
     feature = (features or {}).get(label_column)
     if _is_class_label(feature):
         # Keep the data's own label names and ids (a Parquet file or hub data set with ClassLabel).
-        return TextData(texts, [int(v) for v in raw_labels], list(feature.names))
-    labels, names = encode_labels(raw_labels)
-    return TextData(texts, labels, names)
+        return [int(v) for v in raw], list(feature.names)
+    return encode_labels(raw)
 
 
 def _is_class_label(feature) -> bool:
@@ -346,7 +352,13 @@ def encode_labels(raw: Sequence) -> tuple[list[int], list[str]]:
 
 
 def _load_hub(spec: str, text_column: str, label_column: str, need_labels: bool) -> TextData:
-    """``hf:NAME`` or ``hf:NAME:SPLIT`` through ``datasets`` (needs network; not tested here)."""
+    where, rows, features = read_hub_rows(spec)
+    return _load_rows(where, rows, text_column, label_column, need_labels, features)
+
+
+def read_hub_rows(spec: str) -> tuple[str, list[dict], dict]:
+    """(``hf:NAME``, rows, features) of ``NAME`` or ``NAME:SPLIT`` through ``datasets`` (needs network;
+    not tested here)."""
     from datasets import load_dataset
 
     name, _, split = spec.partition(":")
@@ -354,7 +366,7 @@ def _load_hub(spec: str, text_column: str, label_column: str, need_labels: bool)
         dataset = load_dataset(name, split=split or "train")
     except Exception as exc:  # the hub raises many types: report one clear error
         raise DataError(f"cannot load hub dataset {name!r}: {exc}") from exc
-    return _load_rows(f"hf:{name}", dataset.to_list(), text_column, label_column, need_labels, dict(dataset.features))
+    return f"hf:{name}", dataset.to_list(), dict(dataset.features)
 
 
 def _check_lengths(source: str, texts: list[str]) -> None:

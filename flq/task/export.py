@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .chat_data import GENERATIVE_TASKS
 from .lora import LoraModel
 
 BASE_CONFIG_FILE = "base_config.json"
@@ -55,17 +56,21 @@ def base_config(lm: LoraModel) -> dict:
     return config
 
 
+def name_labels(config, task: str, label_names: Sequence[str] | None) -> None:
+    """A classifier's ``id2label``/``label2id`` from the data's label names (generative tasks have none)."""
+    if task not in GENERATIVE_TASKS and label_names:
+        config.id2label = {i: str(n) for i, n in enumerate(label_names)}
+        config.label2id = {str(n): i for i, n in enumerate(label_names)}
+
+
 def export_adapter(
     lm: LoraModel, out_dir: Path, label_names: Sequence[str] | None = None, card: str | None = None
 ) -> Path:
     """Save ``lm``'s active adapter under ``out_dir`` (see the module doc); returns the adapter folder."""
     out_dir = Path(out_dir)
     name = f"rank{lm.rank}"
-    task = lm.backbone_spec.task
-    if task != "causal-lm" and label_names:
-        # The live model agrees with what is exported (model.config.id2label names the classes).
-        lm.base.config.id2label = {i: str(n) for i, n in enumerate(label_names)}
-        lm.base.config.label2id = {str(n): i for i, n in enumerate(label_names)}
+    # The live model agrees with what is exported (model.config.id2label names the classes).
+    name_labels(lm.base.config, lm.backbone_spec.task, label_names)
     lm.model.save_pretrained(out_dir, selected_adapters=[name])
     folder = out_dir / name
     lm.processor.save_pretrained(folder)
@@ -92,10 +97,7 @@ def export_merged(lm: LoraModel, out_dir: Path, label_names: Sequence[str] | Non
     model = full.model.merge_and_unload()
     if spec.bits < 32:
         model = model.to(torch.bfloat16)
-    config = model.config  # loaded in float32: no quantization_config to leave out
-    if label_names:  # classifiers (generative tasks pass none)
-        config.id2label = {i: str(n) for i, n in enumerate(label_names)}
-        config.label2id = {str(n): i for i, n in enumerate(label_names)}
+    name_labels(model.config, spec.task, label_names)  # loaded in float32: no quantization_config to leave out
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:

@@ -13,13 +13,22 @@ from hypothesis import strategies as st
 
 from flq.codec.array_codec import CodecError, DecodeLimits
 from flq.codec.flower_records import (
+    BUNDLE_KEY,
+    BUNDLE_STYPE,
     CODEC_STYPE,
     adapter_to_array_record,
     array_record_nbytes,
     array_record_to_adapter,
+    bundle,
     encoded_to_array_record,
+    unbundle,
 )
-from flq.codec.update_codec import SCHEMES, ErrorFeedback, encode_tensor
+from flq.codec.update_codec import SCHEMES, ErrorFeedback, encode_adapter, encode_tensor
+
+
+def framing(keys) -> int:
+    """The bundle's own bytes: an 8-byte head, then 6 bytes and the UTF-8 key per tensor."""
+    return 8 + sum(6 + len(k.encode()) for k in keys)
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +57,32 @@ def numpy_array(data: bytes, shape=(2, 2), dtype="float32") -> Array:
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_record_carries_exactly_the_encoded_bytes(adapter, scheme):
+def test_record_is_one_bundle_of_exactly_the_encoded_bytes(adapter, scheme):
     record = adapter_to_array_record(adapter, scheme)
-    assert list(record.keys()) == list(adapter.keys())
-    for key, array in record.items():
-        assert array.stype == CODEC_STYPE and array.dtype == "float32"
-        assert tuple(array.shape) == adapter[key].shape
-        assert array.data == encode_tensor(adapter[key], scheme)
-    assert array_record_nbytes(record) == sum(len(a.data) for a in record.values())
+    [(key, array)] = record.items()  # one Array whatever the number of tensors: one object for Flower to move
+    assert key == BUNDLE_KEY and array.stype == BUNDLE_STYPE and tuple(array.shape) == (len(array.data),)
+    entries = unbundle(array.data)
+    assert list(entries) == list(adapter)
+    assert all(bytes(entries[k]) == encode_tensor(adapter[k], scheme) for k in adapter)
+    assert array_record_nbytes(record) == len(array.data) == sum(map(len, entries.values())) + framing(adapter)
 
 
 def test_byte_counts_shrink_with_the_scheme(adapter):
     sizes = {s: array_record_nbytes(adapter_to_array_record(adapter, s, lz4=False)) for s in SCHEMES}
     assert sizes["fp32"] > sizes["fp16"] > sizes["int8"] > sizes["int4"]
-    assert sizes["fp32"] == sum(v.nbytes for v in adapter.values()) + 3 * 32  # one 32 B header each
+    assert sizes["fp32"] == sum(v.nbytes for v in adapter.values()) + 3 * 32 + framing(adapter)  # 32 B header each
+
+
+def test_a_record_of_one_codec_array_per_tensor_is_still_read(adapter):
+    legacy = ArrayRecord(
+        {
+            k: Array(dtype="float32", shape=v.shape, stype=CODEC_STYPE, data=encode_tensor(v, "fp16"))
+            for k, v in adapter.items()
+        }
+    )
+    decoded = array_record_to_adapter(legacy)
+    assert decoded.keys() == adapter.keys()
+    assert all(np.allclose(decoded[k], v, atol=1e-3) for k, v in adapter.items())
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -88,7 +109,7 @@ def test_bytes_survive_flower_deflate_and_inflate(adapter):
 def test_error_feedback_encodings_and_residual_storage(adapter):
     feedback = ErrorFeedback()
     record = encoded_to_array_record(feedback.encode(adapter, "int4"))
-    assert tuple(record["score.weight"].shape) == (5, 576)
+    assert array_record_to_adapter(record)["score.weight"].shape == (5, 576)
     stored = adapter_to_array_record(feedback.to_arrays(), "fp32")  # what context.state would hold
     restored = array_record_to_adapter(stored)
     assert all(np.array_equal(restored[k], v) for k, v in feedback.to_arrays().items())
@@ -198,6 +219,47 @@ def test_record_limits(adapter):
     total = sum(v.size for v in adapter.values())
     with pytest.raises(CodecError, match="elements in all"):
         array_record_to_adapter(record, DecodeLimits(max_total_elements=total - 1))
+
+
+def bundle_array(data: bytes) -> ArrayRecord:
+    return ArrayRecord({BUNDLE_KEY: Array(dtype="uint8", shape=(len(data),), stype=BUNDLE_STYPE, data=data)})
+
+
+def test_malformed_bundles_are_rejected(adapter):
+    good = bundle(encode_adapter(adapter, "int8"))
+    one = bundle({"w": encode_tensor(np.ones(4, np.float32), "fp32")})
+    cases = [
+        (good[:5], "shorter than its 8-byte header"),
+        (b"XXXX" + good[4:], "not an FLQ bundle"),
+        (good[:-1], "declares"),
+        (good + b"\0", "1 B after its last tensor"),
+        (good[:8] + good[8:10] + (2**31).to_bytes(4, "little") + good[14:], "over the limits"),
+        (one[:4] + (2).to_bytes(4, "little") + one[8:] + one[8:], "'w' twice"),
+        (one[:4] + (2).to_bytes(4, "little") + one[8:], "ends inside entry 1 of 2"),
+        (one[:14] + b"\xff" + one[15:], "not UTF-8"),
+    ]
+    for data, message in cases:
+        with pytest.raises(CodecError, match=message):
+            array_record_to_adapter(bundle_array(data))
+    with pytest.raises(CodecError, match="3 tensors"):
+        array_record_to_adapter(bundle_array(good), DecodeLimits(max_tensors=2))
+    mixed = ArrayRecord({**bundle_array(good), "extra": Array(np.ones(2, np.float32))})
+    with pytest.raises(CodecError, match="only array"):
+        array_record_to_adapter(mixed)
+
+
+@settings(max_examples=80, deadline=None)
+@given(position=st.integers(0, 400), value=st.integers(0, 255), cut=st.integers(0, 8))
+def test_corrupted_bundles_decode_or_raise_codec_error_only(position, value, cut):
+    data = bytearray(
+        bundle(encode_adapter({"a": np.arange(12, dtype=np.float32), "b": np.ones(3, np.float32)}, "int8"))
+    )
+    data[position % len(data)] = value
+    try:
+        out = array_record_to_adapter(bundle_array(bytes(data[: len(data) - cut])))
+    except CodecError:
+        return
+    assert all(v.dtype == np.float32 for v in out.values())
 
 
 def test_npy_buffer_written_by_numpy_passes_the_header_check():

@@ -1,12 +1,16 @@
 """The Flower edge of the update codec: adapters <-> ``flwr.app.ArrayRecord``.
 
-Each tensor travels as ``Array(dtype="float32", shape=..., stype="flq.codec.v1",
-data=<array_codec bytes>)``, so the bytes Flower ships for a tensor are exactly the encoded
-bytes and ``array_record_nbytes`` counts them honestly (Flower adds the same small JSON of
-dtype/shape/stype per array whatever the scheme; that is not counted).
+A whole adapter travels as ONE ``Array(dtype="uint8", shape=(n,), stype="flq.codec.bundle.v1",
+data=<bundle>)``: the bundle is every tensor's array_codec bytes behind its key, so the bytes
+Flower ships are the encoded tensors plus a few bytes of framing per tensor, and
+``array_record_nbytes`` counts them all. One Array, not one per tensor, because Flower moves
+each Array of a message as separate objects, pulled and pushed two requests at a time: an
+adapter of hundreds of tensors cost a deployed round hundreds of round trips on each link
+(benchmarks/results/clock_check.md), the bundle a handful.
 
-Plain numpy Arrays (stype ``"numpy.ndarray"``, what ``Array(ndarray)`` makes) are accepted
-too, so fp32 baseline runs and stored records work; their ``.npy`` header is parsed and its
+Records of one codec Array per tensor (``stype="flq.codec.v1"``) are still read, and plain
+numpy Arrays (stype ``"numpy.ndarray"``, what ``Array(ndarray)`` makes) are accepted too, so
+fp32 baseline runs and stored records work; their ``.npy`` header is parsed and its
 shape, dtype and length checked against the same limits before ``Array.numpy()`` (which
 loads with ``allow_pickle=False``) allocates anything.
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +33,12 @@ from .array_codec import DEFAULT_LIMITS, CodecError, DecodeLimits, Scheme, read_
 from .update_codec import check_tensor_count, check_total_elements, decode_tensor, encode_adapter
 
 CODEC_STYPE = "flq.codec.v1"
+BUNDLE_STYPE = "flq.codec.bundle.v1"
+BUNDLE_KEY = "adapter"  # the bundle's key in its ArrayRecord
+BUNDLE_MAGIC = b"FLQB"
+_BUNDLE_HEAD = struct.Struct("<4sI")  # magic, tensor count
+_BUNDLE_ENTRY = struct.Struct("<HI")  # key bytes, tensor bytes; then the key (UTF-8), then the tensor
+MAX_KEY_BYTES = 1024  # a parameter name; peft's longest are ~100
 NUMPY_STYPE = "numpy.ndarray"
 NPY_MAX_HEADER = 10_000  # numpy's own default bound for a .npy header
 NPY_MAJOR_VERSIONS = (1, 2)  # 3.0 only exists for unicode field names: never a float tensor
@@ -36,12 +47,55 @@ _OWN_OUTPUT = DecodeLimits(max_ndim=255, max_elements=2**64, max_bytes=2**64)
 
 
 def encoded_to_array_record(encoded: Mapping[str, bytes]) -> ArrayRecord:
-    """Wrap already-encoded tensors (e.g. from ``ErrorFeedback.encode``) in an ArrayRecord."""
-    arrays = {}
+    """Wrap already-encoded tensors (e.g. from ``ErrorFeedback.encode``) in an ArrayRecord of one bundle."""
+    data = bundle(encoded)
+    return ArrayRecord({BUNDLE_KEY: Array(dtype="uint8", shape=(len(data),), stype=BUNDLE_STYPE, data=data)})
+
+
+def bundle(encoded: Mapping[str, bytes]) -> bytes:
+    """Encoded tensors behind their keys, in one buffer (``unbundle`` reads it back)."""
+    parts = [_BUNDLE_HEAD.pack(BUNDLE_MAGIC, len(encoded))]
     for key, data in encoded.items():
-        header = read_header(data, _OWN_OUTPUT)
-        arrays[key] = Array(dtype="float32", shape=tuple(header.shape), stype=CODEC_STYPE, data=bytes(data))
-    return ArrayRecord(arrays)
+        name = key.encode("utf-8")
+        if len(name) > MAX_KEY_BYTES:
+            raise CodecError(f"tensor key of {len(name)} B is over the limit of {MAX_KEY_BYTES} B: {key[:80]!r}...")
+        read_header(data, _OWN_OUTPUT)  # only our own encoder's output goes in
+        parts += [_BUNDLE_ENTRY.pack(len(name), len(data)), name, bytes(data)]
+    return b"".join(parts)
+
+
+def unbundle(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, memoryview]:
+    """Key -> encoded tensor bytes (views, nothing copied); every length is checked against the
+    buffer and the limits before it is used, and the buffer must end exactly after the last tensor."""
+    view = memoryview(data)
+    if len(view) < _BUNDLE_HEAD.size:
+        raise CodecError(f"bundle of {len(view)} B is shorter than its {_BUNDLE_HEAD.size}-byte header")
+    magic, count = _BUNDLE_HEAD.unpack_from(view)
+    if magic != BUNDLE_MAGIC:
+        raise CodecError(f"not an FLQ bundle (magic {bytes(magic)!r})")
+    check_tensor_count(count, limits)
+    entries: dict[str, memoryview] = {}
+    at = _BUNDLE_HEAD.size
+    for i in range(count):
+        if len(view) - at < _BUNDLE_ENTRY.size:
+            raise CodecError(f"bundle ends inside entry {i} of {count}")
+        key_len, size = _BUNDLE_ENTRY.unpack_from(view, at)
+        at += _BUNDLE_ENTRY.size
+        if key_len > MAX_KEY_BYTES or size > limits.max_bytes:
+            raise CodecError(f"bundle entry {i}: key of {key_len} B or tensor of {size} B is over the limits")
+        if len(view) - at < key_len + size:
+            raise CodecError(f"bundle entry {i} declares {key_len + size} B, {len(view) - at} B are left")
+        try:
+            key = bytes(view[at : at + key_len]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodecError(f"bundle entry {i}: its key is not UTF-8") from None
+        if key in entries:
+            raise CodecError(f"bundle holds tensor {key!r} twice")
+        entries[key] = view[at + key_len : at + key_len + size]
+        at += key_len + size
+    if at != len(view):
+        raise CodecError(f"bundle has {len(view) - at} B after its last tensor")
+    return entries
 
 
 def adapter_to_array_record(
@@ -56,6 +110,11 @@ def array_record_to_adapter(record: ArrayRecord, limits: DecodeLimits = DEFAULT_
 
     Every array's declared size is checked (and the record's totals) before any is decoded.
     """
+    bundles = [key for key, array in record.items() if array.stype == BUNDLE_STYPE]
+    if bundles:
+        if len(record) != 1:
+            raise CodecError(f"a bundle must be its record's only array; this record has {len(record)}")
+        return _decode_bundle(record[bundles[0]], limits)
     check_tensor_count(len(record), limits)
     check_total_elements(sum(_declared_numel(key, array, limits) for key, array in record.items()), limits)
     return {key: _decode_array(key, array, limits) for key, array in record.items()}
@@ -64,6 +123,14 @@ def array_record_to_adapter(record: ArrayRecord, limits: DecodeLimits = DEFAULT_
 def array_record_nbytes(record: ArrayRecord) -> int:
     """Tensor bytes the record carries: the sum of ``len(array.data)``."""
     return sum(len(array.data) for array in record.values())
+
+
+def _decode_bundle(array: Array, limits: DecodeLimits) -> dict[str, np.ndarray]:
+    entries = unbundle(array.data, limits)
+    check_total_elements(
+        sum(_with_key(k, lambda d=d: read_header(d, limits).numel) for k, d in entries.items()), limits
+    )
+    return {key: _with_key(key, lambda d=data: decode_tensor(d, limits)) for key, data in entries.items()}
 
 
 def _declared_numel(key: str, array: Array, limits: DecodeLimits) -> int:

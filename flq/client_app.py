@@ -172,7 +172,8 @@ def train(msg: Message, context: Context) -> Message:
         download = sum(array_record_nbytes(r) for r in msg.content.array_records.values())
         if control is not None:  # the control delta goes up beside the update, in fp32
             upload += encoded_nbytes(encode_adapter(control[0], "fp32", lz4=False))
-        comm_s = comm_seconds(node.tier, upload, download, int(ask.get(wire.HANDSHAKE_RTTS, 1)))
+        # what the round costs outside training: the link and this tier's per-round start-up
+        comm_s = comm_seconds(node.tier, upload, download, int(ask.get(wire.HANDSHAKE_RTTS, 1))) + node.tier.startup_s
         factor = node.tier.compute_factor if virtual else 1.0
         should_stop = budget_stopper(float(ask[wire.BUDGET_S]), factor, comm_s)
 

@@ -40,6 +40,7 @@ from flq.sim.calibration import (
     tokens_note,
     workload_differences,
 )
+from flq.sim.clock import PICKUP_S
 from flq.sim.tiers import PACKAGED_TIERS, load_tiers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,6 +204,25 @@ def test_hints_of_the_base_tier_are_not_copied_and_memory_can_be_set():
     for tier in tiers:
         assert tier.batch_size is None and tier.max_rank is None and tier.mixed_precision is False
         assert tier.rtt_ms == nano.rtt_ms and tier.loss == nano.loss and tier.memory_limit_mb == 2048
+
+
+def test_measured_start_up_becomes_the_tiers_startup_s_and_round_trips(tmp_path):
+    ms = [
+        Measurement(1, (4.0, 4.1, 3.9), (0,), startup_process_s=(9.0, 11.0, 30.0)),  # one slow outlier
+        Measurement(2, (2.0, 2.1, 1.9), (0, 1)),  # not probed: no startup_s
+    ]
+    tiers, ref = make_tiers(ms)
+    assert ms[0].startup_s == round(11.0 + PICKUP_S, 2) and tiers[0].startup_s == ms[0].startup_s  # the median
+    assert ms[1].startup_s is None and tiers[1].startup_s == 0.0
+    text = tier_file_text(tiers, header_lines(tiers, ms, ref, MACHINE, WORKLOAD, SETTINGS, "reference"))
+    path = tmp_path / "tiers.toml"
+    path.write_text(text, encoding="utf-8")
+    loaded = load_tiers(path)
+    assert loaded["local-cpu-1t"] == tiers[0] and loaded["local-cpu-2t"] == tiers[1]
+    assert text.count("\nstartup_s = ") == 1 and "mean wait on Flower's polling" in flat(text.splitlines())
+    record = calibration_record(MACHINE, WORKLOAD, SETTINGS, ms, ref, tiers)
+    assert record["measurements"][0]["startup_process_s"] == [9.0, 11.0, 30.0]
+    assert [t["startup_s"] for t in record["tiers"]] == [tiers[0].startup_s, 0.0]
 
 
 def test_the_tier_file_round_trips_through_the_tier_loader(tmp_path):
@@ -383,6 +403,8 @@ def tiny_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
         "1",
         "--prefix",
         "tiny",
+        "--startup-runs",
+        "1",
         "--out",
         str(out),
         *extra,
@@ -410,6 +432,9 @@ def check_written(out: Path) -> tuple[dict, dict]:
     reference = load_tiers()["reference"]
     assert (tier.uplink_mbps, tier.rtt_ms, tier.loss) == (reference.uplink_mbps, reference.rtt_ms, reference.loss)
     assert tier.compute_factor == pytest.approx(m["median_s"] / record["reference"]["median_s"], rel=1e-3)
+    # a deployed round's start-up: the (one) fresh probe process plus the mean wait on Flower's polling
+    [process_s] = m["startup_process_s"]
+    assert process_s > 0 and tier.startup_s == entry["startup_s"] == m["startup_s"] == round(process_s + PICKUP_S, 2)
     return record, m
 
 
@@ -468,3 +493,10 @@ def test_the_flq_command_calibrates_in_its_own_process(tmp_path, tiny_llama_dir,
         timeout=120,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_a_start_up_probe_that_fails_stops_calibration_with_its_last_error_line():
+    from flq.launch.startup_probe import time_probes
+
+    with pytest.raises(CalibrationError, match=r"start-up probe failed \(exit 1\): .*unknown key 'no-such-key'"):
+        time_probes({"no-such-key": 1}, 8, None, 1, 1, progress=lambda _: None)

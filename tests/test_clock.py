@@ -1,5 +1,6 @@
 """The virtual clock on hand-computed cases and the straggler policies."""
 
+import dataclasses
 import json
 import math
 
@@ -85,10 +86,19 @@ def test_client_round_time_scales_compute_and_adds_both_transfers():
     assert t.total_s == pytest.approx(43.24)
 
 
+def test_a_tiers_start_up_is_paid_every_round_beside_compute_and_transfer():
+    slow_start = dataclasses.replace(EDGE, startup_s=12.5)
+    t = client_round_time(10.0, slow_start, bytes_up=1_250_000, bytes_down=2_500_000, handshake_rtts=2)
+    assert (t.compute_s, t.comm_s, t.startup_s) == (pytest.approx(40.0), pytest.approx(3.24), 12.5)
+    assert t.total_s == pytest.approx(43.24 + 12.5)
+    model = ClockModel.for_transport({"edge": slow_start})
+    assert "start-up 12.5 s" in model.describe_text() and model.describe()["tiers"]["edge"]["startup_s"] == 12.5
+
+
 def test_a_gpu_tier_shrinks_compute():
     gpu = TierProfile("gpu", compute_factor=0.025, uplink_mbps=100.0, downlink_mbps=100.0, rtt_ms=0.0)
     # 2.2 s/step x 8 steps = 17.6 s measured -> 0.44 s; no bytes, no RTT -> no comm.
-    assert client_round_time(17.6, gpu, 0, 0, 0) == ClientTime(pytest.approx(0.44), 0.0, pytest.approx(0.44))
+    assert client_round_time(17.6, gpu, 0, 0, 0) == ClientTime(pytest.approx(0.44), 0.0, 0.0, pytest.approx(0.44))
 
 
 def test_clock_model_looks_up_tiers_and_uses_the_transport():
@@ -138,3 +148,16 @@ def test_deadline_rounds_end_with_the_slowest_or_at_the_deadline(policy):
     assert round_time([3.0, 12.0], 10.0, policy) == 10.0  # a late client: the server stopped waiting
     assert round_time([3.0, None], 10.0, policy) == 10.0  # a silent client: the same
     assert round_time([10.0], 10.0, policy) == 10.0  # exactly at the deadline is on time
+
+
+def test_a_round_record_counts_the_start_up_outside_training_on_either_clock():
+    from flq.strategy.accounting import RoundAccounting
+
+    model = ClockModel.for_transport({"edge": dataclasses.replace(EDGE, startup_s=12.5)}, "quic")
+    virtual = RoundAccounting(model, "virtual", None, "wait", 8)
+    assert virtual.client_times("edge", 10.0, 1_250_000, 2_500_000, None) == (
+        pytest.approx(40.0),
+        pytest.approx(3.18 + 12.5),
+    )
+    real = RoundAccounting(model, "real", None, "wait", 8)  # what the client really spent is in its arrival
+    assert real.client_times("edge", 10.0, 1_250_000, 2_500_000, arrived_s=31.0) == (10.0, 21.0)

@@ -72,6 +72,7 @@ def test_unknown_and_missing_keys_are_named(tmp_path):
         ("compute_factor", 0.0, "compute_factor must be > 0"),
         ("uplink_mbps", "fast", "uplink_mbps must be a number"),
         ("rtt_ms", -1.0, "rtt_ms must be >= 0"),
+        ("startup_s", -0.5, "startup_s must be >= 0"),
         ("threads", 1.5, "threads must be an integer >= 1"),
         ("max_rank", 0, "max_rank must be an integer >= 1"),
         ("batch_size", True, "batch_size must be an integer >= 1"),

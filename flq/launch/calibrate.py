@@ -57,6 +57,7 @@ from ..sim.calibration import (
     workload_line,
 )
 from ..sim.tiers import REFERENCE_TIER, TierError, TierProfile, load_tiers
+from .startup_probe import time_probes
 
 JSON_NAME = "calibration.json"
 TIERS_NAME = "tiers.toml"
@@ -90,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=10, help="measured steps per thread count (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per thread count, not counted (default 2)")
+    parser.add_argument(
+        "--startup-runs",
+        type=int,
+        default=3,
+        help="fresh processes timed per thread count for the tiers' startup_s, a deployed round's start-up "
+        "(default 3; 0: not measured, startup_s left out)",
+    )
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the process to T cores (os.sched_setaffinity) for T threads"
     )
@@ -134,6 +142,7 @@ class Plan:
     threads: list[int]
     steps: int
     warmup: int
+    startup_runs: int
     pin: bool
     usable_cores: list[int]
     base: TierProfile
@@ -184,6 +193,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise CalibrationError(f"--steps must be >= 1, got {args.steps}")
     if args.warmup < 0:
         raise CalibrationError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.startup_runs < 0:
+        raise CalibrationError(f"--startup-runs must be >= 0, got {args.startup_runs}")
     pin = not args.no_pin and hasattr(os, "sched_setaffinity")
     usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     threads = check_threads(args.threads, len(usable), os.cpu_count() or len(usable), pin)
@@ -213,6 +224,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         threads=threads,
         steps=args.steps,
         warmup=args.warmup,
+        startup_runs=args.startup_runs,
         pin=pin,
         usable_cores=usable,
         base=base,
@@ -545,9 +557,13 @@ def measure(model, data, cfg: RunConfig, plan: Plan, progress: Callable[[str], N
                 raise CalibrationError(f"{t} threads: trained {stats.steps} steps, expected {total}")
             step_s = tuple(b - a for a, b in itertools.pairwise(stamps))[plan.warmup :]
             tokens, examples = batches.means(plan.warmup)
-            m = Measurement(t, step_s, cores, tokens, examples, stats.peak_mem_mb)
+            startup = time_probes(cfg.to_dict(), plan.rank, cores, t, plan.startup_runs, progress)
+            m = Measurement(t, step_s, cores, tokens, examples, stats.peak_mem_mb, tuple(startup))
             s = m.summary
-            progress(f"  {t}t: median {s.median_s:.3f} s/step (p10 {s.p10_s:.3f}, p90 {s.p90_s:.3f})")
+            progress(
+                f"  {t}t: median {s.median_s:.3f} s/step (p10 {s.p10_s:.3f}, p90 {s.p90_s:.3f})"
+                + ("" if m.startup_s is None else f", start-up {m.startup_s:.2f} s a round")
+            )
             measurements.append(m)
     finally:
         torch.set_num_threads(threads_before)
@@ -590,12 +606,13 @@ class _CountingBatches:
 
 
 def summary_table(measurements: list[Measurement], tiers: list[TierProfile], reference: Reference) -> str:
-    rows = ["threads  median s/step  p10 s    p90 s    factor  tier"]
+    rows = ["threads  median s/step  p10 s    p90 s    factor  start-up s  tier"]
     for m, tier in zip(measurements, tiers, strict=True):
         s = m.summary
+        startup = "-" if m.startup_s is None else f"{m.startup_s:.4g}"
         rows.append(
             f"{m.threads:>7}  {s.median_s:>13.4g}  {s.p10_s:>7.4g}  {s.p90_s:>7.4g}  {tier.compute_factor:>6.4g}  "
-            f"{tier.name}"
+            f"{startup:>10}  {tier.name}"
         )
     where = "this machine" if reference.from_this_run else reference.source
     rows.append(f"factor = median / {reference.step_s:.4g} s/step ({where} at {threads_text(reference.threads)})")

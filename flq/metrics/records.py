@@ -37,7 +37,7 @@ class ClientRoundRecord:
     loss_after: float | None = None
     compute_s: float = 0.0  # on the run's clock (virtual: measured x tier factor)
     measured_compute_s: float = 0.0  # what this machine measured
-    comm_s: float = 0.0  # transfer (+ handshake) time on the run's clock
+    comm_s: float = 0.0  # the round outside training: transfer, handshakes and start-up (docs/clock.md)
     round_s: float = 0.0  # compute_s + comm_s
     bytes_up: int = 0  # bytes of the update the client sent
     bytes_down: int = 0  # bytes of the adapter the client received

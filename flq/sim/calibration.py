@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .clock import PICKUP_S
 from .tiers import REFERENCE_TIER, TierProfile, tier_from_dict
 
 FORMAT = "flq-calibration/1"
@@ -69,6 +70,7 @@ _TIER_KEY_ORDER = (
     "max_rank",
     "batch_size",
     "mixed_precision",
+    "startup_s",
 )
 
 
@@ -115,10 +117,19 @@ class Measurement:
     tokens_per_step: float | None = None  # mean input tokens per measured step (None: no token inputs)
     examples_per_step: float | None = None
     peak_mem_mb: float | None = None
+    # seconds from start to exit of fresh processes building a round's model and data (startup_probe)
+    startup_process_s: tuple[float, ...] = ()
 
     @property
     def summary(self) -> StepSummary:
         return summarize(self.step_s)
+
+    @property
+    def startup_s(self) -> float | None:
+        """A deployed round's start-up on this many threads: the median process plus the mean pickup."""
+        if not self.startup_process_s:
+            return None
+        return round(float(np.median(self.startup_process_s)) + PICKUP_S, 2)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.summary
@@ -136,6 +147,8 @@ class Measurement:
             "tokens_per_step": self.tokens_per_step,
             "examples_per_step": self.examples_per_step,
             "peak_mem_mb": self.peak_mem_mb,
+            "startup_process_s": list(self.startup_process_s),
+            "startup_s": self.startup_s,
         }
 
 
@@ -348,6 +361,8 @@ def calibrated_tiers(
         }
         if memory:
             values["memory_limit_mb"] = memory
+        if m.startup_s is not None:
+            values["startup_s"] = m.startup_s
         name = tier_name(prefix, m.threads)
         tiers.append(tier_from_dict(name, values, where="flq calibrate"))  # the loader's own checks
     return tiers
@@ -375,7 +390,7 @@ def tier_file_text(tiers: Sequence[TierProfile], header: Sequence[str] = ()) -> 
             value = values[key]
             if value is None or (key == "description" and not value):
                 continue
-            if key == "mixed_precision" and value is False:
+            if (key == "mixed_precision" and value is False) or (key == "startup_s" and not value):
                 continue
             lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines).lstrip("\n") + "\n"
@@ -442,12 +457,19 @@ def header_lines(
         f"tier {base!r}; edit them to the link these clients have.",
     ]
     lines += [f"Note: {note}" for note in notes]
-    lines += ["", "threads  median s/step   p10 s    p90 s    factor   tier"]
+    if any(m.startup_s is not None for m in measurements):
+        lines.append(
+            f"startup_s = the median of {_count(len(measurements[0].startup_process_s), 'fresh process')} that "
+            "import the ClientApp and build a round's model and data on those cores (as Flower starts one per "
+            f"message), plus {PICKUP_S:g} s, the mean wait on Flower's polling (docs/clock.md)."
+        )
+    lines += ["", "threads  median s/step   p10 s    p90 s    factor  start-up s  tier"]
     for m, tier in zip(measurements, tiers, strict=True):
         s = m.summary
+        startup = "-" if m.startup_s is None else f"{m.startup_s:.4g}"
         lines.append(
-            f"{m.threads:>7}  {s.median_s:>13.4g}  {s.p10_s:>7.4g}  {s.p90_s:>7.4g}  {tier.compute_factor:>7.4g}   "
-            f"{tier.name}"
+            f"{m.threads:>7}  {s.median_s:>13.4g}  {s.p10_s:>7.4g}  {s.p90_s:>7.4g}  {tier.compute_factor:>7.4g}  "
+            f"{startup:>10}  {tier.name}"
         )
     names = ",".join(t.name for t in tiers)
     lines += [
@@ -501,7 +523,10 @@ def calibration_record(
         "settings": dict(settings),
         "measurements": [m.to_dict() for m in measurements],
         "reference": reference.to_dict(),
-        "tiers": [{"name": t.name, "threads": t.threads, "compute_factor": t.compute_factor} for t in tiers],
+        "tiers": [
+            {"name": t.name, "threads": t.threads, "compute_factor": t.compute_factor, "startup_s": t.startup_s}
+            for t in tiers
+        ],
         "notes": list(notes),
     }
 

@@ -3,9 +3,11 @@
 In simulation every client runs on the same machine, so wall time says nothing about tiers.
 A client's time on the virtual clock is its measured compute seconds times its tier's compute
 factor, plus the transfer time of the bytes it actually sent and received over its tier's
-network. Only time is modelled; everything learned comes from real training. The model is
-described by ``ClockModel.describe()``, which the ServerApp prints and stores in run.json;
-docs/clock.md explains each term and its limits.
+network, plus the tier's per-round start-up (a deployed client's message pickup, process start
+and model load, which `flq calibrate` measures; 0 for tiers that do not give it). Only time is
+modelled; everything learned comes from real training. The model is described by
+``ClockModel.describe()``, which the ServerApp prints and stores in run.json; docs/clock.md
+explains each term and its limits.
 
 Everything here is a pure function on plain numbers (and ``TierProfile``s).
 """
@@ -36,6 +38,17 @@ HANDSHAKE_RTTS: dict[str, int] = {
 }
 DEFAULT_TRANSPORT = "tcp+tls1.3"  # Flower's stock Fleet API over TLS
 
+# What a deployed round waits on besides start-up, work and transfer: Flower 1.41's polling (an idle
+# SuperNode asks for a message every 3 s and sends a reply once its 0.5 s wait finds it:
+# flwr/supernode/start_client_internal.py; its SuperExec looks for a ClientApp to start every 1 s:
+# flwr/supercore/superexec/run_superexec.py) and the ServerApp's own reply poll (strategy/messages.py).
+# On average a round waits half of each.
+NODE_POLL_S = 3.0
+NODE_REPLY_POLL_S = 0.5
+SUPEREXEC_POLL_S = 1.0
+SERVER_REPLY_POLL_S = 0.2
+PICKUP_S = (NODE_POLL_S + NODE_REPLY_POLL_S + SUPEREXEC_POLL_S + SERVER_REPLY_POLL_S) / 2
+
 MSS_BYTES = 1460  # TCP payload per packet on a 1500-byte MTU path
 MATHIS_C = math.sqrt(1.5)  # Mathis et al. (1997) constant for periodic loss, no delayed ACKs
 
@@ -45,7 +58,8 @@ class ClientTime:
     """One client's round on the clock."""
 
     compute_s: float
-    comm_s: float
+    comm_s: float  # transfer, handshakes included
+    startup_s: float  # the tier's per-round start-up
     total_s: float
 
 
@@ -118,7 +132,7 @@ def client_round_time(
 ) -> ClientTime:
     compute = compute_seconds(measured_compute_s, tier)
     comm = comm_seconds(tier, bytes_up, bytes_down, handshake_rtts)
-    return ClientTime(compute_s=compute, comm_s=comm, total_s=compute + comm)
+    return ClientTime(compute_s=compute, comm_s=comm, startup_s=tier.startup_s, total_s=compute + comm + tier.startup_s)
 
 
 # -- deadlines and straggler policies -----------------------------------------------------
@@ -186,6 +200,7 @@ class ClockModel:
                 "download (opens the connection) + upload; each: (handshake_rtts + 1) x RTT + bytes x 8 / goodput, "
                 f"goodput = min(bandwidth x (1 - loss), {MSS_BYTES} B x 8 x {MATHIS_C:.3f} / (RTT x sqrt(loss)))"
             ),
+            "startup": "the tier's startup_s each round (message pickup, process start, model load; 0: not given)",
             "round": "slowest reply; under drop/budget capped at the deadline, which a late or silent client makes it",
             "transport": self.transport,
             "handshake_rtts": self.handshake_rtts,
@@ -197,12 +212,12 @@ class ClockModel:
         """A few lines for the log."""
         lines = [
             f"virtual clock: compute = measured s x tier factor; transfer = (handshakes {self.handshake_rtts} + 1) "
-            f"x RTT + bytes / goodput (loss-capped), transport {self.transport}",
+            f"x RTT + bytes / goodput (loss-capped); + the tier's start-up; transport {self.transport}",
         ]
         for name, t in sorted(self.tiers.items()):
             lines.append(
                 f"  {name}: x{t.compute_factor:g} compute, up {t.uplink_mbps:g} / down {t.downlink_mbps:g} Mb/s, "
-                f"RTT {t.rtt_ms:g} ms, loss {t.loss:g}"
+                f"RTT {t.rtt_ms:g} ms, loss {t.loss:g}" + (f", start-up {t.startup_s:g} s" if t.startup_s else "")
             )
         return "\n".join(lines)
 

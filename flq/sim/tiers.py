@@ -38,6 +38,9 @@ class TierProfile:
     max_rank: int | None = None  # hint: rank ceiling (None: the run's)
     batch_size: int | None = None  # hint: None = the run's batch size
     mixed_precision: bool = False  # hint: autocast to bf16/fp16
+    # Seconds each round costs a deployed client outside training and transfer: the node picking
+    # up the message, the ClientApp process starting, model and data loading (`flq calibrate`).
+    startup_s: float = 0.0
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,8 +104,8 @@ def _check_value(key: str, value: Any) -> str | None:
         return f"{key} must be a number, got {value!r}"
     if key == "loss":
         return None if 0.0 <= value < 1.0 else f"loss must be in [0, 1), got {value!r}"
-    if key == "rtt_ms":
-        return None if value >= 0 else f"rtt_ms must be >= 0, got {value!r}"
+    if key in ("rtt_ms", "startup_s"):
+        return None if value >= 0 else f"{key} must be >= 0, got {value!r}"
     return None if value > 0 else f"{key} must be > 0, got {value!r}"
 
 

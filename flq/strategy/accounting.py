@@ -100,14 +100,18 @@ class RoundAccounting:
     def client_times(
         self, tier: str | None, measured: float, bytes_up: int, bytes_down: int, arrived_s: float | None
     ) -> tuple[float, float]:
-        """(compute s, transfer s) on the run's clock; ``arrived_s``: the reply's arrival after the send."""
+        """(compute s, the rest) on the run's clock; ``arrived_s``: the reply's arrival after the send.
+
+        The rest is what the round took outside training: transfer and, on the real clock what
+        the client really spent starting, on the virtual clock the tier's ``startup_s``.
+        """
         if self.clock == "real":
             return (measured, 0.0) if arrived_s is None else (measured, max(0.0, arrived_s - measured))
         profile = self.tier_profile(tier)
         if profile is None or profile.name not in self.clock_model.tiers:
             return measured, 0.0
         times = self.clock_model.client_time(profile.name, measured, bytes_up, bytes_down)
-        return times.compute_s, times.comm_s
+        return times.compute_s, times.comm_s + times.startup_s
 
     def client_record(
         self,

@@ -23,6 +23,7 @@ from ..codec.flower_records import adapter_to_array_record, array_record_nbytes,
 from ..logs import log
 from ..metrics.records import ClientEvalRecord
 from ..scheduler.base import Assignment
+from ..sim.clock import SERVER_REPLY_POLL_S
 from ..status import ClientStatus
 from .accounting import ClientPlan
 from .roster import NodeProfile
@@ -143,7 +144,7 @@ def send_and_receive_timed(
             pending.discard(reply.metadata.reply_to_message_id)
             arrival_s[reply.metadata.src_node_id] = time.monotonic() - start
         if pending:
-            time.sleep(0.2)
+            time.sleep(SERVER_REPLY_POLL_S)
     return replies, arrival_s
 
 

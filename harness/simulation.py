@@ -61,12 +61,13 @@ def _healthy(port: int) -> bool:
 class LocalSimulation:
     """A simulation SuperLink owned by the caller, and ``flwr run`` against it."""
 
-    def __init__(self, workdir: Path, ready_timeout: float = 120.0) -> None:
+    def __init__(self, workdir: Path, ready_timeout: float = 120.0, **env: str) -> None:
+        """``env``: extra environment for the SuperLink and ``flwr run`` (e.g. ``RAY_ADDRESS``)."""
         self.workdir = Path(workdir)
         self.home = self.workdir / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.env = flower_env(self.home)
+        self.env = flower_env(self.home, **env)
         self.superlink = Proc(
             "superlink",
             [

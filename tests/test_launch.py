@@ -86,6 +86,16 @@ def test_the_example_experiment_describes_three_tiers_of_six_nodes():
     assert exp.run_config_for("/x") == {**exp.run_config, "output-dir": "/x", "run-name": "tiered-local"}
 
 
+def test_nodes_of_a_group_share_its_link_unless_each_gets_its_own(tmp_path):
+    groups = '[[supernodes]]\ntier = "gpu-24g"\ncount = 2\n\n[[supernodes]]\ntier = "cpu-1t"\ncount = 3\n'
+    shared = load_experiment(experiment(tmp_path, groups=groups))
+    assert shared.network.link == "group" and [n.link_index for n in shared.nodes()] == [0, 0, 1, 1, 1]
+    assert [g.tier.name for g in shared.links()] == ["gpu-24g", "cpu-1t"]
+    own = load_experiment(experiment(tmp_path, body='[network]\nlink = "node"\n', groups=groups))
+    assert [n.link_index for n in own.nodes()] == [0, 1, 2, 3, 4]
+    assert [g.tier.name for g in own.links()] == ["gpu-24g"] * 2 + ["cpu-1t"] * 3
+
+
 BAD = [
     ("[oops]\n", "oops: unknown table"),
     ('[experiment]\napp = "."\n', "experiment.name: required"),
@@ -111,6 +121,7 @@ BAD = [
         "run.clients-per-round: 3 exceeds the 2 SuperNodes",
     ),
     ('[experiment]\nname = "x"\n[network]\nqueue-ms = 0\n[[supernodes]]\ntier = "gpu-24g"\n', "network.queue-ms"),
+    ('[experiment]\nname = "x"\n[network]\nlink = "site"\n[[supernodes]]\ntier = "gpu-24g"\n', "network.link: must be"),
     ('[experiment]\nname = "x"\n[slurm]\ntime = "an hour"\n[[supernodes]]\ntier = "gpu-24g"\n', "slurm.time"),
     ('[experiment]\nname = "x"\n[slurm]\nsbatch-args = ["-q x"]\n[[supernodes]]\ntier = "gpu-24g"\n', "slurm.sbatch"),
     ('[experiment]\nname = "x"\n[compose]\nbuild = "yes"\n[[supernodes]]\ntier = "gpu-24g"\n', "compose.build"),
@@ -497,7 +508,7 @@ def test_ctrl_c_stops_everything_the_launch_started(tmp_path, tiny_llama_dir):
 def test_each_tier_reaches_the_superlink_over_its_own_emulated_link(tmp_path, tiny_llama_dir):
     path = experiment(
         tmp_path,
-        body="[network]\nemulate = true\njitter-ms = 1\n",
+        body='[network]\nemulate = true\nlink = "node"\njitter-ms = 1\n',  # per node: here one node a group
         run=tiny_run(tiny_llama_dir, 1),
         groups='[[supernodes]]\ntier = "gpu-24g"\n\n[[supernodes]]\ntier = "cpu-1t"\njitter-ms = 5\n',
     )

@@ -46,7 +46,8 @@ def plan(exp: Experiment) -> str:
         lines.append(f"  {node.name}: node config {node.node_config}; {', '.join(limits)}")
     lines.append(f"  run config: {exp.run_config}")
     if exp.network.emulate:
-        lines.append(f"  network: per-tier emulated links (queue {exp.network.queue_ms:g} ms)")
+        who = "each node" if exp.network.link == "node" else "each [[supernodes]] group"
+        lines.append(f"  network: an emulated link for {who} (queue {exp.network.queue_ms:g} ms)")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ Layout (docs/launch.md has the commented version; experiments/tiered-local.toml 
     [superlink]    host, port, args
     [run]          run-config overrides for the app (keys of its [tool.flwr.app.config])
     [[supernodes]] tier, count, cpus, gpus, memory-mb, jitter-ms, args   (one table per group)
-    [network]      emulate, queue-ms, jitter-ms
+    [network]      emulate, link, queue-ms, jitter-ms
     [slurm]        partition, account, time, setup, sbatch-args, port, superlink-cpus
     [compose]      image, build, port
 
@@ -54,6 +54,7 @@ class Node:
     group_index: int  # which [[supernodes]] table
     partition_id: int
     num_partitions: int
+    link_index: int = 0  # which emulated link it is behind (Experiment.links())
 
     @property
     def name(self) -> str:
@@ -77,9 +78,13 @@ class SuperLinkSpec:
     args: tuple[str, ...] = ()
 
 
+LINK_MODES = ("group", "node")  # [network] link: who shares an emulated link
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     emulate: bool = False
+    link: str = "group"  # one emulated link per [[supernodes]] group (a site's shared uplink), or per node
     queue_ms: float = 100.0
     jitter_ms: float = 0.0
 
@@ -119,11 +124,16 @@ class Experiment:
 
     def nodes(self) -> list[Node]:
         total = sum(g.count for g in self.groups)
+        per_node = self.network.link == "node"
         out = []
         for gi, group in enumerate(self.groups):
             for _ in range(group.count):
-                out.append(Node(group, gi, len(out), total))
+                out.append(Node(group, gi, len(out), total, link_index=len(out) if per_node else gi))
         return out
+
+    def links(self) -> list[NodeGroup]:
+        """The group whose tier each emulated link has: one per group, or one per node (``link = "node"``)."""
+        return [n.group for n in self.nodes()] if self.network.link == "node" else list(self.groups)
 
     def run_config_for(self, output_dir: str) -> dict[str, Any]:
         """The run config ``flwr run`` gets: the overrides, and where the run directory goes."""
@@ -241,9 +251,12 @@ def load_experiment(path: str | Path) -> Experiment:
     net = _Table(where, "network", data.get("network", {}))
     network = NetworkSpec(
         emulate=net.get("emulate", bool, False),
+        link=net.get("link", str, "group"),
         queue_ms=net.number("queue-ms", 100.0, above=True),
         jitter_ms=net.number("jitter-ms", 0.0),
     )
+    if network.link not in LINK_MODES:
+        raise net.fail("link", f"must be one of {', '.join(map(repr, LINK_MODES))}, got {network.link!r}")
     net.done()
 
     groups = _groups(where, data.get("supernodes"), tiers, network)

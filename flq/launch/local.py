@@ -149,13 +149,14 @@ class LocalLaunch:
         reason = unavailable_reason()
         if reason:  # checked by the CLI before anything starts; kept for callers of this class
             raise ChildFailed(reason)
-        links = [group_links(g, self.exp.network.queue_ms) for g in self.exp.groups]
+        owners = self.exp.links()
+        links = [group_links(g, self.exp.network.queue_ms) for g in owners]
         self.star = stack.enter_context(StarNetwork(links))
-        for i, (group, (up, down)) in enumerate(zip(self.exp.groups, links, strict=True)):
+        for i, (group, (up, down)) in enumerate(zip(owners, links, strict=True)):
             self.say(f"link for {group.tier.name} (namespace {self.star.spoke_ns[i]}): {describe(up, down)}")
         self.info["network"] = [
             {"tier": g.tier.name, "namespace": self.star.spoke_ns[i], "link": describe(*links[i])}
-            for i, g in enumerate(self.exp.groups)
+            for i, g in enumerate(owners)
         ]
 
     def _start(self, name: str, cmd: list[str], env: dict, cwd: Path | None = None, **extra) -> Child:
@@ -216,8 +217,8 @@ class LocalLaunch:
     def _start_node(self, node: Node, cores: frozenset[int] | None) -> None:
         group = node.group
         if self.star:
-            superlink = f"{self.star.hub_address(node.group_index)}:{self.port}"
-            net = self.star.spoke_prefix(node.group_index)
+            superlink = f"{self.star.hub_address(node.link_index)}:{self.port}"
+            net = self.star.spoke_prefix(node.link_index)
         else:
             superlink, net = f"{self.dial_host}:{self.port}", []
         cmd = commands.supernode_command(

@@ -30,7 +30,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from .array_codec import DEFAULT_LIMITS, CodecError, DecodeLimits, Scheme, read_header
-from .update_codec import check_tensor_count, check_total_elements, decode_tensor, encode_adapter
+from .update_codec import (
+    check_tensor_count,
+    check_total_elements,
+    decode_adapter,
+    decode_tensor,
+    encode_adapter,
+    with_key,
+)
 
 CODEC_STYPE = "flq.codec.v1"
 BUNDLE_STYPE = "flq.codec.bundle.v1"
@@ -114,7 +121,7 @@ def array_record_to_adapter(record: ArrayRecord, limits: DecodeLimits = DEFAULT_
     if bundles:
         if len(record) != 1:
             raise CodecError(f"a bundle must be its record's only array; this record has {len(record)}")
-        return _decode_bundle(record[bundles[0]], limits)
+        return decode_adapter(unbundle(record[bundles[0]].data, limits), limits)
     check_tensor_count(len(record), limits)
     check_total_elements(sum(_declared_numel(key, array, limits) for key, array in record.items()), limits)
     return {key: _decode_array(key, array, limits) for key, array in record.items()}
@@ -125,19 +132,11 @@ def array_record_nbytes(record: ArrayRecord) -> int:
     return sum(len(array.data) for array in record.values())
 
 
-def _decode_bundle(array: Array, limits: DecodeLimits) -> dict[str, np.ndarray]:
-    entries = unbundle(array.data, limits)
-    check_total_elements(
-        sum(_with_key(k, lambda d=d: read_header(d, limits).numel) for k, d in entries.items()), limits
-    )
-    return {key: _with_key(key, lambda d=data: decode_tensor(d, limits)) for key, data in entries.items()}
-
-
 def _declared_numel(key: str, array: Array, limits: DecodeLimits) -> int:
     if array.stype == CODEC_STYPE:
-        return _with_key(key, lambda: read_header(array.data, limits).numel)
+        return with_key(key, lambda: read_header(array.data, limits).numel)
     if array.stype == NUMPY_STYPE:
-        return _with_key(key, lambda: math.prod(_checked_npy_header(array.data, limits)[0]))
+        return with_key(key, lambda: math.prod(_checked_npy_header(array.data, limits)[0]))
     raise CodecError(f"{key!r}: unsupported array stype {array.stype!r} (expected {CODEC_STYPE!r} or {NUMPY_STYPE!r})")
 
 
@@ -145,9 +144,9 @@ def _decode_array(key: str, array: Array, limits: DecodeLimits) -> np.ndarray:
     if array.stype == CODEC_STYPE:
         if array.dtype != "float32":
             raise CodecError(f"{key!r}: codec arrays decode to float32, metadata says {array.dtype!r}")
-        value = _with_key(key, lambda: decode_tensor(array.data, limits))
+        value = with_key(key, lambda: decode_tensor(array.data, limits))
     else:
-        value = _with_key(key, lambda: _decode_numpy_array(array, limits))
+        value = with_key(key, lambda: _decode_numpy_array(array, limits))
     if tuple(value.shape) != tuple(array.shape):
         raise CodecError(f"{key!r}: Array metadata says shape {tuple(array.shape)}, data holds {value.shape}")
     return value
@@ -194,11 +193,3 @@ def _read_npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
     except Exception as exc:  # numpy's parser raises ValueError, SyntaxError, TokenError... on garbage
         raise CodecError(f"malformed .npy header: {exc}") from None
     return tuple(shape), dtype, stream.tell()
-
-
-def _with_key(key: str, fn):
-    """Run ``fn``; prefix any CodecError with the tensor's key so the log says which one."""
-    try:
-        return fn()
-    except CodecError as exc:
-        raise CodecError(f"{key!r}: {exc}") from None

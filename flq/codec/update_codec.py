@@ -209,10 +209,21 @@ def encode_adapter(
 
 
 def decode_adapter(encoded: Mapping[str, Buffer], limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
-    """Decode an encoded adapter; every header and the totals are checked before decoding."""
+    """Decode an encoded adapter; every header and the totals are checked before decoding.
+    An error names the tensor it is about."""
     check_tensor_count(len(encoded), limits)
-    check_total_elements(sum(read_header(data, limits).numel for data in encoded.values()), limits)
-    return {key: decode_tensor(data, limits) for key, data in encoded.items()}
+    check_total_elements(
+        sum(with_key(key, lambda d=data: read_header(d, limits).numel) for key, data in encoded.items()), limits
+    )
+    return {key: with_key(key, lambda d=data: decode_tensor(d, limits)) for key, data in encoded.items()}
+
+
+def with_key(key: str, fn):
+    """Run ``fn``; prefix any CodecError with the tensor's key so the log says which one."""
+    try:
+        return fn()
+    except CodecError as exc:
+        raise CodecError(f"{key!r}: {exc}") from None
 
 
 def check_tensor_count(count: int, limits: DecodeLimits) -> None:

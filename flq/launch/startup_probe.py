@@ -7,7 +7,7 @@ runs this module as such a process on the tier's cores (through ``flq.launch.lim
 launcher starts a node) and times it from start to exit; the tier's ``startup_s`` adds what a round
 waits on Flower's polling (``Measurement.startup_s``).
 
-    python -m flq.launch.startup_probe RUN_CONFIG_JSON RANK
+    python -m flq.launch.startup_probe RUN_CONFIG_JSON RANK THREADS
 """
 
 from __future__ import annotations
@@ -32,13 +32,8 @@ def time_probes(
     progress: Callable[[str], None] = print,
 ) -> list[float]:
     """Seconds from start to exit of ``runs`` fresh probe processes on ``cores`` at ``threads``."""
-    command = [*prefix(cores, None), sys.executable, "-m", __name__, json.dumps(config), str(rank)]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "FLQ_PROBE_THREADS": str(threads),
-    }
+    command = [*prefix(cores, None), sys.executable, "-m", __name__, json.dumps(config), str(rank), str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     seconds = []
     for i in range(runs):
         start = time.perf_counter()
@@ -52,7 +47,7 @@ def time_probes(
 
 
 def main(argv: list[str] | None = None) -> int:
-    config_json, rank = (sys.argv[1:] if argv is None else argv)[:2]
+    config_json, rank, threads = (sys.argv[1:] if argv is None else argv)[:3]
     from .. import client_app  # noqa: F401  what Flower's ClientApp process imports to load the app
     from ..config import RunConfig
     from ..task.lora import get_lora_model
@@ -61,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..task.train import make_batches, set_torch_threads
 
     cfg = RunConfig.from_flower(json.loads(config_json))
-    set_torch_threads(int(os.environ["FLQ_PROBE_THREADS"]))  # as the ClientApp sets its tier's threads
+    set_torch_threads(int(threads))  # as the ClientApp sets its tier's threads
     model = get_lora_model(backbone_spec(cfg), lora_spec(cfg))
     model.use_rank(int(rank))
     split = client_split(data_spec(cfg), 0, 2)

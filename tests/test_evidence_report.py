@@ -1,5 +1,6 @@
 """The scheduler-evidence report on synthetic runs whose numbers are known by construction."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,14 @@ from flq.metrics.arm_plots import score_band
 from flq.metrics.records import ClientEvalRecord, ClientRoundRecord, RoundRecord, append_round
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from evidence_report import Protocol, RunRef, pairing_problems, run_facts, write_evidence_report  # noqa: E402
+from evidence_report import (  # noqa: E402
+    Protocol,
+    RunRef,
+    client_label_histograms,
+    pairing_problems,
+    run_facts,
+    write_evidence_report,
+)
 
 TARGET, DEADLINE, BUDGET = 0.7, 10.0, 30.0
 TIERS = ("gpu-24g", "cpu-edge")
@@ -113,6 +121,26 @@ def test_run_facts_read_the_sustained_target_fairness_and_work():
     assert facts.fair_target["worst"] == pytest.approx(0.65) and facts.fair_target["round"] == 3
     assert facts.work["cpu-edge"]["examples_per_client_round"] == 0.0  # late every time
     assert facts.bits == {"gpu-24g": [16]}
+
+
+def test_label_mix_fairness_uses_every_clients_labels_from_the_runs_own_config(tmp_path):
+    from flq.config import RunConfig
+    from flq.task.partition import partition_label_histograms
+    from flq.task.specs import data_spec
+
+    config = RunConfig().replace(partitioner="dirichlet", dirichlet_alpha=0.3, server_test_size=200, seed=3)
+    run = {"config": config.to_dict(), "nodes": [{"num_partitions": 4}]}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    hists = client_label_histograms(tmp_path)
+    assert hists == partition_label_histograms(data_spec(config), 4)
+    assert client_label_histograms(tmp_path / "missing") is None
+
+    records = rounds(10.0, SCORES, seed=0)
+    for r in records:
+        r.per_class_score = [r.score] * len(hists[0])  # every class equally good: every client scores r.score
+    facts = run_facts(records, protocol(), hists)
+    assert facts.mix_target["clients"] == 4 and facts.mix_target["worst"] == pytest.approx(0.75)
+    assert run_facts(records, protocol()).mix_target is None  # no histograms: no label-mix fairness
 
 
 def test_the_report_gives_the_ratios_targets_and_pairing_it_was_built_with(tmp_path):

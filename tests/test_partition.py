@@ -13,6 +13,7 @@ from flq.task.partition import (
     client_split,
     label_histogram,
     load_source,
+    partition_label_histograms,
     partition_sizes,
     server_and_pool_indices,
     server_test_data,
@@ -87,6 +88,16 @@ def test_local_test_fraction():
     total = len(split.train.texts) + len(split.test.texts)
     assert len(split.test.texts) == round(total * 0.25)
     assert sum(partition_sizes(spec, 4)) == 2225 - len(server_and_pool_indices(spec)[0])
+
+
+def test_partition_label_histograms_are_each_clients_train_and_test_labels():
+    spec = DataSpec("bbc-news", "sequence-classification", server_test_size=200, dirichlet_alpha=0.3, seed=3)
+    hists = partition_label_histograms(spec, 5)
+    assert [sum(h) for h in hists] == partition_sizes(spec, 5)
+    for pid in range(5):
+        split = client_split(spec, pid, 5)
+        both = np.add(label_histogram(split.train), label_histogram(split.test))
+        assert hists[pid] == both.tolist()
 
 
 def test_errors_are_clear():

@@ -16,6 +16,8 @@ from flq.metrics.summary import (
     final_score,
     higher_is_better_for,
     jain_index,
+    label_mix_fairness_at_clock,
+    label_mix_scores,
     peak_memory_per_tier,
     rejected_replies,
     round_within_deadline,
@@ -272,6 +274,32 @@ def test_fairness_at_clock_reads_the_last_client_evaluation_by_then():
     early = fairness_at_clock(records, 25.0, True)
     assert (early["round"], early["clock_s"], early["worst"]) == (1, 10.0, 0.1)
     assert fairness_at_clock(records, 30.0, True)["worst"] == 0.5
+
+
+def test_label_mix_scores_weight_per_class_accuracy_by_each_clients_labels():
+    per_class = [0.9, 0.5, None, 0.1]
+    hists = [[3, 1, 0, 0], [0, 0, 0, 2], [1, 1, 5, 1], [0, 0, 4, 0]]
+    scores = label_mix_scores(per_class, hists)
+    assert scores[0] == pytest.approx((3 * 0.9 + 0.5) / 4)
+    assert scores[1] == pytest.approx(0.1)
+    assert scores[2] == pytest.approx((0.9 + 0.5 + 0.1) / 3)  # the unmeasured class leaves the weights
+    assert np.isnan(scores[3])  # none of its classes measured
+    with pytest.raises(ValueError, match="3 classes against 4"):
+        label_mix_scores(per_class, [[1, 2, 3]])
+
+
+def test_label_mix_fairness_reads_the_last_per_class_score_by_then():
+    records = [make_round(1, 10.0, 0.5), make_round(2, 20.0, 0.6), make_round(3, 30.0, 0.7)]
+    records[0].per_class_score = [0.2, 0.8]
+    records[2].per_class_score = [1.0, 0.0]
+    hists = [[1, 0], [0, 1], [1, 1], [3, 1], [1, 3]]
+    assert label_mix_fairness_at_clock(records, 5.0, hists) is None
+    early = label_mix_fairness_at_clock(records, 25.0, hists)
+    assert (early["round"], early["clients"], early["worst"]) == (1, 5, pytest.approx(0.2))
+    assert early["mean"] == pytest.approx(np.mean([0.2, 0.8, 0.5, 0.35, 0.65]))
+    late = label_mix_fairness_at_clock(records, 30.0, hists)
+    # scores 1, 0, 0.5, 0.75, 0.25: p10 at position 0.4 between 0 and 0.25
+    assert (late["worst"], late["p10"]) == (0.0, pytest.approx(0.1))
 
 
 def test_fairness_for_perplexity_counts_from_the_high_end():

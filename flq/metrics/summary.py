@@ -195,6 +195,49 @@ def fairness_at_clock(records: Sequence[RoundRecord], clock_s: float, higher_is_
     return fairness([r for r in records if r.clock_s <= clock_s], higher_is_better)
 
 
+def label_mix_scores(per_class_score: Sequence[float | None], histograms: Sequence[Sequence[int]]) -> list[float]:
+    """Each client's expected accuracy under the global model: the per-class accuracy measured on
+    the server's held-out set, weighted by the client's own label counts.
+
+    A client's own test split under severe skew holds a handful of examples (its score moves in
+    steps of 1/n); this estimate uses the whole held-out set and covers every client, sampled or
+    not, at every evaluation. It assumes a class looks the same everywhere (label skew, not
+    feature skew). Classes the held-out set lacks are left out of a client's weights; a client
+    none of whose classes were measured gets NaN.
+    """
+    acc = np.asarray([np.nan if a is None else a for a in per_class_score], dtype=float)
+    scores = []
+    for hist in histograms:
+        h = np.asarray(hist, dtype=float)
+        if h.size != acc.size:
+            raise ValueError(f"a histogram of {h.size} classes against {acc.size} per-class scores")
+        known = ~np.isnan(acc) & (h > 0)
+        scores.append(float(np.dot(h[known], acc[known]) / h[known].sum()) if known.any() else math.nan)
+    return scores
+
+
+def label_mix_fairness_at_clock(
+    records: Sequence[RoundRecord], clock_s: float, histograms: Sequence[Sequence[int]]
+) -> dict[str, Any] | None:
+    """Worst, p10 and mean of ``label_mix_scores`` over all clients, from the last round at or
+    before ``clock_s`` that measured per-class accuracy (None if none had)."""
+    measured = [r for r in records if r.clock_s <= clock_s and r.per_class_score]
+    if not measured:
+        return None
+    last = measured[-1]
+    x = np.asarray([s for s in label_mix_scores(last.per_class_score, histograms) if math.isfinite(s)])
+    if x.size == 0:
+        return None
+    return {
+        "round": last.server_round,
+        "clock_s": last.clock_s,
+        "clients": int(x.size),
+        "worst": float(x.min()),
+        "p10": float(np.percentile(x, 10)),
+        "mean": float(x.mean()),
+    }
+
+
 def _client_fairness(record: RoundRecord, higher_is_better: bool) -> dict[str, Any] | None:
     scores = [e.score for e in record.client_eval if e.score is not None and math.isfinite(e.score)]
     if not scores:

@@ -177,6 +177,18 @@ def partition_sizes(spec: DataSpec, num_partitions: int) -> list[int]:
     return [len(p) for p in _partition_indices(spec, num_partitions)]
 
 
+def partition_label_histograms(spec: DataSpec, num_partitions: int) -> list[list[int]]:
+    """Every partition's label counts (train and local test together), by partition id."""
+    data = load_source(spec)
+    if data.labels is None:
+        raise DataError("the data has no labels")
+    labels = np.asarray(data.labels)
+    return [
+        np.bincount(labels[list(part)], minlength=data.num_labels).tolist()
+        for part in _partition_indices(spec, num_partitions)
+    ]
+
+
 def label_histogram(data: TaskData) -> list[int]:
     if data.labels is None:
         return []

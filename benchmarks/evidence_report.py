@@ -7,12 +7,13 @@ tests/test_evidence_report.py.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from matrix import client_label_histograms
 
 from flq.metrics.arm_plots import plot_score_bands, plot_tier_work, plot_tradeoff
 from flq.metrics.paired import mean_std, paired_ratio, proportion_ci_half_width
@@ -131,21 +132,6 @@ def load_facts(refs: Sequence[RunRef], protocol: Protocol) -> dict[tuple[str, st
             run_facts(records, protocol, client_label_histograms(ref.run_dir)) if records else None
         )
     return out
-
-
-def client_label_histograms(run_dir: Path) -> list[list[int]] | None:
-    """Every client's label counts, rebuilt from the run's own configuration (run.json): the
-    partitions are a pure function of it. None when the run left no run.json."""
-    from flq.config import RunConfig
-    from flq.task.partition import partition_label_histograms
-    from flq.task.specs import data_spec
-
-    try:
-        run = json.loads((run_dir / "run.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    cfg = RunConfig.from_flower(run["config"])
-    return partition_label_histograms(data_spec(cfg), int(run["nodes"][0]["num_partitions"]))
 
 
 # -- checks and statistics ----------------------------------------------------------------

@@ -108,6 +108,21 @@ class Matrix:
         return groups
 
 
+def client_label_histograms(run_dir: Path) -> list[list[int]] | None:
+    """Every client's label counts, rebuilt from the run's own configuration (run.json): the
+    partitions are a pure function of it. None when the run left no run.json."""
+    from flq.config import RunConfig
+    from flq.task.partition import partition_label_histograms
+    from flq.task.specs import data_spec
+
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    cfg = RunConfig.from_flower(run["config"])
+    return partition_label_histograms(data_spec(cfg), int(run["nodes"][0]["num_partitions"]))
+
+
 def config_differences(run_dir: Path, overrides: dict) -> list[str]:
     """The overrides a finished run was not run with ('key: ran X, asked Y').
 

@@ -15,7 +15,8 @@ The arm values are the papers' usual starting points, not tuned here. Per run, f
 ``rounds.jsonl``: the majority-class share of the server's held-out set (``maj``), the first
 round at or above ``maj + 0.25`` (the issue's target) and whether every later round stayed at or
 above ``maj + 0.15``, the final accuracy, macro-F1 and share of the most predicted class, and the
-worst / p10 client on their own test splits; mean +- std over seeds. A figure plots accuracy per
+worst / p10 client on their own test splits and by label mix (every client's expected accuracy:
+the per-class accuracy on the held-out set weighted by its label counts); mean +- std over seeds. A figure plots accuracy per
 round, one panel per data set and partition.
 
     .venv/bin/python benchmarks/noniid_benchmark.py --datasets digits --partitions dirichlet:0.1 \\
@@ -30,9 +31,18 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from matrix import Matrix, dump_cells, markdown_table, mean_std, partition_overrides, write_report
+from matrix import (
+    Matrix,
+    client_label_histograms,
+    dump_cells,
+    markdown_table,
+    mean_std,
+    partition_overrides,
+    write_report,
+)
 
 from flq.metrics.classification import is_collapsed
+from flq.metrics.summary import label_mix_scores
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -77,6 +87,12 @@ def run_figures(run_dir: Path, majority: float) -> dict:
     held = reached is not None and all(s is not None and s >= floor for s in scores[reached:])
     last = rounds[-1]
     clients = sorted(e["score"] for e in last.get("client_eval", []) if e.get("score") is not None)
+    histograms = client_label_histograms(run_dir)
+    mix = (
+        sorted(s for s in label_mix_scores(last["per_class_score"], histograms) if np.isfinite(s))
+        if histograms and last.get("per_class_score")
+        else []
+    )
     return {
         "scores": scores,
         "rounds_to_target": None if reached is None else rounds[reached]["server_round"],
@@ -87,6 +103,8 @@ def run_figures(run_dir: Path, majority: float) -> dict:
         "top_share": last.get("top_prediction_share"),
         "worst": clients[0] if clients else None,
         "p10": float(np.percentile(clients, 10)) if clients else None,
+        "mix_worst": mix[0] if mix else None,
+        "mix_p10": float(np.percentile(mix, 10)) if mix else None,
     }
 
 
@@ -145,11 +163,13 @@ def main() -> None:
         collapsed = sum(bool(f and is_collapsed(f["top_share"])) for f in figures)
         rows.append([
             label, f"{maj:.3f}", col("rounds_to_target"), col("clock_to_target"), f"{held}/{len(cells)}",
-            col("final"), col("macro_f1"), col("worst"), col("p10"), f"{collapsed}/{len(cells)}",
+            col("final"), col("macro_f1"), col("worst"), col("p10"), col("mix_worst"), col("mix_p10"),
+            f"{collapsed}/{len(cells)}",
         ])  # fmt: skip
     header = [
         "data / partition / arm", "maj", "rounds to maj+0.25", "clock s to it", "held >= maj+0.15",
-        "final acc.", "final macro-F1", "worst client", "p10 client", "ended collapsed (>80% one class)",
+        "final acc.", "final macro-F1", "worst client", "p10 client", "worst client, label mix",
+        "p10 client, label mix", "ended collapsed (>80% one class)",
     ]  # fmt: skip
     figure = args.report.with_suffix(".png")
     plot_curves(curves, majority, figure)

@@ -14,11 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from evidence_report import (  # noqa: E402
     Protocol,
     RunRef,
-    client_label_histograms,
     pairing_problems,
     run_facts,
     write_evidence_report,
 )
+from matrix import client_label_histograms  # noqa: E402
 
 TARGET, DEADLINE, BUDGET = 0.7, 10.0, 30.0
 TIERS = ("gpu-24g", "cpu-edge")

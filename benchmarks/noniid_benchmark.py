@@ -26,7 +26,7 @@ round, one panel per data set and partition.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -42,7 +42,8 @@ from matrix import (
 )
 
 from flq.metrics.classification import is_collapsed
-from flq.metrics.summary import label_mix_scores
+from flq.metrics.records import read_rounds
+from flq.metrics.summary import fairness, label_mix_fairness_at_clock
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -80,31 +81,27 @@ def majority_share(overrides: dict) -> float:
 
 
 def run_figures(run_dir: Path, majority: float) -> dict:
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
-    scores = [r["score"] for r in rounds]
+    rounds = read_rounds(run_dir)
+    scores = [r.score for r in rounds]
     target, floor = majority + 0.25, majority + 0.15
     reached = next((i for i, s in enumerate(scores) if s is not None and s >= target), None)
     held = reached is not None and all(s is not None and s >= floor for s in scores[reached:])
     last = rounds[-1]
-    clients = sorted(e["score"] for e in last.get("client_eval", []) if e.get("score") is not None)
+    own = fairness([last], True)  # the final round's client evaluations
     histograms = client_label_histograms(run_dir)
-    mix = (
-        sorted(s for s in label_mix_scores(last["per_class_score"], histograms) if np.isfinite(s))
-        if histograms and last.get("per_class_score")
-        else []
-    )
+    mix = label_mix_fairness_at_clock(rounds, math.inf, histograms) if histograms else None
     return {
         "scores": scores,
-        "rounds_to_target": None if reached is None else rounds[reached]["server_round"],
-        "clock_to_target": None if reached is None else rounds[reached]["clock_s"],
+        "rounds_to_target": None if reached is None else rounds[reached].server_round,
+        "clock_to_target": None if reached is None else rounds[reached].clock_s,
         "held": held,
         "final": scores[-1],
-        "macro_f1": last.get("macro_f1"),
-        "top_share": last.get("top_prediction_share"),
-        "worst": clients[0] if clients else None,
-        "p10": float(np.percentile(clients, 10)) if clients else None,
-        "mix_worst": mix[0] if mix else None,
-        "mix_p10": float(np.percentile(mix, 10)) if mix else None,
+        "macro_f1": last.macro_f1,
+        "top_share": last.top_prediction_share,
+        "worst": own["worst"] if own else None,
+        "p10": own["p10"] if own else None,
+        "mix_worst": mix["worst"] if mix else None,
+        "mix_p10": mix["p10"] if mix else None,
     }
 
 

@@ -219,30 +219,24 @@ def label_mix_scores(per_class_score: Sequence[float | None], histograms: Sequen
 def label_mix_fairness_at_clock(
     records: Sequence[RoundRecord], clock_s: float, histograms: Sequence[Sequence[int]]
 ) -> dict[str, Any] | None:
-    """Worst, p10 and mean of ``label_mix_scores`` over all clients, from the last round at or
+    """``fairness``'s figures for ``label_mix_scores`` over all clients, from the last round at or
     before ``clock_s`` that measured per-class accuracy (None if none had)."""
     measured = [r for r in records if r.clock_s <= clock_s and r.per_class_score]
     if not measured:
         return None
     last = measured[-1]
-    x = np.asarray([s for s in label_mix_scores(last.per_class_score, histograms) if math.isfinite(s)])
-    if x.size == 0:
-        return None
-    return {
-        "round": last.server_round,
-        "clock_s": last.clock_s,
-        "clients": int(x.size),
-        "worst": float(x.min()),
-        "p10": float(np.percentile(x, 10)),
-        "mean": float(x.mean()),
-    }
+    return _spread(last, label_mix_scores(last.per_class_score, histograms), True)
 
 
 def _client_fairness(record: RoundRecord, higher_is_better: bool) -> dict[str, Any] | None:
-    scores = [e.score for e in record.client_eval if e.score is not None and math.isfinite(e.score)]
-    if not scores:
+    return _spread(record, [e.score for e in record.client_eval if e.score is not None], higher_is_better)
+
+
+def _spread(record: RoundRecord, scores: Sequence[float], higher_is_better: bool) -> dict[str, Any] | None:
+    """Worst, p10 (from the bad end), mean and Jain's index of the finite ``scores``; None if none."""
+    x = np.asarray([s for s in scores if math.isfinite(s)], dtype=float)
+    if x.size == 0:
         return None
-    x = np.asarray(scores, dtype=float)
     return {
         "round": record.server_round,
         "clock_s": record.clock_s,

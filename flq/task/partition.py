@@ -182,11 +182,7 @@ def partition_label_histograms(spec: DataSpec, num_partitions: int) -> list[list
     data = load_source(spec)
     if data.labels is None:
         raise DataError("the data has no labels")
-    labels = np.asarray(data.labels)
-    return [
-        np.bincount(labels[list(part)], minlength=data.num_labels).tolist()
-        for part in _partition_indices(spec, num_partitions)
-    ]
+    return [label_histogram(subset(data, part)) for part in _partition_indices(spec, num_partitions)]
 
 
 def label_histogram(data: TaskData) -> list[int]:

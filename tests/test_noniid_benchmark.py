@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from noniid_benchmark import run_figures  # noqa: E402
+from noniid_benchmark import run_figures, skipped  # noqa: E402
 
 from flq.config import RunConfig
 from flq.metrics.records import ClientEvalRecord, RoundRecord, append_round
@@ -38,3 +38,12 @@ def test_run_figures_give_the_target_round_and_both_fairness_measures(tmp_path):
     mix = label_mix_scores(per_class, partition_label_histograms(data_spec(config), 4))
     assert figures["mix_worst"] == pytest.approx(min(mix))
     assert min(mix) < figures["mix_p10"] < max(mix)
+
+
+def test_skip_patterns_leave_out_only_the_cells_they_match():
+    patterns = ["bbc-news/pathological:2/*", "*/dirichlet:0.3/fedadam"]
+    assert skipped("bbc-news/pathological:2/defaults", patterns)
+    assert skipped("digits/dirichlet:0.3/fedadam", patterns)
+    assert not skipped("bbc-news-minilm/pathological:2/defaults", patterns)  # another data set
+    assert not skipped("digits/dirichlet:0.3/fedadam@0.1", patterns)  # another arm label
+    assert not skipped("bbc-news/dirichlet:0.1/defaults", [])

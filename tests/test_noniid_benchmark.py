@@ -38,6 +38,10 @@ def test_run_figures_give_the_target_round_and_both_fairness_measures(tmp_path):
     mix = label_mix_scores(per_class, partition_label_histograms(data_spec(config), 4))
     assert figures["mix_worst"] == pytest.approx(min(mix))
     assert min(mix) < figures["mix_p10"] < max(mix)
+    # halfway between majority 0.25 and the final 0.55 is 0.40: the own-split worst (0.2) misses it
+    assert figures["fair"] is False
+    assert figures["mix_fair"] is False  # the label-mix worst is 0.18 on this partition
+    assert run_figures(tmp_path, majority=-0.2)["fair"] is True  # halfway 0.175: 0.2 clears it
 
 
 def test_skip_patterns_leave_out_only_the_cells_they_match():

@@ -170,7 +170,7 @@ def main() -> None:
         maj = majority[group]
         figures = [run_figures(c.run.run_dir, maj) if c.run and not c.error else None for c in cells]
         done = [f for f in figures if f is not None]
-        curves[label] = [np.mean([f["scores"][i] for f in done]) for i in range(min(len(f["scores"]) for f in done))]
+        curves[label] = [f["scores"] for f in done]
 
         def col(key, figs=figures):
             return mean_std([None if f is None else f[key] for f in figs])
@@ -195,6 +195,7 @@ def main() -> None:
          f"--clients {args.clients}", f"--per-round {args.per_round}"]
         + ([f"--server-lr {' '.join(args.server_lr)}"] if args.server_lr else [])
         + ([f"--skip {' '.join(repr(p) for p in args.skip)}"] if args.skip else [])
+        + ([f"--report {args.report}"] if args.report != parser.get_default("report") else [])
     )  # fmt: skip
     protocol = (
         __doc__.split("\n\n", 1)[1].split("    .venv")[0]
@@ -204,22 +205,34 @@ def main() -> None:
                  markdown_table(header, rows))  # fmt: skip
 
 
-def plot_curves(curves: dict[str, list[float]], majority: dict[str, float], path: Path) -> None:
+def plot_curves(curves: dict[str, list[list[float]]], majority: dict[str, float], path: Path) -> None:
+    """Accuracy per round, one panel per data set and partition: each arm's mean bold, its seeds faint
+    (the round-to-round swings under skew are what a mean hides)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     groups = sorted({label.rsplit("/", 1)[0] for label in curves})
-    fig = Figure(figsize=(5 * len(groups), 3.6))
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
-    for ax, group in zip(axes, groups, strict=True):
-        for label, curve in curves.items():
-            if label.rsplit("/", 1)[0] == group:
-                ax.plot(range(1, len(curve) + 1), curve, marker="o", label=label.rsplit("/", 1)[1])
+    cols = min(3, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig = Figure(figsize=(5 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, group in zip(axes, groups):
+        for (label, seeds), color in zip(
+            ((label, seeds) for label, seeds in curves.items() if label.rsplit("/", 1)[0] == group),
+            (f"C{i}" for i in range(len(curves))),
+        ):
+            length = min(len(scores) for scores in seeds)
+            for scores in seeds:
+                ax.plot(range(1, len(scores) + 1), scores, color=color, alpha=0.25, linewidth=0.8)
+            mean = [np.mean([scores[i] for scores in seeds]) for i in range(length)]
+            ax.plot(range(1, length + 1), mean, color=color, marker="o", markersize=3, label=label.rsplit("/", 1)[1])
         ax.axhline(majority[group] + 0.25, color="grey", linestyle="--", linewidth=1, label="majority + 0.25")
         ax.axhline(majority[group], color="grey", linestyle=":", linewidth=1, label="majority")
-        ax.set(title=group, xlabel="round", ylabel="held-out accuracy (mean over seeds)")
+        ax.set(title=group, xlabel="round", ylabel="held-out accuracy (seeds faint, mean bold)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from collections import Counter
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -154,13 +155,16 @@ def main() -> None:
                 "clients-per-round": args.per_round,
                 "client-eval-every": 1,
             }
-            majority[f"{dataset}/{partition}"] = majority_share(base)
+            group = f"{dataset}/{partition}"
             for arm in args.arms:
                 overrides, label = {**base, **ARMS[arm]}, arm
                 if arm in server_lrs:
                     overrides["server-lr"], label = server_lrs[arm], f"{arm}@{server_lrs[arm]:g}"
-                if not skipped(f"{dataset}/{partition}/{label}", args.skip):
-                    matrix.add(f"{dataset}/{partition}/{label}", overrides, args.seeds)
+                if skipped(f"{group}/{label}", args.skip):
+                    continue
+                matrix.add(f"{group}/{label}", overrides, args.seeds)
+                if group not in majority:  # loads the data: only for groups that run
+                    majority[group] = majority_share(base)
     matrix.run()
     dump_cells(args.out / "cells.json", matrix)
 
@@ -194,7 +198,7 @@ def main() -> None:
          f"--arms {' '.join(args.arms)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--rounds {args.rounds}",
          f"--clients {args.clients}", f"--per-round {args.per_round}"]
         + ([f"--server-lr {' '.join(args.server_lr)}"] if args.server_lr else [])
-        + ([f"--skip {' '.join(repr(p) for p in args.skip)}"] if args.skip else [])
+        + ([f"--skip {' '.join(map(shlex.quote, args.skip))}"] if args.skip else [])
         + ([f"--report {args.report}"] if args.report != parser.get_default("report") else [])
     )  # fmt: skip
     protocol = (
@@ -217,15 +221,13 @@ def plot_curves(curves: dict[str, list[list[float]]], majority: dict[str, float]
     fig = Figure(figsize=(5 * cols, 3.6 * rows))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, group in zip(axes, groups):
-        for (label, seeds), color in zip(
-            ((label, seeds) for label, seeds in curves.items() if label.rsplit("/", 1)[0] == group),
-            (f"C{i}" for i in range(len(curves))),
-        ):
-            length = min(len(scores) for scores in seeds)
+        arms = [(label, seeds) for label, seeds in curves.items() if label.rsplit("/", 1)[0] == group]
+        for i, (label, seeds) in enumerate(arms):
             for scores in seeds:
-                ax.plot(range(1, len(scores) + 1), scores, color=color, alpha=0.25, linewidth=0.8)
-            mean = [np.mean([scores[i] for scores in seeds]) for i in range(length)]
-            ax.plot(range(1, length + 1), mean, color=color, marker="o", markersize=3, label=label.rsplit("/", 1)[1])
+                ax.plot(range(1, len(scores) + 1), scores, color=f"C{i}", alpha=0.25, linewidth=0.8)
+            length = min(len(scores) for scores in seeds)
+            mean = np.mean([scores[:length] for scores in seeds], axis=0)
+            ax.plot(range(1, length + 1), mean, color=f"C{i}", marker="o", markersize=3, label=label.rsplit("/", 1)[1])
         ax.axhline(majority[group] + 0.25, color="grey", linestyle="--", linewidth=1, label="majority + 0.25")
         ax.axhline(majority[group], color="grey", linestyle=":", linewidth=1, label="majority")
         ax.set(title=group, xlabel="round", ylabel="held-out accuracy (seeds faint, mean bold)")

@@ -9,7 +9,9 @@ aggregation or local training alone:
 * ``fedadam`` / ``fedyogi``: server-lr 0.01, beta1 0.9, beta2 0.99, tau 1e-3 (Reddi et al.);
 * ``fedprox``: proximal-mu 0.01;
 * ``scaffold``: SCAFFOLD control variates (twice the bytes per round each way);
-* ``balanced``: class-weighting=balanced.
+* ``balanced``: class-weighting=balanced;
+* ``qffl-1`` / ``qffl-3``: fairness-q 1 and 3 (q-FFL's reweighting by each client's loss
+  before training: the lever aimed at the worst client).
 
 The arm values are the papers' usual starting points, not tuned here. Per run, from its
 ``rounds.jsonl``: the majority-class share of the server's held-out set (``maj``), the first
@@ -70,6 +72,8 @@ ARMS = {
     "fedprox": {"proximal-mu": 0.01},
     "scaffold": {"scaffold": True},
     "balanced": {"class-weighting": "balanced"},
+    "qffl-1": {"fairness-q": 1.0},
+    "qffl-3": {"fairness-q": 3.0},
 }
 
 

@@ -20,7 +20,7 @@ from .scheduler.bandit import parts_off
 from .scheduler.registry import SCHEDULERS
 from .scheduler.spread import SpreadError, parse_int_spread
 from .sim.clock import CLOCKS, HANDSHAKE_RTTS, POLICIES
-from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS
+from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS, FAIRNESS_Q_MAX
 from .strategy.server_optimizer import SERVER_OPTIMIZERS
 from .task.chat_data import EMBEDDED_CHAT, GENERATIVE_TASKS, INSTRUCTION_TASK
 from .task.data import EMBEDDED_TEXT, ROW_SUFFIXES, TEXT_SUFFIXES, check_encoding
@@ -94,6 +94,7 @@ class RunConfig:
     quant_type: str = "nf4"
     aggregation: str = "rank-wise"
     aggregation_weight: str = "examples-per-step"
+    fairness_q: float = 0.0  # q-FFL: weights also x (loss before training)^q; 0: off (flq.strategy.aggregation)
     # server optimizer over the aggregated update (Reddi et al.; flq/strategy/server_optimizer.py)
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
@@ -197,6 +198,10 @@ class RunConfig:
         check(
             self.aggregation_weight in AGGREGATION_WEIGHTS,
             f"aggregation-weight must be one of {AGGREGATION_WEIGHTS}, got {self.aggregation_weight!r}",
+        )
+        check(
+            0 <= self.fairness_q <= FAIRNESS_Q_MAX,
+            f"fairness-q must be in [0, {FAIRNESS_Q_MAX:g}], got {self.fairness_q!r}",
         )
         check(
             self.server_optimizer in SERVER_OPTIMIZERS,

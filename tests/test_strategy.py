@@ -16,7 +16,7 @@ from flq.adapter import adapter_rank, subtract, truncate_to_rank
 from flq.codec.flower_records import adapter_to_array_record, array_record_to_adapter
 from flq.config import ConfigError, RunConfig
 from flq.scheduler.base import SchedulerDefaults, TableScheduler
-from flq.strategy.aggregation import aggregate, client_adapter_from_delta
+from flq.strategy.aggregation import aggregate, client_adapter_from_delta, fairness_factor
 from flq.strategy.fedavg import FLQFedAvg
 from flq.strategy.spec import StrategySpec
 
@@ -75,13 +75,13 @@ def make_strategy(scheduler=None, **spec):
     return strategy
 
 
-def reply(msg, delta, codec="fp32", examples=40, compute_s=1.0, steps=5):
+def reply(msg, delta, codec="fp32", examples=40, compute_s=1.0, steps=5, loss_before=1.0):
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: examples,
             wire.STEPS: steps,
             wire.COMPUTE_S: compute_s,
-            wire.LOSS_BEFORE: 1.0,
+            wire.LOSS_BEFORE: loss_before,
             wire.LOSS_AFTER: 0.5,
         }
     )
@@ -179,6 +179,36 @@ def test_clients_count_by_examples_or_by_examples_per_step_they_took(mode, weigh
     expected = aggregate("rank-wise", [client_adapter_from_delta(before, d) for d in deltas], weights, before, R_MAX)
     for key in before:
         np.testing.assert_allclose(result.global_state[key], expected[key], rtol=1e-6)
+
+
+@pytest.mark.parametrize("q, weights", [(0.0, [40.0, 20.0]), (1.0, [40.0 * 0.5, 20.0 * 2.0]), (2.0, [10.0, 80.0])])
+def test_fairness_q_weighs_each_client_by_its_loss_before_training_to_the_power_q(q, weights):
+    # Node 13's data is served worse by the global model (loss 2.0 against 0.5): with q > 0 it pulls harder.
+    strategy = make_strategy(aggregation_weight="examples", fairness_q=q)
+    plan = strategy.configure_train(1, GLOBAL, ConfigRecord(), NodeList([11, 13]))
+    messages = {m.metadata.dst_node_id: m for m in plan}
+    deltas = [client_delta(messages[11], seed=1), client_delta(messages[13], seed=2)]
+    before = {k: v.copy() for k, v in GLOBAL.items()}
+    replies = [
+        reply(messages[11], deltas[0], examples=40, loss_before=0.5),
+        reply(messages[13], deltas[1], examples=20, loss_before=2.0),
+    ]
+    result = strategy.aggregate_train(1, replies, plan)
+    expected = aggregate("rank-wise", [client_adapter_from_delta(before, d) for d in deltas], weights, before, R_MAX)
+    for key in before:
+        np.testing.assert_allclose(result.global_state[key], expected[key], rtol=1e-6)
+
+
+def test_fairness_factor_leaves_a_reply_without_a_loss_at_its_plain_weight():
+    assert fairness_factor(2.0, None) == fairness_factor(2.0, float("nan")) == fairness_factor(0.0, 3.0) == 1.0
+    assert fairness_factor(1.0, 0.0) > 0  # a perfect client still counts
+    assert fairness_factor(2.0, 3.0) == 9.0
+
+
+@pytest.mark.parametrize("q", [-0.5, 21.0, float("nan"), float("inf")])
+def test_a_fairness_q_out_of_range_is_refused_by_the_run_config(q):
+    with pytest.raises(ConfigError, match=r"fairness-q must be in \[0, 20\]"):
+        RunConfig().replace(fairness_q=q)
 
 
 class BatchCapScheduler(TableScheduler):

@@ -97,7 +97,7 @@ def model_card(facts: CardFacts) -> str:
         f"of batch {cfg['batch-size']} at learning rate {cfg['learning-rate']:g}",
         f"- LoRA: rank {cfg['lora-rank']}, alpha {cfg['lora-alpha']:g}, targets `{cfg['lora-targets']}`; "
         f"backbone at {cfg['backbone-bits']} bits; scheduler `{cfg['scheduler']}`",
-        f"- Aggregation: `{cfg['aggregation']}` ({cfg['aggregation-weight']}), server optimizer "
+        f"- Aggregation: `{cfg['aggregation']}` ({cfg['aggregation-weight']}{_fairness(cfg)}), server optimizer "
         f"`{cfg['server-optimizer']}`; updates sent as `{cfg['update-codec']}`",
         "",
         f"## Results ({score_name} on the server's held-out set)",
@@ -149,6 +149,11 @@ def _partitioner(cfg: Mapping[str, Any]) -> str:
     if name == "pathological":
         return f"`pathological` ({cfg['classes-per-client']} classes per client: non-IID)"
     return f"`{name}`"
+
+
+def _fairness(cfg: Mapping[str, Any]) -> str:
+    q = float(cfg.get("fairness-q", 0.0))  # absent in runs recorded before the option existed
+    return f", x loss^{q:g} (q-FFL)" if q else ""
 
 
 def _fmt(value: Any) -> str:

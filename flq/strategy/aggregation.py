@@ -279,6 +279,26 @@ def client_weight(mode: str, num_examples: int, steps: int, batch_scale: float =
     raise ValueError(f"unknown aggregation weight {mode!r}; choose one of {', '.join(AGGREGATION_WEIGHTS)}")
 
 
+# ``fairness-q`` = q > 0 multiplies each weight by the client's loss before training (the
+# global model's loss on its first batch) to the power q: q-FFL's reweighting (Li et al., 2020,
+# "Fair resource allocation in federated learning"), so the clients the global model serves
+# worst pull hardest. q-FedAvg also sizes the server step from a Lipschitz estimate; here the
+# weights are normalised like any others and the step is the server optimizer's. Beyond
+# FAIRNESS_Q_MAX a loss twice another's weighs a million times more: one client is the average.
+FAIRNESS_Q_MAX = 20.0
+_FAIRNESS_LOSS_FLOOR = 1e-6  # a loss of 0 would weigh a client out of the average entirely
+
+
+def fairness_factor(q: float, loss_before: float | None) -> float:
+    """The factor ``fairness-q`` puts on a client's weight: ``loss_before ** q`` (1 when q is 0).
+
+    A reply with no loss (it trained no step, so its delta is zero) keeps its plain weight.
+    """
+    if q == 0 or loss_before is None or not isfinite(loss_before):
+        return 1.0
+    return max(float(loss_before), _FAIRNESS_LOSS_FLOOR) ** q
+
+
 def make_aggregator(rule: str, previous_global: Mapping[str, np.ndarray], r_max: int) -> Aggregator:
     """A fresh streaming aggregator for ``rule`` ("zero-pad", "rank-wise" or "svd").
 

@@ -46,7 +46,7 @@ from .accounting import (
     round_outcome,
     scheduler_report,
 )
-from .aggregation import client_weight, make_aggregator
+from .aggregation import client_weight, fairness_factor, make_aggregator
 from .diagnostics import UpdateDiagnostics
 from .messages import (
     TrainRound,
@@ -190,6 +190,7 @@ class FLQFedAvg(FedAvg):
             if read.state is not None and record.status == ClientStatus.OK:
                 scale = self.accounting.batch_scale(plan, record.tier)
                 weight = client_weight(self.spec.aggregation_weight, record.num_examples, record.steps, scale)
+                weight *= fairness_factor(self.spec.fairness_q, record.loss_before)
                 aggregator.add(read.state, weight)
                 if control_deltas is not None:
                     control_deltas.add(read.control_delta)

@@ -29,6 +29,7 @@ class StrategySpec:
     error_feedback: bool = False
     aggregation: str = "rank-wise"
     aggregation_weight: str = "examples-per-step"
+    fairness_q: float = 0.0  # weights also x loss_before^q (q-FFL); 0: off
     batch_size: int = 8  # the run's examples per step (a tier may have its own)
     client_eval_every: int = 0  # 0: clients evaluate on the final round only
     seed: int = 0
@@ -50,6 +51,7 @@ class StrategySpec:
             error_feedback=cfg.error_feedback,
             aggregation=cfg.aggregation,
             aggregation_weight=cfg.aggregation_weight,
+            fairness_q=cfg.fairness_q,
             batch_size=cfg.batch_size,
             client_eval_every=cfg.client_eval_every,
             seed=cfg.seed,

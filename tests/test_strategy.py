@@ -4,6 +4,7 @@ Replies are built as a ClientApp builds them (``Message(content, reply_to=...)``
 a minimal one that lists nodes and answers the query round as ClientApps do.
 """
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -202,6 +203,7 @@ def test_fairness_q_weighs_each_client_by_its_loss_before_training_to_the_power_
 def test_fairness_factor_leaves_a_reply_without_a_loss_at_its_plain_weight():
     assert fairness_factor(2.0, None) == fairness_factor(2.0, float("nan")) == fairness_factor(0.0, 3.0) == 1.0
     assert fairness_factor(1.0, 0.0) > 0  # a perfect client still counts
+    assert fairness_factor(20.0, 0.0) > 0 and math.isfinite(fairness_factor(20.0, 1e300))  # nor under- nor overflow
     assert fairness_factor(2.0, 3.0) == 9.0
 
 

@@ -286,7 +286,9 @@ def client_weight(mode: str, num_examples: int, steps: int, batch_scale: float =
 # weights are normalised like any others and the step is the server optimizer's. Beyond
 # FAIRNESS_Q_MAX a loss twice another's weighs a million times more: one client is the average.
 FAIRNESS_Q_MAX = 20.0
-_FAIRNESS_LOSS_FLOOR = 1e-6  # a loss of 0 would weigh a client out of the average entirely
+# A reported loss is clamped into this range: 0 would weigh a client out of the average, and a
+# huge one (a client's report is its own word) would overflow the weight at a large q.
+_FAIRNESS_LOSS_RANGE = (1e-6, 1e3)
 
 
 def fairness_factor(q: float, loss_before: float | None) -> float:
@@ -296,7 +298,8 @@ def fairness_factor(q: float, loss_before: float | None) -> float:
     """
     if q == 0 or loss_before is None or not isfinite(loss_before):
         return 1.0
-    return max(float(loss_before), _FAIRNESS_LOSS_FLOOR) ** q
+    low, high = _FAIRNESS_LOSS_RANGE
+    return min(max(float(loss_before), low), high) ** q
 
 
 def make_aggregator(rule: str, previous_global: Mapping[str, np.ndarray], r_max: int) -> Aggregator:

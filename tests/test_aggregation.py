@@ -7,6 +7,8 @@ weighted average of A and B separately; "FedAvg of the products" is
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,6 +21,7 @@ from flq.strategy.aggregation import (
     aggregate,
     client_adapter_from_delta,
     client_weight,
+    fairness_factor,
     make_aggregator,
     split_by_svd,
 )
@@ -55,6 +58,13 @@ def test_client_weight_by_examples_or_per_step():
     assert client_weight("examples-per-step", 40, 0) == 40.0  # no step taken: a zero delta, counted as one
     with pytest.raises(ValueError, match="examples-per-step"):
         client_weight("steps", 40, 4)
+
+
+def test_fairness_factor_leaves_a_reply_without_a_loss_at_its_plain_weight():
+    assert fairness_factor(2.0, None) == fairness_factor(2.0, float("nan")) == fairness_factor(0.0, 3.0) == 1.0
+    assert fairness_factor(1.0, 0.0) > 0  # a perfect client still counts
+    assert fairness_factor(20.0, 0.0) > 0 and math.isfinite(fairness_factor(20.0, 1e300))  # nor under- nor overflow
+    assert fairness_factor(2.0, 3.0) == 9.0
 
 
 def test_equal_steps_give_fedavg_weights_under_either_mode():

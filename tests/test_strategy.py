@@ -4,7 +4,6 @@ Replies are built as a ClientApp builds them (``Message(content, reply_to=...)``
 a minimal one that lists nodes and answers the query round as ClientApps do.
 """
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +16,7 @@ from flq.adapter import adapter_rank, subtract, truncate_to_rank
 from flq.codec.flower_records import adapter_to_array_record, array_record_to_adapter
 from flq.config import ConfigError, RunConfig
 from flq.scheduler.base import SchedulerDefaults, TableScheduler
-from flq.strategy.aggregation import aggregate, client_adapter_from_delta, fairness_factor
+from flq.strategy.aggregation import aggregate, client_adapter_from_delta
 from flq.strategy.fedavg import FLQFedAvg
 from flq.strategy.spec import StrategySpec
 
@@ -198,13 +197,6 @@ def test_fairness_q_weighs_each_client_by_its_loss_before_training_to_the_power_
     expected = aggregate("rank-wise", [client_adapter_from_delta(before, d) for d in deltas], weights, before, R_MAX)
     for key in before:
         np.testing.assert_allclose(result.global_state[key], expected[key], rtol=1e-6)
-
-
-def test_fairness_factor_leaves_a_reply_without_a_loss_at_its_plain_weight():
-    assert fairness_factor(2.0, None) == fairness_factor(2.0, float("nan")) == fairness_factor(0.0, 3.0) == 1.0
-    assert fairness_factor(1.0, 0.0) > 0  # a perfect client still counts
-    assert fairness_factor(20.0, 0.0) > 0 and math.isfinite(fairness_factor(20.0, 1e300))  # nor under- nor overflow
-    assert fairness_factor(2.0, 3.0) == 9.0
 
 
 @pytest.mark.parametrize("q", [-0.5, 21.0, float("nan"), float("inf")])

@@ -9,7 +9,7 @@ base ROUGE-L, the best and final ROUGE-L within the rounds, their ratio to the b
 round at 1.5x the base, and the exact match; mean +- std over seeds. The figure plots ROUGE-L per
 round, one line per seed, with the base and 1.5x the base.
 
-    .venv/bin/python benchmarks/headline_generation.py --seeds 0 1 --rounds 10
+    .venv/bin/python benchmarks/headline_generation.py --seeds 0 1 2 --rounds 10
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run_figures(run_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--per-round", type=int, default=2)

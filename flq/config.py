@@ -9,6 +9,7 @@ frozen dataclass and reports *every* bad value in one clear error, so a typo in
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import PurePath
@@ -113,6 +114,7 @@ class RunConfig:
     transport: str = "quic"
     clock: str = "auto"
     deadline_s: float = 0.0
+    deadline_steps: float = 0.0  # the deadline in reference steps of the model (server_app.round_deadline_s)
     policy: str = "wait"
     clock_budget_s: float = 0.0
     client_eval_every: int = 0
@@ -136,10 +138,6 @@ class RunConfig:
     def start_rank(self) -> int:
         """The rank ``fixed`` gives everyone, and adaptive schedulers' starting average."""
         return self.base_rank or self.lora_rank
-
-    @property
-    def deadline(self) -> float | None:
-        return self.deadline_s if self.deadline_s > 0 and self.policy != "wait" else None
 
     @property
     def clock_budget(self) -> float | None:
@@ -223,8 +221,19 @@ class RunConfig:
         check(self.clock in CLOCKS, f"clock must be one of {CLOCKS}")
         check(self.policy in POLICIES, f"policy must be one of {POLICIES}")
         check(self.deadline_s >= 0, "deadline-s must be >= 0 (0 = no deadline)")
+        check(
+            math.isfinite(self.deadline_steps) and self.deadline_steps >= 0,
+            "deadline-steps must be a finite number >= 0 (0 = none: deadline-s decides)",
+        )
+        check(
+            not (self.deadline_s > 0 and self.deadline_steps > 0),
+            "set one of deadline-s and deadline-steps (the other 0), not both",
+        )
         check(self.clock_budget_s >= 0, "clock-budget-s must be >= 0 (0 = no budget: num-server-rounds decides)")
-        check(self.policy == "wait" or self.deadline_s > 0, f"policy {self.policy!r} needs deadline-s > 0")
+        check(
+            self.policy == "wait" or self.deadline_s > 0 or self.deadline_steps > 0,
+            f"policy {self.policy!r} needs a deadline: deadline-s > 0 or deadline-steps > 0",
+        )
         check(self.transport in TRANSPORTS, f"transport must be one of {TRANSPORTS}")
         check(self.client_eval_every >= 0, "client-eval-every must be >= 0")
         for key, spec, allowed in (("client-ranks", self.client_ranks, None), ("client-bits", self.client_bits, BITS)):

@@ -161,6 +161,25 @@ def scheduler_priors(cfg: RunConfig, initial: AdapterState) -> dict:
     return priors
 
 
+def round_deadline_s(cfg: RunConfig) -> float | None:
+    """The round deadline in seconds on the run's clock (None under policy wait).
+
+    ``deadline-steps`` counts reference steps of the run's model (docs/clock.md): the same count
+    asks the same work of a tier whatever the model, where a deadline in seconds does not.
+    """
+    if cfg.policy == "wait":
+        return None
+    if cfg.deadline_s > 0:
+        return cfg.deadline_s
+    try:
+        shape = model_shape(resolve_model(cfg.model))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"deadline-steps needs the size of model {cfg.model!r}, which is not on disk ({exc}): set deadline-s"
+        ) from None
+    return cfg.deadline_steps * estimate_step_seconds(shape, cfg.backbone_bits, cfg.batch_size, cfg.max_seq_length)
+
+
 def resolve_run_dir(cfg: RunConfig) -> Path:
     name = cfg.run_name or datetime.now().strftime("run-%Y%m%d-%H%M%S")
     return (Path(cfg.output_dir).expanduser() / name).resolve()
@@ -210,8 +229,11 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         nbytes(initial) / 1e6,
     )
     tiers = load_tiers(cfg.tier_file or None)
+    deadline_s = round_deadline_s(cfg)
     scheduler = build_for_run(cfg, tiers=tiers, **scheduler_priors(cfg, initial))
-    strategy = FLQFedAvg(StrategySpec.from_run_config(cfg), scheduler, ClockModel.for_transport(tiers, cfg.transport))
+    strategy = FLQFedAvg(
+        StrategySpec.from_run_config(cfg, deadline_s), scheduler, ClockModel.for_transport(tiers, cfg.transport)
+    )
     checkpoint = load_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and checkpoint is None:
         raise FileNotFoundError(f"resume=true but {run_dir} has no checkpoint (set run-name to the run to resume)")
@@ -252,7 +274,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         )
         state = array_record_to_adapter(result.arrays)
     records = read_rounds(run_dir)  # all rounds, also those before a resume
-    summary = summarize(records, cfg.target_score, cfg.higher_is_better, cfg.deadline)
+    summary = summarize(records, cfg.target_score, cfg.higher_is_better, deadline_s)
     summary["initial"] = recorder.initial or _previous_initial(run_dir)
     write_summary(run_dir, summary)
     write_run_figures(records, run_dir / "figures", cfg.target_score)

@@ -149,3 +149,43 @@ def test_the_server_app_reports_a_config_error_in_one_line_before_anything_loads
         server_app.main(None, context)  # the grid is never reached
     lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(lines) == 1 and lines[0].startswith("FLQ cannot run: bad run config:") and "partitioner" in lines[0]
+
+
+def test_a_deadline_is_set_in_seconds_or_in_reference_steps_and_not_both():
+    with pytest.raises(ConfigError, match="policy 'budget' needs a deadline"):
+        RunConfig.from_flower({"policy": "budget"})
+    assert RunConfig.from_flower({"policy": "budget", "deadline-steps": 14}).deadline_steps == 14.0
+    assert RunConfig.from_flower({"policy": "drop", "deadline-s": 20}).deadline_s == 20.0
+    with pytest.raises(ConfigError, match="not both"):
+        RunConfig.from_flower({"policy": "budget", "deadline-s": 20, "deadline-steps": 14})
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="deadline-steps must be a finite number >= 0"):
+            RunConfig.from_flower({"policy": "budget", "deadline-steps": bad})
+
+
+def test_a_deadline_in_reference_steps_resolves_to_that_many_estimated_steps_of_the_model(tiny_llama_dir):
+    from flq.server_app import round_deadline_s
+    from flq.task.cost import estimate_step_seconds, model_shape
+
+    cfg = RunConfig(model=str(tiny_llama_dir), policy="budget", deadline_steps=14, batch_size=4, max_seq_length=32)
+    step_s = estimate_step_seconds(model_shape(tiny_llama_dir), cfg.backbone_bits, 4, 32)
+    assert step_s > 0 and round_deadline_s(cfg) == pytest.approx(14 * step_s)
+    # the run's batch and bits count: twice the batch is twice the step
+    assert round_deadline_s(cfg.replace(batch_size=8)) == pytest.approx(2 * round_deadline_s(cfg))
+    assert round_deadline_s(cfg.replace(deadline_steps=0, deadline_s=7.5)) == 7.5
+    assert round_deadline_s(cfg.replace(policy="wait")) is None
+
+
+def test_a_deadline_in_steps_of_a_model_not_on_disk_says_to_set_seconds(tmp_path):
+    from flq.server_app import round_deadline_s
+
+    cfg = RunConfig(model=str(tmp_path / "no-such-model"), policy="budget", deadline_steps=14)
+    with pytest.raises(ConfigError, match="deadline-steps needs the size of model.*set deadline-s"):
+        round_deadline_s(cfg)
+
+
+def test_the_main_job_file_is_a_valid_run_config_over_the_shipped_defaults():
+    with open(PROJECT / "experiments" / "main-job.toml", "rb") as fh:
+        main_job = tomllib.load(fh)
+    cfg = RunConfig.from_flower(shipped_run_config() | main_job)  # unknown keys or bad values fail here
+    assert cfg.policy != "wait" and cfg.deadline_steps > 0  # the main job runs under a deadline

@@ -202,3 +202,51 @@ def test_the_bandit_gives_the_slow_tier_less_work_and_keeps_rounds_on_time(tier_
     _, meta = load_checkpoint(tier_runs["bandit"].run_dir)
     assert meta["scheduler"]  # the learned state is checkpointed (JSON)
     json.dumps(meta["scheduler"])
+
+
+# -- the main job's settings (experiments/main-job.toml) on a tiny model -------------------------
+MAIN_JOB_DEADLINE_S = 120.0  # ample: the tiny model's estimated step is microseconds, its real step milliseconds
+
+
+@pytest.fixture(scope="module")
+def main_job_run(flower_sim, tiny_llama_dir):
+    """The main job's file as the user runs it, on a tiny model, with its deadline-steps scaled so
+    the deadline stays ample (the decisions under it are the bandit's, tested above)."""
+    from flq.config import RunConfig
+    from flq.server_app import round_deadline_s
+
+    overrides = {**main_job_settings(), **TINY, "model": str(tiny_llama_dir), "num-server-rounds": 2}
+    overrides["clients-per-round"] = 6
+    one_step = round_deadline_s(RunConfig.from_flower({**overrides, "deadline-steps": 1.0}))
+    overrides["deadline-steps"] = MAIN_JOB_DEADLINE_S / one_step
+    return flower_sim.run(overrides, num_supernodes=6, name="main-job")
+
+
+def main_job_settings() -> dict:
+    import tomllib
+
+    from harness.simulation import PROJECT_DIR
+
+    with open(PROJECT_DIR / "experiments" / "main-job.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+def test_the_main_job_runs_three_tiers_under_a_deadline_in_reference_steps_of_the_model(main_job_run, capsys):
+    from flq.cli import main
+
+    settings = main_job_settings()
+    records = main_job_run.rounds()
+    assert len(records) == 2
+    for record in records:
+        # deadline-steps x the model's estimated step, resolved by the ServerApp
+        assert record["deadline_s"] == pytest.approx(MAIN_JOB_DEADLINE_S)
+        assert record["policy"] == settings["policy"]
+        assert sorted(c["tier"] for c in record["clients"]) == ["cpu-edge"] * 2 + ["gpu-24g"] * 2 + ["jetson-nano"] * 2
+    summary = main_job_run.summary()
+    assert summary["deadline_s"] == pytest.approx(MAIN_JOB_DEADLINE_S)
+    assert set(summary["work_per_tier"]) == {"cpu-edge", "gpu-24g", "jetson-nano"}
+    # the summary the main job prints says what each tier did
+    assert main(["report", str(main_job_run.run_dir)]) == 0
+    out = capsys.readouterr().out
+    for tier in ("cpu-edge", "gpu-24g", "jetson-nano"):
+        assert f"examples / client-round [{tier}]" in out

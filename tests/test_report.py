@@ -29,6 +29,7 @@ def synthetic_round(server_round, clock_s, score, late_edge):
             bytes_up=1_000_000,
             bytes_down=1_000_000,
             peak_mem_mb=900.0,
+            num_examples=64,
         ),
         ClientRoundRecord(
             node_id=12,
@@ -44,6 +45,7 @@ def synthetic_round(server_round, clock_s, score, late_edge):
             bytes_up=1_000_000,
             bytes_down=1_000_000,
             peak_mem_mb=950.0,
+            num_examples=64,
         ),
         ClientRoundRecord(
             node_id=13,
@@ -59,6 +61,7 @@ def synthetic_round(server_round, clock_s, score, late_edge):
             bytes_up=500_000,
             bytes_down=1_000_000,
             peak_mem_mb=1400.0,
+            num_examples=64,
             on_time=not late_edge,
         ),
     ]
@@ -116,6 +119,9 @@ def test_report_prints_the_summary_and_writes_the_figures(run_dir, capsys):
     assert table_row(out, "client worst") == ["0.5000"]
     # Jain: (0.9 + 0.8 + 0.5)^2 / (3 x (0.81 + 0.64 + 0.25)) = 4.84 / 5.1 = 0.9490.
     assert table_row(out, "Jain's index") == ["0.9490"]
+    # what each tier gave: the edge client's update was dropped in 2 of its 3 rounds
+    assert table_row(out, "examples / client-round [cpu-edge]") == ["21.3", "(33%", "in)"]
+    assert table_row(out, "examples / client-round [gpu-24g]") == ["64.0", "(100%", "in)"]
     assert table_row(out, "peak MB [cpu-edge]") == ["1400"]
     assert table_row(out, "dropped [cpu-edge]") == ["2"]
     assert table_row(out, "dropped [gpu-24g]") == ["0"]

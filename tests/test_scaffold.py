@@ -453,6 +453,6 @@ def test_the_run_config_checks_the_scaffold_key():
         RunConfig.from_flower({"scaffold": "yes"})
     with pytest.raises(ConfigError, match="scaffold=1: expected true or false"):
         RunConfig.from_flower({"scaffold": 1})
-    spec = StrategySpec.from_run_config(RunConfig(scaffold=True))
+    spec = StrategySpec.from_run_config(RunConfig(scaffold=True), None)
     assert spec.scaffold and "+scaffold" in spec.describe()
-    assert not StrategySpec.from_run_config(RunConfig()).scaffold
+    assert not StrategySpec.from_run_config(RunConfig(), None).scaffold

@@ -191,12 +191,26 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
     rows = [[label, *(fmt(s.get(key)) for s in summaries)] for label, key, fmt in ROWS]
     for label, key in FAIRNESS_ROWS:
         rows.append([label, *(_num(".4f")((s.get("fairness") or {}).get(key)) for s in summaries)])
-    tiers = sorted({t for s in summaries for t in s.get("peak_mem_mb_per_tier", {})})
+    per_tier = ("peak_mem_mb_per_tier", "dropped_per_tier", "work_per_tier")
+    tiers = sorted({t for s in summaries for key in per_tier for t in s.get(key) or {}})
     for tier in tiers:
-        rows.append([f"peak MB [{tier}]", *(_num(".0f")(s["peak_mem_mb_per_tier"].get(tier)) for s in summaries)])
+        rows.append(
+            [f"examples / client-round [{tier}]", *(_work((s.get("work_per_tier") or {}).get(tier)) for s in summaries)]
+        )
     for tier in tiers:
-        rows.append([f"dropped [{tier}]", *(_text(s["dropped_per_tier"].get(tier)) for s in summaries)])
+        rows.append(
+            [f"peak MB [{tier}]", *(_num(".0f")((s.get("peak_mem_mb_per_tier") or {}).get(tier)) for s in summaries)]
+        )
+    for tier in tiers:
+        rows.append([f"dropped [{tier}]", *(_text((s.get("dropped_per_tier") or {}).get(tier)) for s in summaries)])
     return rows
+
+
+def _work(entry: dict[str, float] | None) -> str:
+    """A tier's training examples per sampled client-round that reached the model, and its accepted share."""
+    if entry is None:
+        return "n/a"
+    return f"{entry['examples_per_client_round']:.1f} ({entry['accepted_share']:.0%} in)"
 
 
 def format_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:

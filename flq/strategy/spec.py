@@ -38,12 +38,13 @@ class StrategySpec:
     decode_limits: DecodeLimits = DEFAULT_LIMITS
 
     @classmethod
-    def from_run_config(cls, cfg: RunConfig) -> StrategySpec:
+    def from_run_config(cls, cfg: RunConfig, deadline_s: float | None) -> StrategySpec:
+        """``deadline_s``: the round deadline resolved in seconds (``flq.server_app.round_deadline_s``)."""
         return cls(
             rank_max=cfg.lora_rank,
             clients_per_round=cfg.clients_per_round,
             min_available_nodes=max(1, cfg.clients_per_round),
-            deadline_s=cfg.deadline,
+            deadline_s=deadline_s,
             policy=cfg.policy,
             clock=cfg.clock,
             update_codec=cfg.update_codec,
@@ -66,7 +67,11 @@ class StrategySpec:
         feedback = "+error-feedback" if self.error_feedback and self.update_codec != "fp32" else ""
         opt = self.server_optimizer
         return (
-            f"rank_max={self.rank_max} policy={self.policy} deadline={self.deadline_s} "
+            f"rank_max={self.rank_max} policy={self.policy} deadline={_seconds(self.deadline_s)} "
             f"server-optimizer={opt.name} lr={opt.lr:g}{' +scaffold' if self.scaffold else ''} "
             f"codecs: update={self.update_codec}{feedback} broadcast={self.broadcast_codec}"
         )
+
+
+def _seconds(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4g}s"

@@ -162,6 +162,13 @@ def _text(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
+def _work(entry: dict[str, float] | None) -> str:
+    """A tier's training examples per sampled client-round that reached the model, and its accepted share."""
+    if entry is None:
+        return "n/a"
+    return f"{entry['examples_per_client_round']:.1f} ({entry['accepted_share']:.0%} in)"
+
+
 # (row label, summary key, formatter); fairness and per-tier rows are added by format_table.
 ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("clock", "clock", _text),
@@ -183,6 +190,12 @@ ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("MB total", "bytes_total", _mb),
     ("rejected replies", "rejected_replies", _text),
 ]
+# (row label, summary key of a per-tier dict, formatter): one row per tier seen in any run.
+PER_TIER_ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("examples / client-round", "work_per_tier", _work),
+    ("peak MB", "peak_mem_mb_per_tier", _num(".0f")),
+    ("dropped", "dropped_per_tier", _text),
+]
 FAIRNESS_ROWS = [("client worst", "worst"), ("client p10", "p10"), ("client mean", "mean"), ("Jain's index", "jain")]
 
 
@@ -191,26 +204,11 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> list[list[str]]:
     rows = [[label, *(fmt(s.get(key)) for s in summaries)] for label, key, fmt in ROWS]
     for label, key in FAIRNESS_ROWS:
         rows.append([label, *(_num(".4f")((s.get("fairness") or {}).get(key)) for s in summaries)])
-    per_tier = ("peak_mem_mb_per_tier", "dropped_per_tier", "work_per_tier")
-    tiers = sorted({t for s in summaries for key in per_tier for t in s.get(key) or {}})
-    for tier in tiers:
-        rows.append(
-            [f"examples / client-round [{tier}]", *(_work((s.get("work_per_tier") or {}).get(tier)) for s in summaries)]
-        )
-    for tier in tiers:
-        rows.append(
-            [f"peak MB [{tier}]", *(_num(".0f")((s.get("peak_mem_mb_per_tier") or {}).get(tier)) for s in summaries)]
-        )
-    for tier in tiers:
-        rows.append([f"dropped [{tier}]", *(_text((s.get("dropped_per_tier") or {}).get(tier)) for s in summaries)])
+    tiers = sorted({t for s in summaries for _, key, _ in PER_TIER_ROWS for t in s.get(key) or {}})
+    for label, key, fmt in PER_TIER_ROWS:
+        for tier in tiers:
+            rows.append([f"{label} [{tier}]", *(fmt((s.get(key) or {}).get(tier)) for s in summaries)])
     return rows
-
-
-def _work(entry: dict[str, float] | None) -> str:
-    """A tier's training examples per sampled client-round that reached the model, and its accepted share."""
-    if entry is None:
-        return "n/a"
-    return f"{entry['examples_per_client_round']:.1f} ({entry['accepted_share']:.0%} in)"
 
 
 def format_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from matrix import client_label_histograms
 
 from flq.metrics.arm_plots import plot_score_bands, plot_tier_work, plot_tradeoff
-from flq.metrics.paired import mean_std, paired_ratio, proportion_ci_half_width
+from flq.metrics.paired import bootstrap_ci, mean_std, paired_ratio, proportion_ci_half_width
 from flq.metrics.records import RoundRecord, read_rounds
 from flq.metrics.summary import (
     bytes_per_round,
@@ -32,6 +32,7 @@ from flq.status import ClientStatus
 
 REFERENCES = ("fixed-wait", "fixed-budget")  # the arms every other is divided by
 FOCUS = "bandit"  # the arm the issue's targets are about
+ABLATION_PREFIX = f"{FOCUS}-no-"  # an ablation arm: the focus arm with one part off
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ class RunFacts:
     test_sizes: dict[int, int]
     wall_s: float
     records: list[RoundRecord] = field(repr=False, default_factory=list)
+
+    @property
+    def on_time_share(self) -> float | None:
+        """The share of judged rounds within the deadline (None when no round was judged)."""
+        return self.on_time_rounds / self.judged_rounds if self.judged_rounds else None
 
 
 def run_facts(records: list[RoundRecord], protocol: Protocol, histograms: list[list[int]] | None = None) -> RunFacts:
@@ -331,6 +337,7 @@ def _partition_section(partition: str, arms: list[str], seeds: list[int], cell, 
             ["arm", *(f"vs {r}, sustained" for r in REFERENCES), *(f"vs {r}, first crossing" for r in REFERENCES)],
             ratio_rows,
         ),
+        *_ablation_section(arms, seeds, cell),
         "### Fairness",
         "Own split: the sampled clients' accuracy on their own test splits (a few examples each under "
         "severe skew). Label mix: every client's expected accuracy, the global model's per-class accuracy on "
@@ -384,6 +391,55 @@ def _ratio_rows(arms: list[str], seeds: list[int], cell) -> list[list[str]]:
                 row.append(r.describe())
         rows.append(row)
     return rows
+
+
+def _ablation_section(arms: list[str], seeds: list[int], cell) -> list[str]:
+    """The whole focus arm against each of its ablations, paired per seed (empty without ablations)."""
+    ablations = [a for a in arms if a.startswith(ABLATION_PREFIX)]
+    if FOCUS not in arms or not ablations:
+        return []
+    rows = []
+    for arm in ablations:
+        row = [arm]
+        for attr in ("ttt_sustained", "ttt"):
+            r = paired_ratio(
+                {s: getattr(f, attr) if (f := cell(arm, s)) else None for s in seeds},
+                {s: getattr(f, attr) if (f := cell(FOCUS, s)) else None for s in seeds},
+            )
+            row.append(r.describe())
+        for attr in ("score_at_budget", "on_time_share"):
+            row.append(_paired_difference([(cell(FOCUS, s), cell(arm, s)) for s in seeds], attr))
+        rows.append(row)
+    return [
+        f"### Ablations: the whole `{FOCUS}` against it with one part off",
+        f"Ratios: how many times sooner the whole `{FOCUS}` reaches the target than the ablation (> 1: the part "
+        "helps). Differences: the whole arm's value minus the ablation's, paired per seed, mean and 95% bootstrap "
+        "CI over seeds. What each part does: docs/schedulers.md#ablations.",
+        table(
+            [
+                "ablation",
+                f"{FOCUS} vs it, sustained",
+                f"{FOCUS} vs it, first crossing",
+                "score at equal clock, difference",
+                "share of rounds within deadline, difference",
+            ],
+            rows,
+        ),
+    ]
+
+
+def _paired_difference(pairs: list[tuple[RunFacts | None, RunFacts | None]], attr: str) -> str:
+    """``+0.012 [-0.004, +0.030]``: mean of focus minus other over the seeds where both have a value."""
+    diffs = [
+        a - b
+        for focus, other in pairs
+        if focus and other and (a := getattr(focus, attr)) is not None and (b := getattr(other, attr)) is not None
+    ]
+    if not diffs:
+        return "n/a"
+    low, high = bootstrap_ci(diffs, lambda x: x.mean(axis=1))
+    text = f"{statistics.fmean(diffs):+.3f} [{low:+.3f}, {high:+.3f}]"
+    return text + ("" if len(diffs) == len(pairs) else f" ({len(diffs)} of {len(pairs)} pairs)")
 
 
 def _targets(arms: list[str], seeds: list[int], cell) -> str:

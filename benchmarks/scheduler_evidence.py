@@ -1,13 +1,17 @@
 """Issue 20: the scheduler's evidence: arms and bandit ablations, paired over seeds, at equal clock.
 
-Protocol (``--size default``; every part is a flag): MiniLM-L6 (offline, embedded) + LoRA (r_max
+Protocol (``--size full``; every part is a flag): MiniLM-L6 (offline, embedded) + LoRA (r_max
 16, start 8, svd aggregation weighted per step), BBC News, 32 simulated clients in four equal tier
 groups (gpu-24g, gpu-32g, cpu-edge, jetson-nano; ``--tiers``), 10 sampled per round, Dirichlet
-alpha 0.1 and pathological (2 classes per client) partitions, 5 seeds, int8 updates with error
-feedback, every client evaluated on its own test split every round (fairness at any clock), 600
-held-out articles for the global score. Every arm runs until its virtual clock reaches the same
-budget (``--budget-deadlines`` deadlines; the round that reaches it is its last), so arms compare
-at equal clock. ``--size smoke`` is the same machinery, tiny, for CI.
+alpha 0.1 and pathological (2 classes per client) partitions, 5 seeds, every baseline arm and
+every bandit ablation, int8 updates with error feedback, every client evaluated on its own test
+split every round (fairness at any clock), 600 held-out articles for the global score. Every arm
+runs until its virtual clock reaches the same budget (``--budget-deadlines`` deadlines; the round
+that reaches it is its last), so arms compare at equal clock. The full protocol is 120 runs, many
+hours on a 2-core machine; ``--size default`` is its headline comparison (fixed-wait,
+fixed-budget and bandit on Dirichlet 0.1, 5 seeds), which fits in about 90 minutes there, and
+``--arms`` / ``--partitions`` / ``--seeds`` add the rest a part at a time into the same runs
+folder. ``--size smoke`` is the same machinery, tiny, for CI.
 
 Paired design: within a seed every arm gets the same partitions and the same client sample each
 round (flq/strategy/roster.py; the report checks it again from the round records). Dirichlet 0.1
@@ -24,8 +28,9 @@ times do not scale with compute, and the report prints the measured per-tier com
 against the deadline. ``--deadline`` sets seconds directly.
 
     .venv/bin/python benchmarks/scheduler_evidence.py --size smoke
-    .venv/bin/python benchmarks/scheduler_evidence.py --size default        # the full run
+    .venv/bin/python benchmarks/scheduler_evidence.py --size default        # the headline arms
     .venv/bin/python benchmarks/scheduler_evidence.py --size default --report-only   # rebuild the report
+    .venv/bin/python benchmarks/scheduler_evidence.py --size full           # every arm, ablation, partition
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from evidence_report import Protocol, RunRef, write_evidence_report
 from matrix import SCHEDULER_ARMS, Matrix, dump_cells, partition_overrides
 
 from flq.scheduler.bandit import BANDIT_PARTS
+from flq.task.cost import reference_step_seconds
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -65,16 +71,11 @@ class Size:
 
 SIZES = {
     "smoke": Size(4, 2, 2, ("dirichlet:0.3",), ("fixed-wait", "fixed-budget", "bandit"), 100, 5.0, 4, 0.5),
-    "default": Size(32, 10, 5, ("dirichlet:0.1", "pathological:2"), tuple(ARMS), 600, 25.0, 80, 0.7),
+    "default": Size(32, 10, 5, ("dirichlet:0.1",), ("fixed-wait", "fixed-budget", "bandit"), 600, 25.0, 80, 0.7),
+    "full": Size(32, 10, 5, ("dirichlet:0.1", "pathological:2"), tuple(ARMS), 600, 25.0, 80, 0.7),
 }
-
-
-def reference_step_s(model: str, bits: int, batch_size: int, seq_len: int) -> float:
-    """The model's estimated seconds per local step on the reference machine (the schedulers' prior)."""
-    from flq.task.cost import estimate_step_seconds, model_shape
-    from flq.task.model_cache import resolve_model
-
-    return estimate_step_seconds(model_shape(resolve_model(model)), bits, batch_size, seq_len)
+# The report a size writes unless --report names one (a smoke's is a CI artefact beside its runs).
+REPORTS = {"default": RESULTS / "scheduler_evidence.md", "full": RESULTS / "scheduler_evidence_full.md"}
 
 
 def feasible(base: dict, partition: str, seed: int, clients: int) -> bool:
@@ -147,9 +148,8 @@ def main() -> None:
         target=args.target or size.target,
     )
     out = args.out or RESULTS / "tmp" / f"scheduler_evidence_{args.size}"
-    # the full run's report sits beside the other results; a smoke's is a CI artefact
-    report = args.report or (RESULTS / "scheduler_evidence.md" if args.size == "default" else out / "report.md")
-    step_s = reference_step_s(args.model, args.bits, args.batch_size, args.seq_len)
+    report = args.report or REPORTS.get(args.size, out / "report.md")
+    step_s = reference_step_seconds(args.model, args.bits, args.batch_size, args.seq_len)
     deadline = args.deadline if args.deadline else round(args.deadline_steps * step_s, 3)
     clock_budget = round(size.budget_deadlines * deadline, 3)
 

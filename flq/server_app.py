@@ -41,7 +41,7 @@ from .strategy.accounting import ResumePoint, clock_budget_spent
 from .strategy.fedavg import FLQFedAvg, NoClientsError
 from .strategy.spec import StrategySpec
 from .task.chat_data import GENERATIVE_TASKS
-from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape
+from .task.cost import estimate_step_seconds, estimate_train_memory_mb, model_shape, reference_step_seconds
 from .task.data import DataError
 from .task.export import BASE_CONFIG_FILE, base_model_reference, export_adapter, export_merged
 from .task.lora import LoraModel
@@ -172,12 +172,12 @@ def round_deadline_s(cfg: RunConfig) -> float | None:
     if cfg.deadline_s > 0:
         return cfg.deadline_s
     try:
-        shape = model_shape(resolve_model(cfg.model))
+        step_s = reference_step_seconds(cfg.model, cfg.backbone_bits, cfg.batch_size, cfg.max_seq_length)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"deadline-steps needs the size of model {cfg.model!r}, which is not on disk ({exc}): set deadline-s"
         ) from None
-    return cfg.deadline_steps * estimate_step_seconds(shape, cfg.backbone_bits, cfg.batch_size, cfg.max_seq_length)
+    return cfg.deadline_steps * step_s
 
 
 def resolve_run_dir(cfg: RunConfig) -> Path:

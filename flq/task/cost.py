@@ -99,3 +99,13 @@ STEP_S_PER_GPARAM_KTOKEN = {32: 39.0, 16: 26.0, 8: 50.0, 4: 55.0}
 def estimate_step_seconds(shape: ModelShape, bits: int, batch_size: int, seq_len: int) -> float:
     """Reference-machine seconds for one training step (forward, backward, AdamW on the adapter)."""
     return STEP_S_PER_GPARAM_KTOKEN[bits] * (shape.linear_params / 1e9) * (batch_size * seq_len / 1e3)
+
+
+def reference_step_seconds(model: str, bits: int, batch_size: int, seq_len: int) -> float:
+    """``estimate_step_seconds`` of a model by name or path: the unit of ``deadline-steps``.
+
+    Raises OSError or ValueError when the model's files are not on disk (a hub id not fetched).
+    """
+    from flq.task.model_cache import resolve_model
+
+    return estimate_step_seconds(model_shape(resolve_model(model)), bits, batch_size, seq_len)

@@ -375,6 +375,11 @@ def _tier_work_cell(works: list[dict[str, float]]) -> str:
     return f"{examples:.1f} ({statistics.fmean(w['accepted_share'] for w in works):.0%})"
 
 
+def _by_seed(cell, arm: str, seeds: list[int], attr: str) -> dict[int, Any]:
+    """One ``RunFacts`` attribute of an arm, per seed (None where that run is missing)."""
+    return {s: getattr(f, attr) if (f := cell(arm, s)) else None for s in seeds}
+
+
 def _ratio_rows(arms: list[str], seeds: list[int], cell) -> list[list[str]]:
     rows = []
     for arm in arms:
@@ -384,11 +389,7 @@ def _ratio_rows(arms: list[str], seeds: list[int], cell) -> list[list[str]]:
                 if ref not in arms or ref == arm:
                     row.append("—")
                     continue
-                r = paired_ratio(
-                    {s: getattr(f, attr) if (f := cell(ref, s)) else None for s in seeds},
-                    {s: getattr(f, attr) if (f := cell(arm, s)) else None for s in seeds},
-                )
-                row.append(r.describe())
+                row.append(paired_ratio(_by_seed(cell, ref, seeds, attr), _by_seed(cell, arm, seeds, attr)).describe())
         rows.append(row)
     return rows
 
@@ -402,13 +403,9 @@ def _ablation_section(arms: list[str], seeds: list[int], cell) -> list[str]:
     for arm in ablations:
         row = [arm]
         for attr in ("ttt_sustained", "ttt"):
-            r = paired_ratio(
-                {s: getattr(f, attr) if (f := cell(arm, s)) else None for s in seeds},
-                {s: getattr(f, attr) if (f := cell(FOCUS, s)) else None for s in seeds},
-            )
-            row.append(r.describe())
+            row.append(paired_ratio(_by_seed(cell, arm, seeds, attr), _by_seed(cell, FOCUS, seeds, attr)).describe())
         for attr in ("score_at_budget", "on_time_share"):
-            row.append(_paired_difference([(cell(FOCUS, s), cell(arm, s)) for s in seeds], attr))
+            row.append(_paired_difference(_by_seed(cell, FOCUS, seeds, attr), _by_seed(cell, arm, seeds, attr)))
         rows.append(row)
     return [
         f"### Ablations: the whole `{FOCUS}` against it with one part off",
@@ -428,18 +425,15 @@ def _ablation_section(arms: list[str], seeds: list[int], cell) -> list[str]:
     ]
 
 
-def _paired_difference(pairs: list[tuple[RunFacts | None, RunFacts | None]], attr: str) -> str:
-    """``+0.012 [-0.004, +0.030]``: mean of focus minus other over the seeds where both have a value."""
-    diffs = [
-        a - b
-        for focus, other in pairs
-        if focus and other and (a := getattr(focus, attr)) is not None and (b := getattr(other, attr)) is not None
-    ]
+def _paired_difference(focus: dict[int, float | None], other: dict[int, float | None]) -> str:
+    """``+0.012 [-0.004, +0.030]``: mean of focus minus other over the seeds where both have a value,
+    with its bootstrap CI over those seeds."""
+    diffs = [a - b for s, a in focus.items() if a is not None and (b := other.get(s)) is not None]
     if not diffs:
         return "n/a"
     low, high = bootstrap_ci(diffs, lambda x: x.mean(axis=1))
     text = f"{statistics.fmean(diffs):+.3f} [{low:+.3f}, {high:+.3f}]"
-    return text + ("" if len(diffs) == len(pairs) else f" ({len(diffs)} of {len(pairs)} pairs)")
+    return text + ("" if len(diffs) == len(focus) else f" ({len(diffs)} of {len(focus)} pairs)")
 
 
 def _targets(arms: list[str], seeds: list[int], cell) -> str:
@@ -447,12 +441,9 @@ def _targets(arms: list[str], seeds: list[int], cell) -> str:
     if FOCUS not in arms or not all(r in arms for r in REFERENCES):
         return ""
 
-    def times(arm: str) -> dict[int, float | None]:
-        return {s: f.ttt_sustained if (f := cell(arm, s)) else None for s in seeds}
-
     lines = []
     for ref, wanted in zip(REFERENCES, (1.5, 1.2), strict=True):
-        r = paired_ratio(times(ref), times(FOCUS))
+        r = paired_ratio(_by_seed(cell, ref, seeds, "ttt_sustained"), _by_seed(cell, FOCUS, seeds, "ttt_sustained"))
         met = r.estimate is not None and r.estimate >= wanted and r.ci[0] > 1.0
         lines.append(
             f"- {FOCUS} >= {wanted}x sooner than {ref}, CI above 1: {'met' if met else 'not met'} ({r.describe()})"

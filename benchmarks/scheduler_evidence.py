@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from evidence_report import Protocol, RunRef, write_evidence_report
+from evidence_report import ABLATION_PREFIX, FOCUS, Protocol, RunRef, write_evidence_report
 from matrix import SCHEDULER_ARMS, Matrix, dump_cells, partition_overrides
 
 from flq.scheduler.bandit import BANDIT_PARTS
@@ -52,7 +52,7 @@ RESULTS = Path(__file__).parent / "results"
 
 BASELINES = SCHEDULER_ARMS
 # One ablation per part the bandit can switch off (flq.scheduler.bandit.BANDIT_PARTS).
-ABLATIONS = {f"bandit-no-{part}": {**BASELINES["bandit"], "bandit-off": part} for part in BANDIT_PARTS}
+ABLATIONS = {f"{ABLATION_PREFIX}{part}": {**BASELINES[FOCUS], "bandit-off": part} for part in BANDIT_PARTS}
 ARMS = {**BASELINES, **ABLATIONS}
 
 

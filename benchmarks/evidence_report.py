@@ -8,7 +8,7 @@ tests/test_evidence_report.py.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from matrix import client_label_histograms
 
 from flq.metrics.arm_plots import plot_score_bands, plot_tier_work, plot_tradeoff
 from flq.metrics.paired import bootstrap_ci, mean_std, paired_ratio, proportion_ci_half_width
-from flq.metrics.records import RoundRecord, read_rounds
+from flq.metrics.records import ClientRoundRecord, RoundRecord, read_rounds
 from flq.metrics.summary import (
     bytes_per_round,
     fairness_at_clock,
@@ -28,6 +28,8 @@ from flq.metrics.summary import (
     time_to_target,
     work_per_tier,
 )
+from flq.scheduler.spread import parse_factor_spread
+from flq.sim.clock import NO_MISFIT, misfit_for
 from flq.status import ClientStatus
 
 REFERENCES = ("fixed-wait", "fixed-budget")  # the arms every other is divided by
@@ -87,18 +89,33 @@ class RunFacts:
         return self.on_time_rounds / self.judged_rounds if self.judged_rounds else None
 
 
+def misfit_group(protocol: Protocol) -> Callable[[ClientRoundRecord], str] | None:
+    """With a ``compute-misfit`` (settings ``compute_misfit``), work is counted per tier and true
+    speed ("cpu-edge x3": three times slower than its tier); None: per tier."""
+    spread = parse_factor_spread(str(protocol.settings.get("compute_misfit", "1")), "compute-misfit")
+    if spread == NO_MISFIT:
+        return None
+    clients = int(protocol.settings["clients"])
+
+    def group(c: ClientRoundRecord) -> str:
+        return f"{c.tier or 'untiered'} x{misfit_for(spread, c.partition_id, clients, c.tier):g}"
+
+    return group
+
+
 def run_facts(records: list[RoundRecord], protocol: Protocol, histograms: list[list[int]] | None = None) -> RunFacts:
     target, budget = protocol.target, protocol.clock_budget_s
     first = time_to_target(records, target, True)
     sustained = sustained_time_to_target(records, target, True)
     judged = [round_within_deadline(r, protocol.deadline_s) for r in records]
+    group = misfit_group(protocol)
     reached_budget = bool(records) and records[-1].clock_s >= budget
     bits: dict[str, set[int]] = {}
     test_sizes: dict[int, int] = {}
     for r in records:
         for c in r.clients:
             if c.status == ClientStatus.OK:
-                bits.setdefault(c.tier or "untiered", set()).add(c.bits)
+                bits.setdefault(group(c) if group else c.tier or "untiered", set()).add(c.bits)
         for e in r.client_eval:
             if e.partition_id is not None:
                 test_sizes[e.partition_id] = e.num_examples
@@ -117,7 +134,7 @@ def run_facts(records: list[RoundRecord], protocol: Protocol, histograms: list[l
         if sustained and histograms
         else None,
         mix_budget=label_mix_fairness_at_clock(records, budget, histograms) if reached_budget and histograms else None,
-        work=work_per_tier(records),
+        work=work_per_tier(records, group),
         bits={t: sorted(b) for t, b in sorted(bits.items())},
         sampled=[tuple(sorted(c.partition_id for c in r.clients if c.partition_id is not None)) for r in records],
         test_sizes=test_sizes,
@@ -261,6 +278,7 @@ def _partition_section(partition: str, arms: list[str], seeds: list[int], cell, 
         return [get(f) if (f := cell(arm, s)) else None for s in seeds]
 
     main_rows, fair_rows, work_rows = [], [], []
+    misfit = misfit_group(p) is not None
     tiers = sorted({t for a in arms for s in seeds if (f := cell(a, s)) for t in f.work})
     for arm in arms:
         runs = [cell(arm, s) for s in seeds]
@@ -354,7 +372,10 @@ def _partition_section(partition: str, arms: list[str], seeds: list[int], cell, 
             ],
             fair_rows,
         ),
-        "### Work per tier (examples reaching the model per sampled client-round; accepted share) and bits trained",
+        "### Work per tier (examples reaching the model per sampled client-round; accepted share) and bits trained"
+        + (
+            f" (tier x true compute over its tier's, `compute-misfit {p.settings['compute_misfit']}`)" if misfit else ""
+        ),
         table(["arm", *tiers, "bits trained, by tier"], work_rows),
         _targets(arms, seeds, cell),
         "Pairing: " + "; ".join(pairing) + ("" if not failed else f". Failed runs: {', '.join(failed)}"),

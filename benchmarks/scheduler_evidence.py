@@ -27,6 +27,11 @@ start from), so the same number puts the tiers in the same place for another mod
 times do not scale with compute, and the report prints the measured per-tier compute and transfer
 against the deadline. ``--deadline`` sets seconds directly.
 
+Mis-tiered clients: ``--compute-misfit cycle:1,3,1,0.5`` makes every client's true compute that
+multiple of its tier's (here a quarter three times slower, a quarter twice as fast), charged by
+the virtual clock and spent by the client's budget stop but told to no scheduler (docs/clock.md).
+This is what the bandit's per-client time model is for; its runs are named ``misfit-...``.
+
     .venv/bin/python benchmarks/scheduler_evidence.py --size smoke
     .venv/bin/python benchmarks/scheduler_evidence.py --size default        # the headline arms
     .venv/bin/python benchmarks/scheduler_evidence.py --size default --report-only   # rebuild the report
@@ -115,6 +120,12 @@ def main() -> None:
     parser.add_argument("--partitions", nargs="+", help="dirichlet:ALPHA | pathological:K | iid")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS))
     parser.add_argument("--tiers", default="groups:gpu-24g,gpu-32g,cpu-edge,jetson-nano", help="the tier mix")
+    parser.add_argument(
+        "--compute-misfit",
+        default="1",
+        help="clients' true compute over their tier's, unknown to the schedulers (e.g. cycle:1,3,1,0.5); "
+        "runs are named misfit-...",
+    )
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--steps", type=int, default=4, help="local steps (the cap under a budget)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -177,7 +188,9 @@ def main() -> None:
         "target-score": size.target,
         "client-eval-every": args.client_eval_every,
         "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
+        "compute-misfit": args.compute_misfit,
     }
+    prefix = "" if args.compute_misfit == "1" else "misfit-"  # not paired with, nor reusing, runs without
     seeds = args.seeds or choose_seeds(base, size.partitions, size.clients, size.seeds)
 
     matrix = Matrix("evidence", out, num_supernodes=size.clients)
@@ -185,7 +198,7 @@ def main() -> None:
     for seed in seeds:  # seed-major: an interrupted matrix still holds whole pairs
         for partition in size.partitions:
             for arm in size.arms:
-                label = f"{partition.replace(':', '')}-{arm}"
+                label = f"{prefix}{partition.replace(':', '')}-{arm}"
                 matrix.add(label, {**base, **partition_overrides(partition), **ARMS[arm]}, [seed])
                 refs.append(RunRef(partition, arm, seed, out / "runs" / f"{label}-seed{seed}"))
     if args.dry_run:
@@ -208,6 +221,7 @@ def main() -> None:
             "seeds": seeds,
             "model": args.model,
             "tiers": args.tiers,
+            "compute_misfit": args.compute_misfit,
             "steps": args.steps,
             "batch_size": args.batch_size,
         },

@@ -39,7 +39,8 @@ from .codec.update_codec import encode_adapter, encode_with_feedback, encoded_nb
 from .config import NodeConfigError, RunConfig
 from .logs import log, quiet_libraries
 from .scheduler.priors import own_batch_size
-from .sim.clock import comm_seconds
+from .scheduler.spread import parse_factor_spread
+from .sim.clock import comm_seconds, misfit_for
 from .sim.tiers import TierProfile, assign_tiers, load_tiers
 from .status import ClientStatus
 from .strategy.scaffold import client_control_at_rank, client_control_update, merge_client_control
@@ -174,8 +175,7 @@ def train(msg: Message, context: Context) -> Message:
             upload += encoded_nbytes(encode_adapter(control[0], "fp32", lz4=False))
         # what the round costs outside training: the link and this tier's per-round start-up
         comm_s = comm_seconds(node.tier, upload, download, int(ask.get(wire.HANDSHAKE_RTTS, 1))) + node.tier.startup_s
-        factor = node.tier.compute_factor if virtual else 1.0
-        should_stop = budget_stopper(float(ask[wire.BUDGET_S]), factor, comm_s)
+        should_stop = budget_stopper(float(ask[wire.BUDGET_S]), charged_compute_factor(cfg, node, virtual), comm_s)
 
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + node.partition_id
     torch.manual_seed(seed)
@@ -244,6 +244,21 @@ def memory_problem(cfg: RunConfig, tier: TierProfile, bits: int, adapter_params:
         f"needs ~{need:.0f} MB at {bits} bits (batch {batch_size} x {cfg.max_seq_length}), "
         f"tier {tier.name} has {tier.memory_limit_mb:.0f} MB"
     )
+
+
+def charged_compute_factor(cfg: RunConfig, node: Node, virtual: bool) -> float:
+    """What the run's clock charges per measured compute second: the tier's factor times the
+    node's ``compute-misfit`` on the virtual clock (the node knows its true speed, the
+    scheduler does not), 1 on the real one."""
+    if not virtual:
+        return 1.0
+    misfit = misfit_for(
+        parse_factor_spread(cfg.compute_misfit, "compute-misfit"),
+        node.partition_id,
+        node.num_partitions,
+        node.tier.name,
+    )
+    return node.tier.compute_factor * misfit
 
 
 def budget_stopper(

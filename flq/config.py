@@ -19,7 +19,7 @@ from .codec.update_codec import SCHEMES as CODECS
 from .metrics.summary import higher_is_better_for
 from .scheduler.bandit import parts_off
 from .scheduler.registry import SCHEDULERS
-from .scheduler.spread import SpreadError, parse_int_spread
+from .scheduler.spread import SpreadError, parse_factor_spread, parse_int_spread
 from .sim.clock import CLOCKS, HANDSHAKE_RTTS, POLICIES
 from .strategy.aggregation import AGGREGATION_RULES, AGGREGATION_WEIGHTS, FAIRNESS_Q_MAX
 from .strategy.server_optimizer import SERVER_OPTIMIZERS
@@ -111,6 +111,9 @@ class RunConfig:
     # tiers, clock and deadline (docs/clock.md)
     tiers: str = "reference"
     tier_file: str = ""
+    # simulation only: each client's true compute over its tier's factor, which no scheduler is
+    # told (a throttled or mis-declared device); the virtual clock charges it (docs/clock.md)
+    compute_misfit: str = "1"
     transport: str = "quic"
     clock: str = "auto"
     deadline_s: float = 0.0
@@ -244,6 +247,10 @@ class RunConfig:
                     )
                 except SpreadError as exc:
                     errors.append(str(exc))
+        try:
+            parse_factor_spread(self.compute_misfit, "compute-misfit")
+        except SpreadError as exc:
+            errors.append(str(exc))
         check(self.update_codec in CODECS, f"update-codec must be one of {CODECS}")
         check(self.broadcast_codec in CODECS, f"broadcast-codec must be one of {CODECS}")
         check(self.max_seq_length >= 8, "max-seq-length must be >= 8")

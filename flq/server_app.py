@@ -232,7 +232,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     deadline_s = round_deadline_s(cfg)
     scheduler = build_for_run(cfg, tiers=tiers, **scheduler_priors(cfg, initial))
     strategy = FLQFedAvg(
-        StrategySpec.from_run_config(cfg, deadline_s), scheduler, ClockModel.for_transport(tiers, cfg.transport)
+        StrategySpec.from_run_config(cfg, deadline_s),
+        scheduler,
+        ClockModel.for_transport(tiers, cfg.transport, cfg.compute_misfit),
     )
     checkpoint = load_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and checkpoint is None:

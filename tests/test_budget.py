@@ -27,3 +27,16 @@ def test_the_margin_makes_it_stop_earlier():
     assert plain(2, 8.0) is True and careful(2, 8.0) is True
     assert budget_stopper(100.0, 10.0, 0.0, margin=0.0)(1, 4.5) is False  # 90
     assert budget_stopper(100.0, 10.0, 0.0, margin=0.25)(1, 4.5) is True  # (4.5 + 5.625) x 10 > 100
+
+
+def test_the_budget_is_spent_at_the_nodes_true_speed_on_the_virtual_clock():
+    from flq.client_app import Node, charged_compute_factor
+    from flq.config import RunConfig
+    from flq.sim.tiers import load_tiers
+
+    edge = load_tiers()["cpu-edge"]
+    cfg = RunConfig(compute_misfit="cycle:1,3")
+    fitting, throttled = Node(0, 4, edge, simulated=True), Node(1, 4, edge, simulated=True)
+    assert charged_compute_factor(cfg, fitting, virtual=True) == edge.compute_factor
+    assert charged_compute_factor(cfg, throttled, virtual=True) == 3 * edge.compute_factor
+    assert charged_compute_factor(cfg, throttled, virtual=False) == 1.0  # real seconds are already true

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from flq.scheduler.spread import SpreadError
 from flq.sim.clock import (
     HANDSHAKE_RTTS,
     ClientTime,
@@ -154,10 +155,49 @@ def test_a_round_record_counts_the_start_up_outside_training_on_either_clock():
     from flq.strategy.accounting import RoundAccounting
 
     model = ClockModel.for_transport({"edge": dataclasses.replace(EDGE, startup_s=12.5)}, "quic")
+    from flq.strategy.roster import NodeProfile
+
+    node = NodeProfile(node_id=1, partition_id=0, tier="edge", num_partitions=2)
     virtual = RoundAccounting(model, "virtual", None, "wait", 8)
-    assert virtual.client_times("edge", 10.0, 1_250_000, 2_500_000, None) == (
+    assert virtual.client_times(node, 10.0, 1_250_000, 2_500_000, None) == (
         pytest.approx(40.0),
         pytest.approx(3.18 + 12.5),
     )
     real = RoundAccounting(model, "real", None, "wait", 8)  # what the client really spent is in its arrival
-    assert real.client_times("edge", 10.0, 1_250_000, 2_500_000, arrived_s=31.0) == (10.0, 21.0)
+    assert real.client_times(node, 10.0, 1_250_000, 2_500_000, arrived_s=31.0) == (10.0, 21.0)
+
+
+# -- compute misfit: true speed the schedulers are not told ------------------------------
+def test_a_misfit_client_is_charged_its_true_compute_and_a_fitting_one_its_tiers():
+    from flq.strategy.accounting import RoundAccounting
+    from flq.strategy.roster import NodeProfile
+
+    model = ClockModel.for_transport({"edge": EDGE}, "quic", compute_misfit="cycle:1,3")
+    accounting = RoundAccounting(model, "virtual", None, "wait", 8)
+    fitting = NodeProfile(node_id=1, partition_id=0, tier="edge", num_partitions=4)
+    throttled = NodeProfile(node_id=2, partition_id=1, tier="edge", num_partitions=4)
+    # EDGE's factor is 4: 10 measured s are 40 s on its tier, 120 s at three times slower; transfer is unchanged
+    assert accounting.client_times(fitting, 10.0, 1_250_000, 2_500_000, None) == (
+        pytest.approx(40.0),
+        pytest.approx(3.18),
+    )
+    assert accounting.client_times(throttled, 10.0, 1_250_000, 2_500_000, None) == (
+        pytest.approx(120.0),
+        pytest.approx(3.18),
+    )
+    real = RoundAccounting(model, "real", None, "wait", 8)  # a deployment's clock is what really happened
+    assert real.client_times(throttled, 10.0, 0, 0, arrived_s=12.0) == (10.0, 2.0)
+
+
+def test_a_misfit_can_go_by_tier_and_is_described_only_when_set():
+    model = ClockModel.for_transport({"edge": EDGE}, "quic", compute_misfit="tier:edge=0.5,*=1")
+    assert model.misfit(None, None, "edge") == 0.5 and model.misfit(None, None, "gpu") == 1.0
+    assert "compute_misfit" in model.describe()["compute"] and "tier:edge=0.5,*=1" in model.describe_text()
+    plain = ClockModel.for_transport({"edge": EDGE}, "quic")
+    assert "misfit" not in plain.describe()["compute"] and "misfit" not in plain.describe_text()
+
+
+@pytest.mark.parametrize("spec", ["0", "-1", "cycle:1,fast", "inf", "cycle:"])
+def test_a_misfit_must_be_positive_finite_factors(spec):
+    with pytest.raises(SpreadError, match="compute-misfit|empty"):
+        ClockModel.for_transport({"edge": EDGE}, "quic", compute_misfit=spec)

@@ -52,6 +52,7 @@ memory_limit_mb = 100.0
 """
 
 MIX = "list:fast,fast,mid,slow,slow,small"
+MISFIT = "list:1,2,3,1,1,1"  # the drop run: partition 1 (fast) really 2x, partition 2 (mid) 3x slower than its tier
 BUDGET_RUN = {"local-steps": 160, "deadline-s": 6000.0}  # see the module docstring
 
 
@@ -72,7 +73,7 @@ def tier_runs(flower_sim, tiny_llama_dir, tmp_path_factory):
     # The drop run asks for 5 rounds on a 3,000 s clock budget: it runs 2 (see the budget test).
     runs = {
         "drop": flower_sim.run(
-            {**base, "policy": "drop", "num-server-rounds": 5, "clock-budget-s": 3000.0},
+            {**base, "policy": "drop", "num-server-rounds": 5, "clock-budget-s": 3000.0, "compute-misfit": MISFIT},
             num_supernodes=6,
             name="tiers-drop",
         ),
@@ -139,14 +140,20 @@ def test_a_tier_whose_memory_cannot_hold_the_work_reports_it(tier_runs):
         assert small["status"] == "oom" and "MB" in small["reason"] and "tier small has 100 MB" in small["reason"]
 
 
-def test_clock_times_follow_the_tier_model(tier_runs):
+def test_clock_times_follow_the_tier_model_and_each_clients_true_speed(tier_runs):
+    import json
+
     record = tier_runs["drop"].rounds()[0]
+    misfit = [float(m) for m in MISFIT.removeprefix("list:").split(",")]
     for client in record["clients"]:
         if client["status"] in ("ok", "late"):
-            factor = {"fast": 0.001, "mid": 0.01, "slow": 10000.0}[client["tier"]]
+            factor = {"fast": 0.001, "mid": 0.01, "slow": 10000.0}[client["tier"]] * misfit[client["partition_id"]]
             assert client["compute_s"] == pytest.approx(client["measured_compute_s"] * factor)
             assert client["comm_s"] > 0  # RTTs and bytes over the link
             assert client["round_s"] == pytest.approx(client["compute_s"] + client["comm_s"])
+    assert {c["partition_id"] for c in record["clients"] if c["status"] == "ok"} >= {1, 2}
+    clock = json.loads((tier_runs["drop"].run_dir / "run.json").read_text())["clock"]
+    assert clock["compute_misfit"] == MISFIT and "unknown to schedulers" in clock["compute"]
 
 
 def test_a_clock_budget_makes_the_round_that_reaches_it_the_last(tier_runs):

@@ -123,6 +123,21 @@ def test_run_facts_read_the_sustained_target_fairness_and_work():
     assert facts.bits == {"gpu-24g": [16]}
 
 
+def test_with_a_compute_misfit_work_is_counted_per_tier_and_true_speed():
+    from dataclasses import replace
+
+    records = rounds(10.0, SCORES, seed=0, late_edge=True)
+    misfit = replace(protocol(), settings={**protocol().settings, "compute_misfit": "list:1,1,3,1"})
+    facts = run_facts(records, misfit)  # partition 2 is a gpu-24g three times slower than its tier
+    sampled = [c.partition_id for r in records for c in r.clients]
+    assert set(facts.work) == {"gpu-24g x1", "gpu-24g x3", "cpu-edge x1"}
+    assert facts.work["gpu-24g x3"]["client_rounds"] == sampled.count(2)
+    assert facts.work["gpu-24g x1"]["client_rounds"] == sampled.count(0)
+    assert facts.work["gpu-24g x3"]["examples_per_client_round"] == 32.0  # accepted every time
+    assert facts.bits == {"gpu-24g x1": [16], "gpu-24g x3": [16]}
+    assert set(run_facts(records, protocol()).work) == {"gpu-24g", "cpu-edge"}  # no misfit: per tier
+
+
 def test_label_mix_fairness_uses_every_clients_labels_from_the_runs_own_config(tmp_path):
     from flq.config import RunConfig
     from flq.task.partition import partition_label_histograms

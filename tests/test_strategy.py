@@ -340,3 +340,17 @@ def test_update_is_applied_to_the_exact_global_not_the_quantized_broadcast():
     for key in before:  # a zero update leaves the exact global (float rounding aside), not the int4 copy
         np.testing.assert_allclose(result.global_state[key], before[key], rtol=1e-6, atol=1e-7)
         assert np.abs(result.global_state[key] - received[key]).max() > 1e-3
+
+
+def test_a_compute_misfit_every_node_cannot_resolve_fails_at_discovery_not_mid_run(caplog):
+    from flq.sim.clock import ClockModel
+
+    scheduler = TableScheduler(SchedulerDefaults(rank=8, rank_max=R_MAX))
+    short = ClockModel.for_transport({}, compute_misfit="list:1,2,3")  # 3 values for 6 partitions
+    with pytest.raises(ValueError, match="compute-misfit: list: has 3 items for 6 partitions"):
+        FLQFedAvg(StrategySpec(rank_max=R_MAX, seed=0), scheduler, short).discover_nodes(NodeList(), timeout=1.0)
+    fits = ClockModel.for_transport({}, compute_misfit="list:1,1,1,2,2,2")
+    FLQFedAvg(StrategySpec(rank_max=R_MAX, seed=0), scheduler, fits).discover_nodes(NodeList(), timeout=1.0)
+    real = FLQFedAvg(StrategySpec(rank_max=R_MAX, seed=0, clock="real"), scheduler, short)
+    real.discover_nodes(NodeList(), timeout=1.0)  # a deployment ignores it, and says so
+    assert "compute-misfit list:1,2,3 is ignored" in caplog.text

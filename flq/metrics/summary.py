@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..status import ClientStatus
-from .records import SUMMARY_FILE, RoundRecord
+from .records import SUMMARY_FILE, ClientRoundRecord, RoundRecord
 
 UNTIERED = "untiered"  # key for clients that reported no tier
 
@@ -279,14 +279,17 @@ def dropped_per_tier(records: Sequence[RoundRecord]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def work_per_tier(records: Sequence[RoundRecord]) -> dict[str, dict[str, float]]:
+def work_per_tier(
+    records: Sequence[RoundRecord], group: Callable[[ClientRoundRecord], str] | None = None
+) -> dict[str, dict[str, float]]:
     """Per tier, what its sampled clients contributed: client-rounds sampled, the share whose
     update was accepted, and the training examples per sampled client-round that reached the
-    global model (a dropped or failed client's count as 0), so tiers compare per chance given."""
+    global model (a dropped or failed client's count as 0), so tiers compare per chance given.
+    ``group`` names another grouping of the clients (e.g. tier and true speed)."""
     totals: dict[str, list[float]] = {}
     for r in records:
         for c in r.clients:
-            entry = totals.setdefault(_tier_key(c.tier), [0, 0, 0.0])
+            entry = totals.setdefault(group(c) if group else _tier_key(c.tier), [0, 0, 0.0])
             accepted = c.status == ClientStatus.OK
             entry[0] += 1
             entry[1] += accepted

@@ -12,6 +12,7 @@ of ranks, bits or tiers is a function of the partition id, written as:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 KINDS = ("cycle", "groups", "list", "tier")
@@ -99,4 +100,17 @@ def parse_int_spread(
             raise SpreadError(f"{what}: {number} not in {allowed}")
         if (low is not None and number < low) or (high is not None and number > high):
             raise SpreadError(f"{what}: {number} outside [{low}, {high}]")
+    return spread
+
+
+def parse_factor_spread(spec: str, what: str) -> Spread:
+    """``parse_spread`` plus a check that every value is a finite number > 0 (a multiplier)."""
+    spread = parse_spread(spec)
+    for value in spread.values():
+        try:
+            number = float(value)
+        except ValueError:
+            raise SpreadError(f"{what}: {value!r} is not a number") from None
+        if not (math.isfinite(number) and number > 0):
+            raise SpreadError(f"{what}: {value!r} must be a finite number > 0")
     return spread

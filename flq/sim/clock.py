@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..scheduler.spread import Spread, parse_factor_spread
 from .tiers import REFERENCE_TIER, TierError, TierProfile
 
 POLICIES = ("wait", "drop", "budget")  # what a round does with clients past its deadline
@@ -135,6 +136,11 @@ def client_round_time(
     return ClientTime(compute_s=compute, comm_s=comm, startup_s=tier.startup_s, total_s=compute + comm + tier.startup_s)
 
 
+def misfit_for(spread: Spread, partition_id: int | None, num_partitions: int | None, tier: str | None) -> float:
+    """A client's ``compute-misfit`` value; a spread by partition needs the client's partition."""
+    return float(spread.value_for(partition_id, num_partitions, tier))
+
+
 # -- deadlines and straggler policies -----------------------------------------------------
 def check_policy(policy: str, deadline_s: float | None) -> None:
     """``drop`` and ``budget`` need a positive deadline; ``wait`` has none."""
@@ -169,17 +175,38 @@ def round_time(finish_times: Sequence[float | None], deadline_s: float | None, p
 
 
 # -- the model, as run.json records it ----------------------------------------------------
+NO_MISFIT = Spread("same", ("1",))
+
+
 @dataclass(frozen=True)
 class ClockModel:
-    """The virtual clock of a simulated run: tiers plus the transport's handshake cost."""
+    """The virtual clock of a simulated run: tiers plus the transport's handshake cost.
+
+    ``compute_misfit`` (run config ``compute-misfit``) is each client's true compute over its
+    tier's factor: what a throttled or mis-declared device really takes. Only the clock and the
+    client's own budget stop know it; the schedulers plan from the tier, as they would in a
+    deployment where a node's declared tier is wrong, and can only learn it from the times.
+    """
 
     tiers: Mapping[str, TierProfile]
     handshake_rtts: int = HANDSHAKE_RTTS[DEFAULT_TRANSPORT]
     transport: str = DEFAULT_TRANSPORT
+    compute_misfit: Spread = NO_MISFIT
 
     @classmethod
-    def for_transport(cls, tiers: Mapping[str, TierProfile], transport: str = DEFAULT_TRANSPORT) -> ClockModel:
-        return cls(tiers=dict(tiers), handshake_rtts=handshake_rtts_for(transport), transport=transport)
+    def for_transport(
+        cls, tiers: Mapping[str, TierProfile], transport: str = DEFAULT_TRANSPORT, compute_misfit: str = "1"
+    ) -> ClockModel:
+        return cls(
+            tiers=dict(tiers),
+            handshake_rtts=handshake_rtts_for(transport),
+            transport=transport,
+            compute_misfit=parse_factor_spread(compute_misfit, "compute-misfit"),
+        )
+
+    def misfit(self, partition_id: int | None, num_partitions: int | None, tier: str | None) -> float:
+        """This client's true compute over its tier's factor (1: the tier is right)."""
+        return misfit_for(self.compute_misfit, partition_id, num_partitions, tier)
 
     def tier(self, name: str | None) -> TierProfile:
         """The profile of ``name``; a client that names no tier is the reference machine."""
@@ -188,14 +215,21 @@ class ClockModel:
             raise TierError(f"tier {key!r} is not in the clock model; known: {sorted(self.tiers)}")
         return self.tiers[key]
 
-    def client_time(self, tier: str | None, measured_compute_s: float, bytes_up: int, bytes_down: int) -> ClientTime:
-        return client_round_time(measured_compute_s, self.tier(tier), bytes_up, bytes_down, self.handshake_rtts)
+    def client_time(
+        self, tier: str | None, measured_compute_s: float, bytes_up: int, bytes_down: int, misfit: float = 1.0
+    ) -> ClientTime:
+        """One client's round; ``misfit`` (``self.misfit(...)``) scales its compute beyond its tier's factor."""
+        return client_round_time(
+            measured_compute_s * misfit, self.tier(tier), bytes_up, bytes_down, self.handshake_rtts
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description (for run.json)."""
         return {
             "name": "virtual",
-            "compute": "measured compute seconds on the reference machine x the tier's compute_factor",
+            "compute": "measured compute seconds on the reference machine x the tier's compute_factor"
+            + ("" if self.compute_misfit == NO_MISFIT else " x the client's compute_misfit (unknown to schedulers)"),
+            "compute_misfit": str(self.compute_misfit),
             "transfer": (
                 "download (opens the connection) + upload; each: (handshake_rtts + 1) x RTT + bytes x 8 / goodput, "
                 f"goodput = min(bandwidth x (1 - loss), {MSS_BYTES} B x 8 x {MATHIS_C:.3f} / (RTT x sqrt(loss)))"
@@ -214,6 +248,8 @@ class ClockModel:
             f"virtual clock: compute = measured s x tier factor; transfer = (handshakes {self.handshake_rtts} + 1) "
             f"x RTT + bytes / goodput (loss-capped); + the tier's start-up; transport {self.transport}",
         ]
+        if self.compute_misfit != NO_MISFIT:
+            lines.append(f"  compute misfit (true / tier compute, unknown to schedulers): {self.compute_misfit}")
         for name, t in sorted(self.tiers.items()):
             lines.append(
                 f"  {name}: x{t.compute_factor:g} compute, up {t.uplink_mbps:g} / down {t.downlink_mbps:g} Mb/s, "

@@ -98,7 +98,7 @@ class RoundAccounting:
         return own / min(asked, own)
 
     def client_times(
-        self, tier: str | None, measured: float, bytes_up: int, bytes_down: int, arrived_s: float | None
+        self, node: NodeProfile, measured: float, bytes_up: int, bytes_down: int, arrived_s: float | None
     ) -> tuple[float, float]:
         """(compute s, the rest) on the run's clock; ``arrived_s``: the reply's arrival after the send.
 
@@ -107,10 +107,11 @@ class RoundAccounting:
         """
         if self.clock == "real":
             return (measured, 0.0) if arrived_s is None else (measured, max(0.0, arrived_s - measured))
-        profile = self.tier_profile(tier)
+        profile = self.tier_profile(node.tier)
         if profile is None or profile.name not in self.clock_model.tiers:
             return measured, 0.0
-        times = self.clock_model.client_time(profile.name, measured, bytes_up, bytes_down)
+        misfit = self.clock_model.misfit(node.partition_id, node.num_partitions, node.tier)
+        times = self.clock_model.client_time(profile.name, measured, bytes_up, bytes_down, misfit)
         return times.compute_s, times.comm_s + times.startup_s
 
     def client_record(
@@ -125,7 +126,7 @@ class RoundAccounting:
     ) -> ClientRoundRecord:
         metrics = metrics or {}
         measured = float(metrics.get(wire.COMPUTE_S, 0.0))
-        compute_s, comm_s = self.client_times(profile.tier, measured, bytes_up, plan.bytes_down, arrived_s)
+        compute_s, comm_s = self.client_times(profile, measured, bytes_up, plan.bytes_down, arrived_s)
         return ClientRoundRecord(
             node_id=plan.node_id,
             status=status,

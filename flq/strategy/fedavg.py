@@ -35,7 +35,8 @@ from ..codec.flower_records import adapter_to_array_record
 from ..logs import log
 from ..metrics.records import ClientEvalRecord
 from ..scheduler.base import RankScheduler
-from ..sim.clock import ClockModel
+from ..scheduler.spread import SpreadError
+from ..sim.clock import NO_MISFIT, ClockModel
 from ..status import ClientStatus
 from .accounting import (
     ClientPlan,
@@ -115,6 +116,21 @@ class FLQFedAvg(FedAvg):
         virtual = self.accounting.clock == "virtual"
         how = "measured compute x tier factor + modelled transfers" if virtual else "wall time"
         log.info("clock: %s (%s)", self.accounting.clock, how)
+        self._check_misfit(taking_part)
+
+    def _check_misfit(self, node_ids: list[int]) -> None:
+        """``compute-misfit`` is a virtual-clock experiment: every node must resolve it now, not mid-run."""
+        model = self.accounting.clock_model
+        if model.compute_misfit == NO_MISFIT:
+            return
+        if self.accounting.clock == "real":
+            log.warning("compute-misfit %s is ignored: a deployment's clock is real time", model.compute_misfit)
+            return
+        for node in map(self.roster.profile, node_ids):
+            try:
+                model.misfit(node.partition_id, node.num_partitions, node.tier)
+            except SpreadError as exc:
+                raise ValueError(f"compute-misfit: {exc}") from None
 
     def _connected(self, grid: Grid) -> list[int]:
         return wait_for_nodes(grid, self.spec.min_available_nodes)

@@ -248,6 +248,13 @@ def _header(p: Protocol, figures: dict[str, Path]) -> str:
     )
     half = proportion_ci_half_width(0.5, p.server_test_size)
     wall = f" The matrix took {p.matrix_wall_s / 60:.1f} min of wall time here." if p.matrix_wall_s else ""
+    misfit = (
+        f" Clients are not what their tier says: `compute-misfit {s['compute_misfit']}` (each client's true compute "
+        "over its tier's, charged by the virtual clock and spent by its budget stop, told to no scheduler; "
+        "docs/clock.md)."
+        if misfit_group(p)
+        else ""
+    )
     return "\n\n".join(
         [
             f"# The scheduler's evidence (issue 20), size `{p.size}`",
@@ -259,7 +266,7 @@ def _header(p: Protocol, figures: dict[str, Path]) -> str:
             f"Deadline {deadline}. Every arm runs until its virtual clock reaches {p.clock_budget_s:g} s "
             f"(equal clock; the round that reaches it is its last). Target accuracy {p.target:g} on "
             f"{p.server_test_size} held-out articles: one evaluation's 95% CI half-width is at most "
-            f"±{half:.3f} (at accuracy 0.5; per partition below at the scores measured).{wall}",
+            f"±{half:.3f} (at accuracy 0.5; per partition below at the scores measured).{misfit}{wall}",
             "Time to target, *sustained*: the first evaluation from which the score stays at or above the target "
             "for two consecutive evaluations; *first crossing*: interpolated, as flq/metrics/summary.py's "
             "`time_to_target`. Ratios: per seed, the reference arm's time over this arm's (> 1: sooner), geometric "

@@ -183,6 +183,18 @@ def bandit(arms=(8,), defaults: SchedulerDefaults = DEFAULTS, **options) -> Band
     return BanditScheduler(defaults, **PRIORS, arms=arms, **options)
 
 
+def work(a) -> int:
+    """An assignment's examples: steps x its batch (the stand-in tiers' own batch is 8)."""
+    return a.local_steps * (a.batch_size or 8)
+
+
+def done(node: int, a, step_s: float, **fields) -> ClientReport:
+    """An on-time report of ``a`` done in full, a step of 8 examples taking ``step_s``."""
+    return report(
+        node, "ok", rank=a.rank, steps=a.local_steps, num_examples=work(a), compute_s=work(a) / 8 * step_s, **fields
+    )
+
+
 def test_bandit_learns_to_meet_the_deadline_when_its_tier_prior_is_wrong():
     # Edge clients are 8x slower than their tier says: the prior over-commits them.
     federation = SimulatedFederation(three_tier_clients(5, {"edge": 8.0}), deadline_s=60.0, seed=1)
@@ -212,16 +224,12 @@ def test_bandit_pushes_down_a_client_that_failed_and_lets_it_recover():
     before = scheduler.assign(1, clients, 40.0)[1]
     scheduler.observe(1, [report(1, "failed", steps=0, compute_s=0.0, transfer_s=0.0)], None)
     after_failure = scheduler.assign(2, clients, 40.0)[1]
-    assert after_failure.local_steps < before.local_steps
+    assert work(after_failure) < work(before)
     for server_round in range(2, 8):
         a = scheduler.assign(server_round, clients, 40.0)[1]
         step_s = STEP_S[16] * TIERS["cpu"].compute_factor
-        scheduler.observe(
-            server_round,
-            [report(1, "ok", rank=a.rank, steps=a.local_steps, compute_s=a.local_steps * step_s, transfer_s=0.5)],
-            None,
-        )
-    assert scheduler.assign(9, clients, 40.0)[1].local_steps > after_failure.local_steps
+        scheduler.observe(server_round, [done(1, a, step_s, transfer_s=0.5)], None)
+    assert work(scheduler.assign(9, clients, 40.0)[1]) > work(after_failure)
 
 
 def test_bandit_caution_recovers_over_on_time_rounds_and_the_work_comes_back():
@@ -240,7 +248,7 @@ def test_bandit_caution_recovers_over_on_time_rounds_and_the_work_comes_back():
     for server_round in range(2, 12):
         a, twin = missed.assign(server_round, clients, deadline)[1], steady.assign(server_round, clients, deadline)[1]
         assigned.append((a, twin))
-        on_time = report(1, "ok", rank=a.rank, steps=a.local_steps, compute_s=a.local_steps * step_s, transfer_s=0.5)
+        on_time = done(1, a, step_s, transfer_s=0.5)
         missed.observe(server_round, [on_time], None)
         steady.observe(server_round, [on_time], None)
         cautions.append(missed.table["caution"][row])
@@ -248,20 +256,20 @@ def test_bandit_caution_recovers_over_on_time_rounds_and_the_work_comes_back():
     excess = missed.miss_backoff - 1.0
     assert cautions == pytest.approx([1.0 + excess * missed.recovery**k for k in range(1, 11)])
     assert 1.0 <= cautions[-1] < 1.05
-    # ... so the shrunk budget grows back towards the deadline, and the steps with it
+    # ... so the shrunk budget grows back towards the deadline, and the work with it
     (first, first_twin), (last, last_twin) = assigned[0], assigned[-1]
     budgets = [a.budget_s for a, _ in assigned]
     assert budgets == sorted(budgets) and budgets[0] < 0.7 * deadline < 0.95 * deadline < budgets[-1]
-    assert first.local_steps < first_twin.local_steps
-    assert last.local_steps == last_twin.local_steps > first.local_steps
+    assert work(first) < work(first_twin)
+    assert work(last) == work(last_twin) > work(first)
 
 
-def test_bandit_cuts_steps_not_rank_for_a_compute_bound_client():
-    # A cpu client 4x slower than its tier on a fast link: steps must go, rank can stay.
+def test_bandit_cuts_work_not_rank_for_a_compute_bound_client():
+    # A cpu client 4x slower than its tier on a fast link: work must go, rank can stay.
     federation = SimulatedFederation([SimClient(1, "cpu", slowness=4.0), SimClient(2, "gpu")], deadline_s=60.0)
     history = run_rounds(bandit(arms=(16,)), federation, 6)
     final, _, _ = history[-1]
-    assert final[1].local_steps < DEFAULTS.local_steps
+    assert work(final[1]) < DEFAULTS.local_steps * 8
     assert final[1].rank == 16 and final[2].rank == 16
     assert all(r.status == "ok" for r in history[-1][1])
 
@@ -311,7 +319,7 @@ def test_bandit_shares_the_round_miss_probability_among_its_deadline_bound_clien
     four = [ClientInfo(n, "cpu") for n in range(1, 5)] + [ClientInfo(9, "gpu")]
     per_round = bandit(round_confidence=True).assign(1, four, 20.0)
     per_client = bandit(round_confidence=False).assign(1, four, 20.0)
-    assert all(per_round[n].local_steps < per_client[n].local_steps for n in range(1, 5))
+    assert all(work(per_round[n]) < work(per_client[n]) for n in range(1, 5))
     assert per_round[9] == per_client[9]  # the gpu client has slack either way
     # With one bound client the round's probability is that client's: the same choice.
     one = [ClientInfo(1, "cpu"), ClientInfo(9, "gpu")]
@@ -343,8 +351,8 @@ def test_bandit_under_the_budget_policy_gives_the_cap_and_lets_clients_stop_in_t
         assert {a.local_steps for a in assignments.values()} == {8}
         assert all(0 < a.budget_s <= 60.0 for a in assignments.values())
         assert on_time_share(reports) == 1.0
-    edge_steps = [r.steps for r in history[-1][1] if r.tier == "edge"]
-    assert max(edge_steps) < 8  # the slow clients stopped themselves
+    edge_examples = [r.num_examples for r in history[-1][1] if r.tier == "edge"]
+    assert max(edge_examples) < 8 * 8  # the slow clients did less than the cap's full batches
 
 
 def test_bandit_shrinks_the_budget_of_a_client_that_missed():
@@ -376,7 +384,7 @@ def test_bandit_gives_a_smaller_batch_to_a_client_late_even_at_one_step():
         federation = SimulatedFederation(three_tier_clients(3, {"edge": 6.0}), deadline_s=30.0, seed=4)
         return run_rounds(bandit(arms=(2, 4, 8), **options), federation, 10)
 
-    shrinking, full_steps = rounds(), rounds(shrink_batch=False)
+    shrinking, full_steps = rounds(keep_steps=False), rounds(shrink_batch=False)
     for assignments, reports, _ in shrinking[4:]:
         assert on_time_share(reports) == 1.0
         assert {assignments[n].batch_size for n in (0, 1, 2, 100, 101, 102)} == {None}  # one full step fits
@@ -386,6 +394,28 @@ def test_bandit_gives_a_smaller_batch_to_a_client_late_even_at_one_step():
     for assignments, reports, _ in full_steps[4:]:
         assert {a.batch_size for a in assignments.values()} == {None}
         assert [r.status for r in reports[6:]] == ["late"] * 3  # one full step is all they can do
+
+
+def test_steps_first_a_client_short_of_the_step_cap_keeps_it_at_a_smaller_batch():
+    # Edge clients 1.5x slower than their tier: two of the cap's 8 full steps fit the deadline.
+    def rounds(**options):
+        federation = SimulatedFederation(three_tier_clients(3, {"edge": 1.5}), deadline_s=30.0, seed=4)
+        return run_rounds(bandit(arms=(2, 4, 8), **options), federation, 10)
+
+    steps_first, steps_cut = rounds(), rounds(keep_steps=False)
+    for (first, first_reports, _), (cut, cut_reports, _) in zip(steps_first[3:], steps_cut[3:]):
+        assert on_time_share(first_reports) == on_time_share(cut_reports) == 1.0
+        edge = (200, 201, 202)
+        assert all(first[n].local_steps == 8 and 1 <= first[n].batch_size < 8 for n in edge)
+        assert all(cut[n].local_steps < 8 and cut[n].batch_size is None for n in edge)
+        # the time model is linear in examples: the same work fits, split into more steps
+        examples = [sum(r.num_examples for r in reports[6:]) for reports in (first_reports, cut_reports)]
+        assert examples[0] >= 0.75 * examples[1]
+    # the clients that fit the cap at their own batch are not touched
+    first, cut = steps_first[0][0], steps_cut[0][0]
+    assert {n: first[n] for n in first if cut[n].local_steps == 8} == {
+        n: cut[n] for n in cut if cut[n].local_steps == 8
+    }
 
 
 def test_bandit_learns_compute_per_example_so_small_batches_teach_full_ones():
@@ -400,7 +430,7 @@ def test_bandit_learns_compute_per_example_so_small_batches_teach_full_ones():
     full_batches = after(steps=2, num_examples=16, compute_s=17.6)  # the same work in 2 full steps
     twice_as_fast = after(steps=4, num_examples=32, compute_s=17.6)
     assert half_batches == full_batches
-    assert twice_as_fast.local_steps > full_batches.local_steps
+    assert work(twice_as_fast) > work(full_batches)
 
 
 def test_bandit_batch_never_goes_below_its_floor():
@@ -444,7 +474,7 @@ def test_without_the_time_model_assignments_follow_the_tier_prior_whatever_was_o
     assert frozen_plan == fresh
     assert frozen.table["caution"][frozen.table.rows([1])[0]] == 1.0
     _, learned_plan = after_reports()
-    assert learned_plan[1].local_steps < fresh[1].local_steps  # the switch is what held it
+    assert work(learned_plan[1]) < work(fresh[1])  # the switch is what held it
 
 
 def test_without_batch_shrink_no_client_gets_a_smaller_batch_and_nothing_else_changes():
@@ -452,8 +482,9 @@ def test_without_batch_shrink_no_client_gets_a_smaller_batch_and_nothing_else_ch
         federation = SimulatedFederation(three_tier_clients(3, {"edge": 6.0}), deadline_s=30.0, seed=4)
         return run_rounds(bandit(arms=(2, 4, 8), **options), federation, 8)
 
-    shrinking, kept = rounds(), rounds(shrink_batch=False)
+    shrinking, kept = rounds(keep_steps=False), rounds(shrink_batch=False)
     assert all(a.batch_size is None for assignments, _, _ in kept for a in assignments.values())
+    assert rounds(shrink_batch=False, keep_steps=False) == kept  # steps first needs the batch to shrink
     first, first_kept = shrinking[0][0], kept[0][0]  # the same state: only the batch differs
     assert any(a.batch_size is not None for a in first.values())
     assert {n: replace(a, batch_size=None) for n, a in first.items()} == first_kept

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -81,14 +82,16 @@ def plot_tier_work(panels: Mapping[str, Mapping[str, Mapping[str, float]]], path
         tiers = sorted({t for by_tier in arms.values() for t in by_tier})
         width = 0.8 / max(1, len(tiers))
         x = np.arange(len(arms))
+        # more groups than the 10 default colours (tiers split by true speed): 20 distinct ones
+        colors = [f"C{k}" for k in range(10)] if len(tiers) <= 10 else list(matplotlib.colormaps["tab20"].colors)
         for k, tier in enumerate(tiers):
             heights = [by_tier.get(tier, 0.0) for by_tier in arms.values()]
-            ax.bar(x - 0.4 + width * (k + 0.5), heights, width, label=tier, color=f"C{k % 10}")
+            ax.bar(x - 0.4 + width * (k + 0.5), heights, width, label=tier, color=colors[k % len(colors)])
         ax.set_xticks(x, list(arms), rotation=35, ha="right", fontsize="small")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize="x-small")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 

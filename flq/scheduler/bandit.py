@@ -10,8 +10,8 @@ rank, seeded by its tier's prior, forgetting old rounds) predicts to finish befo
 deadline with high probability (the round's miss probability, 5% by default, shared among
 the clients the deadline binds, since a round is on time only if all of them are); ranks
 are then water-filled so the round's mean meets the aim where the deadline allows. A
-compute-bound client loses steps, not just rank; one that cannot fit even one step gets a
-smaller batch for the round (fewer examples per step) rather than a step it will finish late;
+compute-bound client loses work, not just rank: first examples per step (a smaller batch for
+the round, so it keeps the step cap), then steps once its batch is at the floor;
 a client that misses a deadline or fails is pushed down at once and recovers over on-time rounds.
 Cost per round, n clients: O(n log n), no solver: whole-column numpy work (about 16
 evaluations of the time models inside binary searches over steps and rank, a histogram
@@ -56,11 +56,13 @@ UNKNOWN_TRANSFER_SD_PER_RANK = 0.1
 # round-bandit: the average rank stays the run's base rank; time-model: every client keeps its
 # tier's prior times whatever it reports; batch-shrink: no client gets a smaller batch;
 # bits-choice: bits are the run's (table) bits, the memory model still caps rank;
-# caution: a miss or failure does not shrink a client's deadline.
+# caution: a miss or failure does not shrink a client's deadline; steps-first: the batch shrinks
+# only for a client late even at one step (not to keep the step cap).
 BANDIT_PARTS: dict[str, str] = {
     "round-bandit": "round_bandit",
     "time-model": "learn_times",
     "batch-shrink": "shrink_batch",
+    "steps-first": "keep_steps",
     "bits-choice": "choose_bits",
     "caution": "use_caution",
 }
@@ -268,6 +270,11 @@ class BanditScheduler(RankScheduler):
     ``shrink_batch`` / ``min_batch_size``: a client predicted late even at one step of its
     own batch gets the largest batch (not below ``min_batch_size``) whose one step is predicted
     on time; work is measured in examples, so what it learns at a small batch carries over.
+    ``keep_steps`` (with ``shrink_batch``): steps first: a client whose own batch cannot do
+    the step cap gets the largest batch at which it can, so the deadline cuts examples per step
+    before it cuts steps. The time model is linear in examples, so the same examples fit either
+    way; split into more steps they make more optimizer updates (the ablations measured the
+    other split slower: docs/schedulers.md).
     ``min_work_fraction``: share of the step cap a client keeps before its rank may crowd out
     steps (rank costs transfer time; below this share, rank gives way first).
     ``stop_on_budget``: True when the run's policy is ``budget`` (a client stops before its
@@ -302,6 +309,7 @@ class BanditScheduler(RankScheduler):
         min_work_fraction: float = 0.5,
         stop_on_budget: bool = False,
         shrink_batch: bool = True,
+        keep_steps: bool = True,
         min_batch_size: int = 1,
         memory_model: MemoryModel | None = None,
         bits_options: Sequence[int] = DEFAULT_BITS_OPTIONS,
@@ -339,6 +347,7 @@ class BanditScheduler(RankScheduler):
         self.min_work_fraction = min_work_fraction
         self.stop_on_budget = stop_on_budget
         self.shrink_batch = shrink_batch
+        self.keep_steps = keep_steps
         self.min_batch_size = min_batch_size
         self.memory_model = memory_model
         self.bits_options = sorted(set(int(b) for b in bits_options), reverse=True)
@@ -540,15 +549,22 @@ class BanditScheduler(RankScheduler):
         ranks = waterfill_ranks(rank_fit, d.rank_min, target)
         steps, one_step_fits = largest_fitting(one, cap, fits_steps(ranks, z))
         # Late even at one step: one step of fewer examples (a noisier gradient, same expectation)
-        # is worth more than a late one, which the round either waits for or drops.
+        # is worth more than a late one, which the round either waits for or drops. Steps first:
+        # short of the step cap, the cap's steps of fewer examples each.
         batches = np.zeros(n, dtype=np.int64)
-        short = np.flatnonzero(~one_step_fits & (own_batch > self.min_batch_size))
-        if self.shrink_batch and short.size:
+        wanted = cap if self.keep_steps else one
+        short = np.flatnonzero((steps < wanted) | ~one_step_fits) if self.shrink_batch else np.empty(0, np.int64)
+        short = short[own_batch[short] > self.min_batch_size]
+        if short.size:
             batches[short], _ = largest_fitting(
                 np.full(short.size, self.min_batch_size, dtype=np.int64),
                 own_batch[short] - 1,
-                fits_work(ranks, z, example_x, short),
+                fits_work(ranks, z, example_x * wanted, short),
             )
+            if self.keep_steps:  # the steps that fit at the smaller batch
+                steps[short], _ = largest_fitting(
+                    one[short], cap[short], fits_work(ranks, z, example_x * batches, short)
+                )
         # The ClientApp takes its own predicted transfers out of the budget: it gets its whole
         # time, the deadline shrunk by its caution.
         resolution = deadline_s / BUDGET_LEVELS

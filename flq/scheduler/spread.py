@@ -13,7 +13,9 @@ of ranks, bits or tiers is a function of the partition id, written as:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 KINDS = ("cycle", "groups", "list", "tier")
 
@@ -90,27 +92,38 @@ def parse_int_spread(
     spec: str, what: str, allowed: tuple[int, ...] | None = None, low: int | None = None, high: int | None = None
 ) -> Spread:
     """``parse_spread`` plus a check that every value is an integer in range."""
-    spread = parse_spread(spec)
-    for value in spread.values():
-        try:
-            number = int(value)
-        except ValueError:
-            raise SpreadError(f"{what}: {value!r} is not an integer") from None
+
+    def problem(number: int) -> str | None:
         if allowed is not None and number not in allowed:
-            raise SpreadError(f"{what}: {number} not in {allowed}")
+            return f"{number} not in {allowed}"
         if (low is not None and number < low) or (high is not None and number > high):
-            raise SpreadError(f"{what}: {number} outside [{low}, {high}]")
-    return spread
+            return f"{number} outside [{low}, {high}]"
+        return None
+
+    return _parse_checked(spec, what, int, "an integer", problem)
 
 
 def parse_factor_spread(spec: str, what: str) -> Spread:
     """``parse_spread`` plus a check that every value is a finite number > 0 (a multiplier)."""
+    return _parse_checked(
+        spec,
+        what,
+        float,
+        "a number",
+        lambda x: None if math.isfinite(x) and x > 0 else f"{x} must be a finite number > 0",
+    )
+
+
+def _parse_checked(
+    spec: str, what: str, convert: Callable[[str], Any], noun: str, problem: Callable[[Any], str | None]
+) -> Spread:
+    """``parse_spread``, each value converted and checked: an error names ``what`` and the value."""
     spread = parse_spread(spec)
     for value in spread.values():
         try:
-            number = float(value)
+            number = convert(value)
         except ValueError:
-            raise SpreadError(f"{what}: {value!r} is not a number") from None
-        if not (math.isfinite(number) and number > 0):
-            raise SpreadError(f"{what}: {value!r} must be a finite number > 0")
+            raise SpreadError(f"{what}: {value!r} is not {noun}") from None
+        if why := problem(number):
+            raise SpreadError(f"{what}: {why}")
     return spread

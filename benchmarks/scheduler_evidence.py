@@ -51,6 +51,8 @@ from evidence_report import ABLATION_PREFIX, FOCUS, Protocol, RunRef, write_evid
 from matrix import SCHEDULER_ARMS, Matrix, dump_cells, partition_overrides
 
 from flq.scheduler.bandit import BANDIT_PARTS
+from flq.scheduler.spread import parse_factor_spread
+from flq.sim.clock import NO_MISFIT
 from flq.task.cost import reference_step_seconds
 
 RESULTS = Path(__file__).parent / "results"
@@ -190,7 +192,8 @@ def main() -> None:
         "client-ranks": "tier:gpu-24g=16,gpu-32g=16,cpu-edge=4,jetson-nano=2",
         "compute-misfit": args.compute_misfit,
     }
-    prefix = "" if args.compute_misfit == "1" else "misfit-"  # not paired with, nor reusing, runs without
+    # not paired with, nor reusing, runs without a misfit (a bad spec fails here, before any run)
+    prefix = "" if parse_factor_spread(args.compute_misfit, "--compute-misfit") == NO_MISFIT else "misfit-"
     seeds = args.seeds or choose_seeds(base, size.partitions, size.clients, size.seeds)
 
     matrix = Matrix("evidence", out, num_supernodes=size.clients)

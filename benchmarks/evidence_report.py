@@ -459,8 +459,11 @@ def _paired_difference(focus: dict[int, float | None], other: dict[int, float | 
     diffs = [a - b for s, a in focus.items() if a is not None and (b := other.get(s)) is not None]
     if not diffs:
         return "n/a"
-    low, high = bootstrap_ci(diffs, lambda x: x.mean(axis=1))
-    text = f"{statistics.fmean(diffs):+.3f} [{low:+.3f}, {high:+.3f}]"
+    if len(diffs) == 1:  # resampling one value gives a point: no interval to report
+        text = f"{diffs[0]:+.3f}, one pair: no CI"
+    else:
+        low, high = bootstrap_ci(diffs, lambda x: x.mean(axis=1))
+        text = f"{statistics.fmean(diffs):+.3f} [{low:+.3f}, {high:+.3f}]"
     return text + ("" if len(diffs) == len(focus) else f" ({len(diffs)} of {len(focus)} pairs)")
 
 
@@ -473,9 +476,8 @@ def _targets(arms: list[str], seeds: list[int], cell) -> str:
     for ref, wanted in zip(REFERENCES, (1.5, 1.2), strict=True):
         r = paired_ratio(_by_seed(cell, ref, seeds, "ttt_sustained"), _by_seed(cell, FOCUS, seeds, "ttt_sustained"))
         met = r.estimate is not None and r.estimate >= wanted and r.ci[0] > 1.0
-        lines.append(
-            f"- {FOCUS} >= {wanted}x sooner than {ref}, CI above 1: {'met' if met else 'not met'} ({r.describe()})"
-        )
+        verdict = "not shown (one pair)" if len(r.ratios) == 1 else "met" if met else "not met"
+        lines.append(f"- {FOCUS} >= {wanted}x sooner than {ref}, CI above 1: {verdict} ({r.describe()})")
     done = [f for s in seeds if (f := cell(FOCUS, s))]
     judged = sum(f.judged_rounds for f in done)
     share = sum(f.on_time_rounds for f in done) / judged if judged else None

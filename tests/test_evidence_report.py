@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from evidence_report import (  # noqa: E402
     Protocol,
     RunRef,
+    _paired_difference,
     pairing_problems,
     run_facts,
     write_evidence_report,
@@ -209,3 +210,17 @@ def test_score_band_is_mean_min_max_over_seeds_once_every_seed_has_a_score():
     assert np.isnan(mean[3])  # the fast seed ended at 10 s: its score is not carried on
     alone, _, _ = score_band([slow], np.array([20.0, 25.0]))
     assert alone[0] == 0.8 and np.isnan(alone[1])
+
+
+def test_a_paired_difference_over_one_seed_has_no_interval_and_over_several_a_bootstrap_one():
+    assert _paired_difference({7: 0.91, 71: None}, {7: 0.88, 71: 0.9}) == "+0.030, one pair: no CI (1 of 2 pairs)"
+    # two equal differences: every resample has the same mean, so the interval is that point
+    assert _paired_difference({0: 0.5, 1: 0.7}, {0: 0.4, 1: 0.6}) == "+0.100 [+0.100, +0.100]"
+
+
+def test_a_report_over_one_seed_shows_no_target_met_on_a_ratio_it_has_no_interval_for(tmp_path):
+    refs = [r for r in write_runs(tmp_path) if r.seed == 0]
+    text = write_evidence_report(refs, protocol(), tmp_path / "report.md").read_text()
+    assert "| bandit | 4.00x, one pair: no CI | 2.00x, one pair: no CI |" in text
+    assert "- bandit >= 1.5x sooner than fixed-wait, CI above 1: not shown (one pair) (4.00x, one pair: no CI)" in text
+    assert "- bandit >= 1.2x sooner than fixed-budget, CI above 1: not shown (one pair)" in text

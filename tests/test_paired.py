@@ -36,6 +36,12 @@ def test_an_arm_twice_as_fast_in_every_seed_gives_two_with_a_point_interval():
     assert r.describe() == "2.00x [2.00, 2.00]"
 
 
+def test_one_pair_is_described_without_an_interval():
+    r = paired_ratio({7: 13.3, 71: 13.1}, {7: 9.7, 71: None})
+    assert r.ratios == pytest.approx({7: 13.3 / 9.7}) and r.missing == (71,)
+    assert r.describe() == "1.37x, one pair: no CI (1 of 2 pairs)"
+
+
 def test_two_seeds_ratios_one_and_four_bootstrap_to_the_whole_range():
     # Resampling two values: {1,1} -> 1 (p 1/4), {1,4} -> geometric mean 2 (p 1/2), {4,4} -> 4 (p 1/4);
     # the 2.5th and 97.5th percentiles fall inside the first and last quarters: [1, 4]. Estimate sqrt(4) = 2.

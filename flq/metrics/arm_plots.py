@@ -58,7 +58,12 @@ def plot_score_bands(
             mean, low, high = score_band(runs, clocks)
             color = f"C{j % 10}"
             ax.plot(
-                clocks, mean, color=color, label=f"{arm} ({len(runs)} seeds)", linewidth=1.2, drawstyle="steps-post"
+                clocks,
+                mean,
+                color=color,
+                label=f"{arm} ({len(runs)} seed{'' if len(runs) == 1 else 's'})",
+                linewidth=1.2,
+                drawstyle="steps-post",
             )
             marked = np.isin(clocks, evaluated) & np.isfinite(mean)
             ax.scatter(clocks[marked], mean[marked], color=color, s=8)

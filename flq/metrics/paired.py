@@ -79,12 +79,15 @@ class PairedRatio:
         return None if self.ci is None else self.ci[0] <= 1.0 <= self.ci[1]
 
     def describe(self) -> str:
-        """``1.62x [1.21, 2.05]`` (+ ``, CI includes 1`` / ``(4 of 5 pairs)``)."""
+        """``1.62x [1.21, 2.05]`` (+ ``, CI includes 1`` / ``(4 of 5 pairs)``); one pair: no interval."""
         if self.estimate is None or self.ci is None:
             return "n/a"
-        text = f"{self.estimate:.2f}x [{self.ci[0]:.2f}, {self.ci[1]:.2f}]"
-        if self.includes_one:
-            text += ", CI includes 1"
+        if len(self.ratios) == 1:  # resampling one value gives a point: no interval to report
+            text = f"{self.estimate:.2f}x, one pair: no CI"
+        else:
+            text = f"{self.estimate:.2f}x [{self.ci[0]:.2f}, {self.ci[1]:.2f}]"
+            if self.includes_one:
+                text += ", CI includes 1"
         if self.missing:
             text += f" ({len(self.ratios)} of {len(self.ratios) + len(self.missing)} pairs)"
         return text

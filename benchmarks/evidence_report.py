@@ -16,7 +16,7 @@ from typing import Any
 from matrix import client_label_histograms
 
 from flq.metrics.arm_plots import plot_score_bands, plot_tier_work, plot_tradeoff
-from flq.metrics.paired import bootstrap_ci, mean_std, paired_ratio, proportion_ci_half_width
+from flq.metrics.paired import NO_INTERVAL, bootstrap_ci, mean_std, paired_ratio, proportion_ci_half_width
 from flq.metrics.records import ClientRoundRecord, RoundRecord, read_rounds
 from flq.metrics.summary import (
     bytes_per_round,
@@ -459,8 +459,8 @@ def _paired_difference(focus: dict[int, float | None], other: dict[int, float | 
     diffs = [a - b for s, a in focus.items() if a is not None and (b := other.get(s)) is not None]
     if not diffs:
         return "n/a"
-    if len(diffs) == 1:  # resampling one value gives a point: no interval to report
-        text = f"{diffs[0]:+.3f}, one pair: no CI"
+    if len(diffs) == 1:
+        text = f"{diffs[0]:+.3f}, {NO_INTERVAL}"
     else:
         low, high = bootstrap_ci(diffs, lambda x: x.mean(axis=1))
         text = f"{statistics.fmean(diffs):+.3f} [{low:+.3f}, {high:+.3f}]"
@@ -476,7 +476,7 @@ def _targets(arms: list[str], seeds: list[int], cell) -> str:
     for ref, wanted in zip(REFERENCES, (1.5, 1.2), strict=True):
         r = paired_ratio(_by_seed(cell, ref, seeds, "ttt_sustained"), _by_seed(cell, FOCUS, seeds, "ttt_sustained"))
         met = r.estimate is not None and r.estimate >= wanted and r.ci[0] > 1.0
-        verdict = "not shown (one pair)" if len(r.ratios) == 1 else "met" if met else "not met"
+        verdict = "not shown (one pair)" if not r.has_interval else "met" if met else "not met"
         lines.append(f"- {FOCUS} >= {wanted}x sooner than {ref}, CI above 1: {verdict} ({r.describe()})")
     done = [f for s in seeds if (f := cell(FOCUS, s))]
     judged = sum(f.judged_rounds for f in done)

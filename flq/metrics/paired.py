@@ -65,6 +65,10 @@ def _rowwise_geometric_mean(samples: np.ndarray) -> np.ndarray:
     return np.exp(np.mean(np.log(samples), axis=1))
 
 
+# Resampling one value gives a point, not an interval: one pair is reported without one.
+NO_INTERVAL = "one pair: no CI"
+
+
 @dataclass(frozen=True)
 class PairedRatio:
     """Per-seed ratios reference/arm over the seeds where both have a value, summarised."""
@@ -78,12 +82,16 @@ class PairedRatio:
     def includes_one(self) -> bool | None:
         return None if self.ci is None else self.ci[0] <= 1.0 <= self.ci[1]
 
+    @property
+    def has_interval(self) -> bool:
+        return len(self.ratios) > 1
+
     def describe(self) -> str:
         """``1.62x [1.21, 2.05]`` (+ ``, CI includes 1`` / ``(4 of 5 pairs)``); one pair: no interval."""
         if self.estimate is None or self.ci is None:
             return "n/a"
-        if len(self.ratios) == 1:  # resampling one value gives a point: no interval to report
-            text = f"{self.estimate:.2f}x, one pair: no CI"
+        if not self.has_interval:
+            text = f"{self.estimate:.2f}x, {NO_INTERVAL}"
         else:
             text = f"{self.estimate:.2f}x [{self.ci[0]:.2f}, {self.ci[1]:.2f}]"
             if self.includes_one:

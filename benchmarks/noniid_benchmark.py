@@ -11,7 +11,9 @@ aggregation or local training alone:
 * ``scaffold``: SCAFFOLD control variates (twice the bytes per round each way);
 * ``balanced``: class-weighting=balanced;
 * ``qffl-1`` / ``qffl-3``: fairness-q 1 and 3 (q-FFL's reweighting by each client's loss
-  before training: the lever aimed at the worst client).
+  before training: the lever aimed at the worst client);
+* ``fedrs-0.5`` / ``fedrs-0.1``: restricted-softmax 0.5 and 0.1 (FedRS: the logits of classes a
+  client lacks scaled down in its local loss, so it does not teach the shared head that they are wrong).
 
 The arm values are the papers' usual starting points, not tuned here. Per run, from its
 ``rounds.jsonl``: the majority-class share of the server's held-out set (``maj``), the first
@@ -74,6 +76,8 @@ ARMS = {
     "balanced": {"class-weighting": "balanced"},
     "qffl-1": {"fairness-q": 1.0},
     "qffl-3": {"fairness-q": 3.0},
+    "fedrs-0.5": {"restricted-softmax": 0.5},
+    "fedrs-0.1": {"restricted-softmax": 0.1},
 }
 
 

@@ -51,7 +51,7 @@ from .task.model_cache import resolve_model
 from .task.models import resolve_device
 from .task.partition import client_split
 from .task.specs import backbone_spec, data_spec, generation_spec, lora_spec
-from .task.train import autocast_dtype, balanced_class_weights, make_batches, set_torch_threads, train_steps
+from .task.train import autocast_dtype, class_loss_options, make_batches, set_torch_threads, train_steps
 from .task.train import evaluate as evaluate_adapter
 
 quiet_libraries()
@@ -195,11 +195,7 @@ def train(msg: Message, context: Context) -> Message:
         autocast=local.autocast,
         proximal_mu=cfg.proximal_mu,
         max_grad_norm=cfg.max_grad_norm,
-        class_weights=(
-            balanced_class_weights(split.train.labels, split.train.num_labels)
-            if cfg.class_weighting == "balanced"
-            else None
-        ),
+        **class_loss_options(split.train.labels, split.train.num_labels, cfg.class_weighting, cfg.restricted_softmax),
         control_correction=None if control is None else control_correction(model, *control),
     )
     # The delta is taken from what this client actually decoded, so with a quantized

@@ -84,6 +84,7 @@ class RunConfig:
     proximal_mu: float = 0.0  # FedProx; 0: off
     scaffold: bool = False  # SCAFFOLD control variates (flq/strategy/scaffold.py); doubles the bytes per round
     class_weighting: str = "none"  # none | balanced (classification: each local class weighs the same)
+    restricted_softmax: float = 1.0  # FedRS: a client's logits of classes it lacks x this in its loss; 1: off
     seed: int = 42
     target_score: float = 0.85
     # LoRA and backbone
@@ -272,6 +273,14 @@ class RunConfig:
         check(
             self.class_weighting == "none" or self.task not in GENERATIVE_TASKS,
             f"class-weighting applies to classification tasks, not {self.task}",
+        )
+        check(
+            0.0 <= self.restricted_softmax <= 1.0,
+            f"restricted-softmax must be in [0, 1] (1: off), got {self.restricted_softmax!r}",
+        )
+        check(
+            self.restricted_softmax == 1.0 or self.task not in GENERATIVE_TASKS,
+            f"restricted-softmax applies to classification tasks, not {self.task}",
         )
         check(self.generation_samples >= 0, "generation-samples must be >= 0")
         check(self.max_new_tokens >= 1, "max-new-tokens must be >= 1")

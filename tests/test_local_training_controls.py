@@ -7,7 +7,15 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from flq.config import ConfigError, RunConfig
 from flq.task.data import TextData
 from flq.task.lr_schedule import round_learning_rate
-from flq.task.train import balanced_class_weights, evaluate, make_batches, proximal_term, train_steps
+from flq.task.train import (
+    balanced_class_weights,
+    class_loss_options,
+    evaluate,
+    make_batches,
+    proximal_term,
+    restricted_softmax_scale,
+    train_steps,
+)
 from tests.test_train import fresh_classifier, toy_classification
 
 
@@ -113,3 +121,54 @@ def test_balanced_weighting_lifts_a_clients_minority_class(tiny_llama_dir):
 def test_class_weighting_is_for_classifiers_only():
     with pytest.raises(ConfigError, match="class-weighting applies to classification"):
         RunConfig().replace(task="causal-lm", class_weighting="balanced")
+
+
+def test_restricted_softmax_scale_by_hand():
+    # classes 0 and 2 held, 1 and 3 lacking: 1 where held, alpha where lacking.
+    scale = restricted_softmax_scale([0, 0, 2, 2, 2], num_classes=4, alpha=0.5)
+    torch.testing.assert_close(scale, torch.tensor([1.0, 0.5, 1.0, 0.5]))
+
+
+def test_class_loss_options_are_off_by_default():
+    assert class_loss_options([0, 1], 3, "none", 1.0) == {"class_weights": None, "logit_scale": None}
+    options = class_loss_options([0, 0, 1], 3, "balanced", 0.0)
+    torch.testing.assert_close(options["class_weights"], balanced_class_weights([0, 0, 1], 3))
+    torch.testing.assert_close(options["logit_scale"], torch.tensor([1.0, 1.0, 0.0]))
+
+
+def lacking_class_logit_drop(tiny_llama_dir, logit_scale):
+    """How far 8 steps on a one-class client lower the held-out mean logit of the class it lacks,
+    relative to the class it holds."""
+    data = toy_classification()
+    texts = [t for t, y in zip(data.texts, data.labels, strict=True) if y == 0]
+    only_zero = TextData(texts, [0] * len(texts), data.label_names)
+    lm = fresh_classifier(tiny_llama_dir)
+    probe = lm.tokenizer(data.texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+
+    def margin():
+        lm.model.eval()
+        with torch.no_grad():
+            logits = lm.model(**probe).logits
+        return float((logits[:, 1] - logits[:, 0]).mean())
+
+    before = margin()
+    torch.manual_seed(0)
+    batches = make_batches("sequence-classification", only_zero, lm.tokenizer, 8, 16, 0)
+    train_steps(lm.model, batches, 8, 1e-3, logit_scale=logit_scale)
+    return before - margin()
+
+
+def test_restricted_softmax_pushes_a_lacking_class_down_less(tiny_llama_dir):
+    # A client holding class 0 only: plain softmax raises class 0's logit and lowers class 1's;
+    # FedRS at alpha 0 holds class 1's logit at 0 in the loss, so training only raises class 0's.
+    plain = lacking_class_logit_drop(tiny_llama_dir, None)
+    restricted = lacking_class_logit_drop(tiny_llama_dir, torch.tensor([1.0, 0.0]))
+    assert plain > 0
+    assert restricted < plain
+
+
+def test_restricted_softmax_is_checked_and_for_classifiers_only():
+    with pytest.raises(ConfigError, match=r"restricted-softmax must be in \[0, 1\]"):
+        RunConfig().replace(restricted_softmax=1.5)
+    with pytest.raises(ConfigError, match="restricted-softmax applies to classification"):
+        RunConfig().replace(task="causal-lm", restricted_softmax=0.5)

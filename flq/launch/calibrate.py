@@ -508,13 +508,13 @@ def measure(model, data, cfg: RunConfig, plan: Plan, progress: Callable[[str], N
     """Each thread count's step times, through ``train_steps`` as a client trains."""
     import torch
 
-    from ..task.train import balanced_class_weights, make_batches, set_torch_threads, train_steps
+    from ..task.train import class_loss_options, make_batches, set_torch_threads, train_steps
 
     torch.manual_seed(cfg.seed)
     batches = _CountingBatches(
         make_batches(cfg.task, data, model.processor, cfg.batch_size, cfg.max_seq_length, cfg.seed, cfg.packing)
     )
-    class_weights = balanced_class_weights(data.labels, data.num_labels) if cfg.class_weighting == "balanced" else None
+    class_options = class_loss_options(data.labels, data.num_labels, cfg.class_weighting, cfg.restricted_softmax)
     threads_before = torch.get_num_threads()
     omp_before = os.environ.get("OMP_NUM_THREADS")
     affinity_before = os.sched_getaffinity(0) if plan.pin else None
@@ -551,7 +551,7 @@ def measure(model, data, cfg: RunConfig, plan: Plan, progress: Callable[[str], N
                 should_stop,
                 proximal_mu=cfg.proximal_mu,
                 max_grad_norm=cfg.max_grad_norm,
-                class_weights=class_weights,
+                **class_options,
             )
             if stats.steps != total or len(stamps) != total + 1:
                 raise CalibrationError(f"{t} threads: trained {stats.steps} steps, expected {total}")

@@ -115,6 +115,28 @@ def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
     return weights
 
 
+def restricted_softmax_scale(labels: list[int], num_classes: int, alpha: float) -> torch.Tensor:
+    """FedRS's per-class logit scale (Li & Zhan, 2021): 1 for the classes this client holds,
+    ``alpha`` for those it lacks. Scaled down, a lacking class's logit draws less of the softmax,
+    so local steps push its classifier weights away from this client's features less: a client
+    that holds one class no longer teaches the shared head that the other classes are wrong."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes)
+    return torch.where(counts > 0, 1.0, float(alpha))
+
+
+def class_loss_options(
+    labels: list[int], num_classes: int, class_weighting: str, restricted_softmax: float
+) -> dict[str, torch.Tensor | None]:
+    """``train_steps``' ``class_weights`` and ``logit_scale`` for a client's training labels
+    under the run's ``class-weighting`` and ``restricted-softmax`` (None where off)."""
+    return {
+        "class_weights": balanced_class_weights(labels, num_classes) if class_weighting == "balanced" else None,
+        "logit_scale": (
+            restricted_softmax_scale(labels, num_classes, restricted_softmax) if restricted_softmax != 1.0 else None
+        ),
+    }
+
+
 def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx's ``mu / 2 * ||w - w_global||^2`` over the trainable tensors (gradient ``mu * (w - w_global)``)."""
     return 0.5 * mu * sum(((p.float() - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
@@ -132,6 +154,7 @@ def train_steps(
     max_grad_norm: float = 0.0,
     class_weights: torch.Tensor | None = None,
     control_correction: Mapping[str, torch.Tensor] | None = None,
+    logit_scale: torch.Tensor | None = None,
 ) -> TrainStats:
     """Run up to ``max_steps`` AdamW steps on the trainable parameters of ``model``.
 
@@ -140,6 +163,8 @@ def train_steps(
     received global at this client's rank), per step, so it holds whatever the step count.
     ``max_grad_norm`` > 0: clip the gradients' global norm before each step.
     ``class_weights``: re-weight a classifier's cross-entropy by class (``balanced_class_weights``).
+    ``logit_scale``: multiply a classifier's logits by class before its cross-entropy
+    (``restricted_softmax_scale``).
     ``control_correction``: SCAFFOLD's ``c - c_i`` per trainable parameter, keyed by its name in
     ``model.named_parameters()`` (``LoraModel.parameter_names`` maps adapter keys to those names;
     every trainable parameter needs one). After every optimizer step each parameter moves by
@@ -180,9 +205,12 @@ def train_steps(
             if steps == 0:
                 loss_before = loss.item()
             objective = loss
-            if class_weights is not None:
-                weights = class_weights.to(device)
-                objective = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"], weight=weights)
+            if class_weights is not None or logit_scale is not None:
+                logits = out.logits.float()
+                if logit_scale is not None:
+                    logits = logits * logit_scale.to(device)
+                weights = class_weights.to(device) if class_weights is not None else None
+                objective = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=weights)
             if anchors:
                 objective = objective + proximal_term(params, anchors, proximal_mu)
             if scaler is None:

@@ -16,7 +16,14 @@ from typing import Any
 from matrix import client_label_histograms
 
 from flq.metrics.arm_plots import plot_score_bands, plot_tier_work, plot_tradeoff
-from flq.metrics.paired import NO_INTERVAL, bootstrap_ci, mean_std, paired_ratio, proportion_ci_half_width
+from flq.metrics.paired import (
+    NO_INTERVAL,
+    bootstrap_ci,
+    has_interval,
+    mean_std,
+    paired_ratio,
+    proportion_ci_half_width,
+)
 from flq.metrics.records import ClientRoundRecord, RoundRecord, read_rounds
 from flq.metrics.summary import (
     bytes_per_round,
@@ -459,7 +466,7 @@ def _paired_difference(focus: dict[int, float | None], other: dict[int, float | 
     diffs = [a - b for s, a in focus.items() if a is not None and (b := other.get(s)) is not None]
     if not diffs:
         return "n/a"
-    if len(diffs) == 1:
+    if not has_interval(len(diffs)):
         text = f"{diffs[0]:+.3f}, {NO_INTERVAL}"
     else:
         low, high = bootstrap_ci(diffs, lambda x: x.mean(axis=1))

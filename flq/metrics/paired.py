@@ -69,6 +69,11 @@ def _rowwise_geometric_mean(samples: np.ndarray) -> np.ndarray:
 NO_INTERVAL = "one pair: no CI"
 
 
+def has_interval(pairs: int) -> bool:
+    """Whether ``pairs`` paired values give a bootstrap interval (more than one)."""
+    return pairs > 1
+
+
 @dataclass(frozen=True)
 class PairedRatio:
     """Per-seed ratios reference/arm over the seeds where both have a value, summarised."""
@@ -84,7 +89,7 @@ class PairedRatio:
 
     @property
     def has_interval(self) -> bool:
-        return len(self.ratios) > 1
+        return has_interval(len(self.ratios))
 
     def describe(self) -> str:
         """``1.62x [1.21, 2.05]`` (+ ``, CI includes 1`` / ``(4 of 5 pairs)``); one pair: no interval."""

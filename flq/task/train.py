@@ -182,6 +182,9 @@ def train_steps(
     corrections = _corrections(named, control_correction, device) if control_correction is not None else []
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     anchors = [p.detach().float().clone() for p in params] if proximal_mu > 0 else []
+    # moved to the model's device once, not every step
+    class_weights = class_weights.to(device) if class_weights is not None else None
+    logit_scale = logit_scale.to(device) if logit_scale is not None else None
     # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
     scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
     train_mode(model)
@@ -208,9 +211,8 @@ def train_steps(
             if class_weights is not None or logit_scale is not None:
                 logits = out.logits.float()
                 if logit_scale is not None:
-                    logits = logits * logit_scale.to(device)
-                weights = class_weights.to(device) if class_weights is not None else None
-                objective = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=weights)
+                    logits = logits * logit_scale
+                objective = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=class_weights)
             if anchors:
                 objective = objective + proximal_term(params, anchors, proximal_mu)
             if scaler is None:

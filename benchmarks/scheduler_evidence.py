@@ -27,6 +27,12 @@ start from), so the same number puts the tiers in the same place for another mod
 times do not scale with compute, and the report prints the measured per-tier compute and transfer
 against the deadline. ``--deadline`` sets seconds directly.
 
+The image task: ``--data digits`` runs the same protocol on scikit-learn's digits with the
+embedded MobileViT (random weights: no hub here; full precision). Its compute is mostly
+convolutions, which the step estimate does not count, so ``--deadline`` (seconds) and ``--target``
+are required; its runs are named ``digits-...``. The report's timing table gives the measured step
+to set the deadline from (benchmarks/results/scheduler_evidence_digits.md says how it was set).
+
 Mis-tiered clients: ``--compute-misfit cycle:1,3,1,0.5`` makes every client's true compute that
 multiple of its tier's (here a quarter three times slower, a quarter twice as fast), charged by
 the virtual clock and spent by the client's budget stop but told to no scheduler (docs/clock.md).
@@ -36,6 +42,8 @@ This is what the bandit's per-client time model is for; its runs are named ``mis
     .venv/bin/python benchmarks/scheduler_evidence.py --size default        # the headline arms
     .venv/bin/python benchmarks/scheduler_evidence.py --size default --report-only   # rebuild the report
     .venv/bin/python benchmarks/scheduler_evidence.py --size full           # every arm, ablation, partition
+    .venv/bin/python benchmarks/scheduler_evidence.py --size default --data digits --deadline 0.68 --target 0.5 \
+        --seeds 0 1 2 --report benchmarks/results/scheduler_evidence_digits.md   # the image task
 """
 
 from __future__ import annotations
@@ -56,6 +64,29 @@ from flq.sim.clock import NO_MISFIT
 from flq.task.cost import reference_step_seconds
 
 RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A data set the protocol runs on: its run-config keys, the model and bits it runs with
+    unless --model / --bits say otherwise, and how the report names it."""
+
+    keys: dict
+    model: str
+    bits: int
+    name: str  # in the report's protocol line
+    items: str  # what one held-out example is, plural
+    step_estimate_fits: bool  # whether flq/task/cost.py's step estimate sizes the model (else: --deadline)
+
+
+DATA = {
+    "bbc-news": DataSet({"data": "bbc-news"}, "minilm-l6", 16, "BBC News", "articles", True),
+    # The image task: the embedded random MobileViT (no hub here), full precision (nothing to quantize).
+    # Its compute is mostly convolutions, which the step estimate (linear layers only) does not count.
+    "digits": DataSet(
+        {"task": "image-classification", "data": "digits"}, "mobilevit-tiny-random", 32, "digits", "images", False
+    ),
+}
 
 BASELINES = SCHEDULER_ARMS
 # One ablation per part the bandit can switch off (flq.scheduler.bandit.BANDIT_PARTS).
@@ -128,12 +159,17 @@ def main() -> None:
         help="clients' true compute over their tier's, unknown to the schedulers (e.g. cycle:1,3,1,0.5); "
         "runs are named misfit-...",
     )
-    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument(
+        "--data", choices=DATA, default="bbc-news", help="the data set; runs not on BBC News are named DATA-..."
+    )
+    parser.add_argument("--model", help="the backbone (the data set's default)")
     parser.add_argument("--steps", type=int, default=4, help="local steps (the cap under a budget)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.005)
-    parser.add_argument("--bits", type=int, default=16, help="backbone bits of the run (bandit may choose fewer)")
+    parser.add_argument(
+        "--bits", type=int, help="backbone bits of the run (bandit may choose fewer; the data set's default)"
+    )
     parser.add_argument("--deadline-steps", type=float, default=14.0, help="deadline in reference steps of the model")
     parser.add_argument("--deadline", type=float, help="deadline in clock seconds (instead of --deadline-steps)")
     parser.add_argument("--budget-deadlines", type=float, help="the equal clock budget, in deadlines")
@@ -146,6 +182,15 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (runs, seeds, deadline) and stop")
     args = parser.parse_args()
+    data = DATA[args.data]
+    model, bits = args.model or data.model, args.bits or data.bits
+    if args.deadline is None and not data.step_estimate_fits:
+        parser.error(
+            f"--data {args.data}: give --deadline in clock seconds (about --deadline-steps measured steps of "
+            f"{model}): flq/task/cost.py's step estimate counts linear layers only"
+        )
+    if args.data != "bbc-news" and args.target is None:
+        parser.error(f"--data {args.data}: give --target (the sizes' targets are BBC News accuracies)")
 
     size = SIZES[args.size]
     size = replace(
@@ -162,13 +207,13 @@ def main() -> None:
     )
     out = args.out or RESULTS / "tmp" / f"scheduler_evidence_{args.size}"
     report = args.report or REPORTS.get(args.size, out / "report.md")
-    step_s = reference_step_seconds(args.model, args.bits, args.batch_size, args.seq_len)
+    step_s = reference_step_seconds(model, bits, args.batch_size, args.seq_len)
     deadline = args.deadline if args.deadline else round(args.deadline_steps * step_s, 3)
     clock_budget = round(size.budget_deadlines * deadline, 3)
 
     base = {
-        "model": args.model,
-        "data": "bbc-news",
+        **data.keys,
+        "model": model,
         "max-seq-length": args.seq_len,
         "batch-size": args.batch_size,
         "num-server-rounds": size.max_rounds,
@@ -177,7 +222,7 @@ def main() -> None:
         "learning-rate": args.lr,
         "lora-rank": 16,
         "base-rank": 8,
-        "backbone-bits": args.bits,
+        "backbone-bits": bits,
         "aggregation": "svd",
         "aggregation-weight": "examples-per-step",
         "update-codec": "int8",
@@ -194,6 +239,7 @@ def main() -> None:
     }
     # not paired with, nor reusing, runs without a misfit (a bad spec fails here, before any run)
     prefix = "" if parse_factor_spread(args.compute_misfit, "--compute-misfit") == NO_MISFIT else "misfit-"
+    prefix += "" if args.data == "bbc-news" else f"{args.data}-"  # BBC News runs keep their names
     seeds = args.seeds or choose_seeds(base, size.partitions, size.clients, size.seeds)
 
     matrix = Matrix("evidence", out, num_supernodes=size.clients)
@@ -222,7 +268,9 @@ def main() -> None:
         settings={
             **asdict(size),
             "seeds": seeds,
-            "model": args.model,
+            "model": model,
+            "data": data.name,
+            "items": data.items,
             "tiers": args.tiers,
             "compute_misfit": args.compute_misfit,
             "steps": args.steps,

@@ -1,7 +1,9 @@
 """The scheduler-evidence report on synthetic runs whose numbers are known by construction."""
 
 import json
+import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ import pytest
 from flq.metrics.arm_plots import score_band
 from flq.metrics.records import ClientEvalRecord, ClientRoundRecord, RoundRecord, append_round
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 from evidence_report import (  # noqa: E402
     Protocol,
     RunRef,
@@ -174,6 +177,27 @@ def test_the_report_gives_the_ratios_targets_and_pairing_it_was_built_with(tmp_p
     assert "### Ablations" not in text  # no ablation arm ran
     for suffix in ("_score_vs_clock.png", "_tier_work.png", "_tradeoff.png"):
         assert (tmp_path / f"report{suffix}").stat().st_size > 0
+
+
+def test_the_report_names_the_data_set_it_ran_on(tmp_path):
+    default = write_evidence_report(write_runs(tmp_path / "bbc"), protocol(), tmp_path / "bbc.md").read_text()
+    assert "BBC News, 4 clients" in default and "held-out articles" in default
+    digits = replace(protocol(), settings={**protocol().settings, "data": "digits", "items": "images"})
+    text = write_evidence_report(write_runs(tmp_path / "digits"), digits, tmp_path / "digits.md").read_text()
+    assert "digits, 4 clients" in text and "held-out images" in text and "BBC" not in text
+
+
+def test_the_image_task_is_planned_only_with_a_deadline_in_seconds_and_a_target():
+    def plan(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(BENCHMARKS / "scheduler_evidence.py"), "--dry-run", "--seeds", "0", *args]
+        return subprocess.run(command, capture_output=True, text=True, cwd=BENCHMARKS.parent)
+
+    no_deadline = plan("--data", "digits", "--target", "0.4")
+    assert no_deadline.returncode == 2 and "give --deadline" in no_deadline.stderr
+    assert "give --target" in plan("--data", "digits", "--deadline", "0.5").stderr
+    planned = plan("--data", "digits", "--deadline", "0.5", "--target", "0.4")
+    assert planned.returncode == 0, planned.stderr
+    assert "deadline 0.5 s" in planned.stdout and "target 0.4" in planned.stdout
 
 
 def test_an_ablation_is_compared_with_the_whole_bandit_seed_by_seed(tmp_path):

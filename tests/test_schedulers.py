@@ -549,6 +549,15 @@ def test_bandit_chooses_the_most_bits_that_fit_the_memory_limit():
     assert tight.rank == 5
 
 
+def test_a_full_precision_run_keeps_its_own_bits_where_they_fit():
+    full = replace(DEFAULTS, bits=32)
+    clients = [ClientInfo(1, "gpu", memory_limit_mb=24_000), ClientInfo(2, "cpu", memory_limit_mb=4_000)]
+    out = bandit(arms=(8,), defaults=full, memory_model=MEMORY).assign(1, clients, None)
+    # 32 bits: 12,000 + 500 MB fit the GPU's 24,000 MB; the CPU's 4,000 MB hold 8 bits at most
+    assert [out[n].bits for n in (1, 2)] == [32, 8]
+    assert bandit(arms=(8,), memory_model=MEMORY).assign(1, clients[:1], None)[1].bits == 16  # a 16-bit run: 16
+
+
 def test_bandit_takes_a_lower_bits_option_after_an_out_of_memory_report():
     scheduler = bandit(memory_model=MEMORY)
     clients = [ClientInfo(1, "gpu", memory_limit_mb=24_000)]

@@ -282,7 +282,8 @@ class BanditScheduler(RankScheduler):
     step cap, and its own speed decides its steps. The budget is always set: the deadline
     divided by the client's caution (1 until it misses).
     ``memory_model`` / ``bits_options``: choose backbone bits per client (the most that fits
-    its memory); without a model, bits come from the run's tier table or default.
+    its memory, among ``bits_options`` and the run's own bits); without a model, bits come
+    from the run's tier table or default.
     ``arms``, ``discount``, ``exploration``: the round-level bandit.
     Ablation switches (``BANDIT_PARTS``), each on by default and each changing only its part:
     ``round_bandit`` (off: aim at the run's base rank every round), ``learn_times`` (off: the
@@ -350,7 +351,7 @@ class BanditScheduler(RankScheduler):
         self.keep_steps = keep_steps
         self.min_batch_size = min_batch_size
         self.memory_model = memory_model
-        self.bits_options = sorted(set(int(b) for b in bits_options), reverse=True)
+        self.bits_options = sorted({int(b) for b in bits_options} | {int(defaults.bits)}, reverse=True)
         self.round_bandit = round_bandit
         self.learn_times = learn_times
         self.choose_bits = choose_bits

@@ -29,6 +29,7 @@ from flq.metrics.summary import (
     bytes_per_round,
     fairness_at_clock,
     label_mix_fairness_at_clock,
+    late_score_at_clock,
     round_within_deadline,
     score_at_clock,
     sustained_time_to_target,
@@ -42,6 +43,9 @@ from flq.status import ClientStatus
 REFERENCES = ("fixed-wait", "fixed-budget")  # the arms every other is divided by
 FOCUS = "bandit"  # the arm the targets are about
 ABLATION_PREFIX = f"{FOCUS}-no-"  # an ablation arm: the focus arm with one part off
+# The end of a run read from several evaluations, not only the one at the equal clock (one swings by
+# its held-out CI, and every ablation's difference shares the same focus runs).
+LATE_EVALUATIONS = 5
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class RunFacts:
     ttt: float | None  # first crossing, interpolated
     ttt_sustained: float | None  # two consecutive evaluations
     score_at_budget: float | None  # None when the run ended before the equal clock (its round cap)
+    late_score: float | None  # mean of the last LATE_EVALUATIONS scores to the equal clock (same None)
     rounds: int
     clock_s: float
     on_time_rounds: int
@@ -130,6 +135,7 @@ def run_facts(records: list[RoundRecord], protocol: Protocol, histograms: list[l
         ttt=first.clock_s if first else None,
         ttt_sustained=sustained.clock_s if sustained else None,
         score_at_budget=score_at_clock(records, budget) if reached_budget else None,
+        late_score=late_score_at_clock(records, budget, LATE_EVALUATIONS) if reached_budget else None,
         rounds=len(records),
         clock_s=records[-1].clock_s if records else 0.0,
         on_time_rounds=sum(judged),
@@ -306,6 +312,7 @@ def _partition_section(partition: str, arms: list[str], seeds: list[int], cell, 
                 mean_pm_std(column(arm, lambda f: f.ttt_sustained)),
                 mean_pm_std(column(arm, lambda f: f.ttt)),
                 mean_pm_std(column(arm, lambda f: f.score_at_budget)),
+                mean_pm_std(column(arm, lambda f: f.late_score)),
                 f"{sum(f.on_time_rounds for f in done) / judged:.1%}" if judged else "n/a",
                 mean_pm_std(column(arm, lambda f: f.rounds)),
                 mean_pm_std(column(arm, lambda f: f.mb_per_round)),
@@ -359,6 +366,7 @@ def _partition_section(partition: str, arms: list[str], seeds: list[int], cell, 
                 "time to target, sustained (clock s)",
                 "time to target, first crossing (clock s)",
                 f"score at {p.clock_budget_s:g} s",
+                f"mean of the last {LATE_EVALUATIONS} scores to {p.clock_budget_s:g} s",
                 "rounds within deadline (pooled)",
                 "rounds run",
                 "MB / round",
@@ -440,7 +448,7 @@ def _ablation_section(arms: list[str], seeds: list[int], cell) -> list[str]:
         row = [arm]
         for attr in ("ttt_sustained", "ttt"):
             row.append(paired_ratio(_by_seed(cell, arm, seeds, attr), _by_seed(cell, FOCUS, seeds, attr)).describe())
-        for attr in ("score_at_budget", "on_time_share"):
+        for attr in ("score_at_budget", "late_score", "on_time_share"):
             row.append(_paired_difference(_by_seed(cell, FOCUS, seeds, attr), _by_seed(cell, arm, seeds, attr)))
         rows.append(row)
     return [
@@ -454,6 +462,7 @@ def _ablation_section(arms: list[str], seeds: list[int], cell) -> list[str]:
                 f"{FOCUS} vs it, sustained",
                 f"{FOCUS} vs it, first crossing",
                 "score at equal clock, difference",
+                f"mean of the last {LATE_EVALUATIONS} scores to equal clock, difference",
                 "share of rounds within deadline, difference",
             ],
             rows,

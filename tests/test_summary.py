@@ -18,6 +18,7 @@ from flq.metrics.summary import (
     jain_index,
     label_mix_fairness_at_clock,
     label_mix_scores,
+    late_score_at_clock,
     peak_memory_per_tier,
     rejected_replies,
     round_within_deadline,
@@ -163,6 +164,16 @@ def test_score_at_clock_is_the_last_evaluation_at_or_before_it():
     assert score_at_clock(records, 10.0) == 0.5
     assert score_at_clock(records, 29.9) == 0.5  # round 2 had no score
     assert score_at_clock(records, 100.0) == 0.9
+
+
+def test_late_score_is_the_mean_of_the_last_evaluations_at_or_before_the_clock():
+    records = scores_at([0.5, None, 0.9, 0.7, 0.8], [10.0, 20.0, 30.0, 40.0, 50.0])
+    assert late_score_at_clock(records, 5.0) is None
+    assert late_score_at_clock(records, 45.0, evaluations=2) == pytest.approx(0.8)  # 0.9 and 0.7
+    assert late_score_at_clock(records, 100.0, evaluations=3) == pytest.approx(0.8)  # 0.9, 0.7, 0.8
+    assert late_score_at_clock(records, 100.0) == pytest.approx(0.725)  # all four scored rounds
+    with pytest.raises(ValueError, match="evaluations"):
+        late_score_at_clock(records, 100.0, evaluations=0)
 
 
 def test_final_and_best_score():

@@ -117,6 +117,15 @@ def score_at_clock(records: Sequence[RoundRecord], clock_s: float) -> float | No
     return at[-1].score if at else None
 
 
+def late_score_at_clock(records: Sequence[RoundRecord], clock_s: float, evaluations: int = 5) -> float | None:
+    """Mean of the last ``evaluations`` global scores at or before ``clock_s`` (None before the
+    first): the end of a run read from several evaluations, as one swings by its held-out CI."""
+    if evaluations < 1:
+        raise ValueError(f"evaluations must be at least 1, got {evaluations}")
+    at = [r.score for r in _scored(records) if r.clock_s <= clock_s][-evaluations:]
+    return sum(at) / len(at) if at else None
+
+
 # -- deadlines ----------------------------------------------------------------------------
 def round_within_deadline(record: RoundRecord, deadline_s: float) -> bool:
     """The round ended by the deadline and no client that replied with an update was late.

@@ -273,13 +273,13 @@ def _header(p: Protocol, figures: dict[str, Path]) -> str:
             f"# The scheduler's evidence (issue 20), size `{p.size}`",
             f"Command: `{p.command}`",
             f"{s['model']} + LoRA (r_max 16, start 8, svd aggregation weighted per step), "
-            f"{s.get('data', 'BBC News')}, "
+            f"{s['data']}, "
             f"{s['clients']} clients (tiers `{s['tiers']}`), {s['per_round']} sampled per round, "
             f"<= {s['steps']} local steps, int8 updates with error feedback; seeds {p.seeds}, paired: every arm "
             f"of a seed has the same partitions and client sample per round (checked below per seed). "
             f"Deadline {deadline}. Every arm runs until its virtual clock reaches {p.clock_budget_s:g} s "
             f"(equal clock; the round that reaches it is its last). Target accuracy {p.target:g} on "
-            f"{p.server_test_size} held-out {s.get('items', 'articles')}: one evaluation's 95% CI half-width is at most "
+            f"{p.server_test_size} held-out {s['items']}: one evaluation's 95% CI half-width is at most "
             f"±{half:.3f} (at accuracy 0.5; per partition below at the scores measured).{misfit}{wall}",
             "Time to target, *sustained*: the first evaluation from which the score stays at or above the target "
             "for two consecutive evaluations; *first crossing*: interpolated, as flq/metrics/summary.py's "

@@ -79,8 +79,9 @@ class DataSet:
     step_estimate_fits: bool  # whether flq/task/cost.py's step estimate sizes the model (else: --deadline)
 
 
+DEFAULT_DATA = "bbc-news"  # the sizes' targets are its accuracies; its runs keep their unprefixed names
 DATA = {
-    "bbc-news": DataSet({"data": "bbc-news"}, "minilm-l6", 16, "BBC News", "articles", True),
+    DEFAULT_DATA: DataSet({"data": "bbc-news"}, "minilm-l6", 16, "BBC News", "articles", True),
     # The image task: the embedded random MobileViT (no hub here), full precision (nothing to quantize).
     # Its compute is mostly convolutions, which the step estimate (linear layers only) does not count.
     "digits": DataSet(
@@ -160,7 +161,7 @@ def main() -> None:
         "runs are named misfit-...",
     )
     parser.add_argument(
-        "--data", choices=DATA, default="bbc-news", help="the data set; runs not on BBC News are named DATA-..."
+        "--data", choices=DATA, default=DEFAULT_DATA, help="the data set; runs not on BBC News are named DATA-..."
     )
     parser.add_argument("--model", help="the backbone (the data set's default)")
     parser.add_argument("--steps", type=int, default=4, help="local steps (the cap under a budget)")
@@ -189,7 +190,7 @@ def main() -> None:
             f"--data {args.data}: give --deadline in clock seconds (about --deadline-steps measured steps of "
             f"{model}): flq/task/cost.py's step estimate counts linear layers only"
         )
-    if args.data != "bbc-news" and args.target is None:
+    if args.data != DEFAULT_DATA and args.target is None:
         parser.error(f"--data {args.data}: give --target (the sizes' targets are BBC News accuracies)")
 
     size = SIZES[args.size]
@@ -239,7 +240,7 @@ def main() -> None:
     }
     # not paired with, nor reusing, runs without a misfit (a bad spec fails here, before any run)
     prefix = "" if parse_factor_spread(args.compute_misfit, "--compute-misfit") == NO_MISFIT else "misfit-"
-    prefix += "" if args.data == "bbc-news" else f"{args.data}-"  # BBC News runs keep their names
+    prefix += "" if args.data == DEFAULT_DATA else f"{args.data}-"
     seeds = args.seeds or choose_seeds(base, size.partitions, size.clients, size.seeds)
 
     matrix = Matrix("evidence", out, num_supernodes=size.clients)

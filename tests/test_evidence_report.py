@@ -84,6 +84,8 @@ def protocol() -> Protocol:
         size="smoke",
         settings={
             "model": "minilm-l6",
+            "data": "BBC News",
+            "items": "articles",
             "clients": 4,
             "tiers": "cycle:gpu-24g,cpu-edge",
             "per_round": 2,

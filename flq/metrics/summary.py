@@ -41,6 +41,11 @@ def _scored(records: Sequence[RoundRecord]) -> list[RoundRecord]:
     return [r for r in records if r.score is not None and math.isfinite(r.score)]
 
 
+def _scores_until(records: Sequence[RoundRecord], clock_s: float) -> list[float]:
+    """The global scores evaluated at or before ``clock_s``, in order."""
+    return [r.score for r in _scored(records) if r.clock_s <= clock_s]
+
+
 def final_score(records: Sequence[RoundRecord]) -> float | None:
     scored = _scored(records)
     return scored[-1].score if scored else None
@@ -113,8 +118,8 @@ def sustained_time_to_target(
 def score_at_clock(records: Sequence[RoundRecord], clock_s: float) -> float | None:
     """The global score the run had at ``clock_s``: its last evaluation at or before it (None
     before the first). Compares runs at equal clock whatever their round lengths."""
-    at = [r for r in _scored(records) if r.clock_s <= clock_s]
-    return at[-1].score if at else None
+    at = _scores_until(records, clock_s)
+    return at[-1] if at else None
 
 
 def late_score_at_clock(records: Sequence[RoundRecord], clock_s: float, evaluations: int = 5) -> float | None:
@@ -122,7 +127,7 @@ def late_score_at_clock(records: Sequence[RoundRecord], clock_s: float, evaluati
     first): the end of a run read from several evaluations, as one swings by its held-out CI."""
     if evaluations < 1:
         raise ValueError(f"evaluations must be at least 1, got {evaluations}")
-    at = [r.score for r in _scored(records) if r.clock_s <= clock_s][-evaluations:]
+    at = _scores_until(records, clock_s)[-evaluations:]
     return sum(at) / len(at) if at else None
 
 

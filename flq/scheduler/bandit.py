@@ -370,7 +370,7 @@ class BanditScheduler(RankScheduler):
                 "caution": 1.0,
                 "tier_rank_cap": float(defaults.rank_max),
                 "oom_rank_cap": float(defaults.rank_max),
-                "bits_cap": float(max(self.bits_options + [defaults.bits])),
+                "bits_cap": float(max(self.bits_options)),
                 "table_bits": float(defaults.bits),
                 "own_batch": float(defaults.batch_size),  # examples per step the client trains at
             }

@@ -129,6 +129,22 @@ def test_state_round_trips_through_json_and_gives_the_same_next_decision(name):
     assert json.dumps(restored.state_dict()) == json.dumps(original.state_dict())
 
 
+def test_bandit_state_saved_before_the_prior_scale_keeps_what_its_clients_taught_it():
+    federation = SimulatedFederation(three_tier_clients(3, {"edge": 4.0}), deadline_s=60.0, seed=3)
+    original = make("bandit")
+    run_rounds(original, federation, 4)
+    state = json.loads(json.dumps(original.state_dict()))
+    del state["prior_scale"], state["clients"]["columns"]["compute_reports"]
+    restored = make("bandit")
+    restored.load_state_dict(state)
+    infos = federation.infos()
+    assert restored.assign(5, infos, 60.0) == original.assign(5, infos, 60.0)
+    reports, outcome = federation.run_round(5, original.assign(5, infos, 60.0))
+    original.observe(5, reports, outcome)
+    restored.observe(5, reports, outcome)  # not a first report: the learned times stay
+    assert restored.assign(6, infos, 60.0) == original.assign(6, infos, 60.0)
+
+
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_no_clients_and_no_reports_are_not_errors(name):
     scheduler = make(name)
@@ -205,7 +221,38 @@ def test_bandit_learns_to_meet_the_deadline_when_its_tier_prior_is_wrong():
     assert np.mean(shares[4:]) >= 0.95
 
 
-def test_bandit_gives_a_client_fewer_steps_after_it_misses_the_deadline():
+def test_bandit_leaves_a_step_estimate_ten_times_too_optimistic_behind_after_one_round():
+    # Every client is 10x slower than the step estimate says (a model the estimate sizes badly):
+    # the first round is late; each client's first report re-centres its prior.
+    slow = {"gpu": 10.0, "cpu": 10.0, "edge": 10.0}
+    federation = SimulatedFederation(three_tier_clients(5, slow), deadline_s=60.0, seed=3)
+    history = run_rounds(bandit(arms=(2, 4, 8, 16, 32)), federation, 12)
+    shares = [on_time_share(reports) for _, reports, _ in history]
+    assert shares[0] < 0.5
+    assert min(shares[1:]) >= 0.9
+    # and, sure of the new scale, it gives back the work the miss first cost (a time model
+    # still pulled toward the 10x prior stays where the miss put it)
+    total_work = [sum(map(work, assignments.values())) for assignments, _, _ in history]
+    assert total_work[-1] > 1.15 * total_work[1]
+
+
+def test_bandit_starts_a_client_it_has_not_heard_from_at_the_scale_its_tier_has_shown():
+    slow = {"gpu": 10.0, "cpu": 10.0, "edge": 10.0}
+    scheduler = bandit(arms=(2, 4, 8, 16, 32))
+    first = SimulatedFederation(three_tier_clients(3, slow), deadline_s=60.0, seed=4)
+    run_rounds(scheduler, first, 1)
+    newcomers = [replace(c, node_id=c.node_id + 50) for c in three_tier_clients(3, slow)]
+    _, reports, _ = run_rounds(scheduler, SimulatedFederation(newcomers, deadline_s=60.0, seed=5), 1, first=2)[0]
+    assert on_time_share(reports) >= 0.9
+    # and a tier nobody has reported from yet takes the run's scale
+    only_gpus = bandit(arms=(2, 4, 8, 16, 32))
+    run_rounds(only_gpus, SimulatedFederation(three_tier_clients(3, slow)[:3], deadline_s=60.0, seed=6), 1)
+    edge = [c for c in three_tier_clients(3, slow) if c.tier == "edge"]
+    _, reports, _ = run_rounds(only_gpus, SimulatedFederation(edge, deadline_s=60.0, seed=7), 1, first=2)[0]
+    assert on_time_share(reports) >= 0.9
+
+
+def test_bandit_gives_a_client_less_work_after_it_misses_the_deadline():
     scheduler = bandit()
     clients = [ClientInfo(1, "cpu"), ClientInfo(2, "gpu")]
     first = scheduler.assign(1, clients, 40.0)
@@ -213,7 +260,7 @@ def test_bandit_gives_a_client_fewer_steps_after_it_misses_the_deadline():
     on_time = report(2, "ok", rank=first[2].rank, steps=first[2].local_steps, compute_s=4.0, transfer_s=0.5, tier="gpu")
     scheduler.observe(1, [missed, on_time], RoundOutcome(1, 40.0, 40.0, 1.0, 0.9))
     second = scheduler.assign(2, clients, 40.0)
-    assert second[1].local_steps < first[1].local_steps
+    assert work(second[1]) < work(first[1])
     assert second[2].local_steps == DEFAULTS.local_steps
     assert second[2].rank >= first[2].rank  # the fast client keeps (or gains) its rank
 
@@ -658,6 +705,17 @@ def test_online_linear_time_recovers_a_line_and_narrows_with_data():
     mean, narrow = line.mean(np.array([10.0])), line.var(np.array([10.0]))
     assert mean[0] == pytest.approx(32.0, rel=0.02)
     assert narrow[0] < wide[0] / 10
+
+
+def test_online_linear_time_forgets_toward_the_prior_spread_not_its_mean():
+    # A prior 10x too low: once data have moved the mean, forgetting must not drag it back.
+    table = ClientTable(OnlineLinearTime.column_defaults("t_"))
+    model = OnlineLinearTime(table, "t_", forgetting=0.8)
+    rows = table.rows([1])
+    model.set_prior(rows, 0.0, 0.1, 1.0, 0.3, 0.1)
+    for x in [1.0, 0.5, 0.8, 1.0, 0.6, 0.9, 0.7, 1.0] * 3:  # (decaying toward its mean too: 2.6 by now)
+        model.update(rows, np.array([x]), np.array([10.0 * x]))
+    assert model.line(rows).mean(np.array([1.0]))[0] == pytest.approx(10.0, rel=0.05)
 
 
 # --------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ length). It decides, per round, an average rank to aim for (a discounted-UCB ban
 few arms, rewarded by the relative global-loss decrease per second of round time) and, per
 client, the rank, backbone bits, local steps and time budget that its own learned time
 model (Bayesian linear regressions of compute seconds on steps and of transfer seconds on
-rank, seeded by its tier's prior, forgetting old rounds) predicts to finish before the
+rank, seeded by its tier's prior, forgetting old rounds; the compute prior is re-centred on
+how far the step estimate has proved off for its tier, ``PriorScale``, until the client's own
+first report) predicts to finish before the
 deadline with high probability (the round's miss probability, 5% by default, shared among
 the clients the deadline binds, since a round is on time only if all of them are); ranks
 are then water-filled so the round's mean meets the aim where the deadline allows. A
@@ -33,6 +35,7 @@ import numpy as np
 
 from .base import Assignment, ClientInfo, ClientReport, RankScheduler, RoundOutcome, SchedulerDefaults
 from .client_table import FAILED, LATE, OK, OOM, ClientTable, ReportColumns, assignments_by_node
+from .prior_scale import PriorScale
 from .priors import (
     MemoryModel,
     latency_s,
@@ -373,10 +376,12 @@ class BanditScheduler(RankScheduler):
                 "bits_cap": float(max(self.bits_options)),
                 "table_bits": float(defaults.bits),
                 "own_batch": float(defaults.batch_size),  # examples per step the client trains at
+                "compute_reports": 0.0,  # reports with compute: until the first, the prior follows PriorScale
             }
         )
         self.compute_time = OnlineLinearTime(self.table, "compute_", forgetting)
         self.transfer_time = OnlineLinearTime(self.table, "transfer_", forgetting)
+        self.prior_scale = PriorScale()
         self._step_s_by_bits: dict[int, float] = {}
 
     # -- priors -----------------------------------------------------------------------
@@ -400,18 +405,25 @@ class BanditScheduler(RankScheduler):
             group = rows[tier_names == name]
             self._init_tier_rows(group, name or None)
 
-    def _init_tier_rows(self, rows: np.ndarray, tier: str | None) -> None:
+    def _set_compute_prior(self, rows: np.ndarray, tier: str | None) -> None:
+        """The compute-time prior of clients of one tier: the tier's factor times how far the
+        step estimate has proved off so far (``PriorScale``)."""
         d, cv = self.defaults, self.prior_cv
         profile = tier_profile(self.tiers, tier)
-        factor = float(profile.compute_factor)
-        own_batch = own_batch_size(profile, d.batch_size)
-        one_step = factor * self._ref_step_s(d.bits) * own_batch / d.batch_size
+        factor = float(profile.compute_factor) * self.prior_scale.scale(tier)
+        one_step = factor * self._ref_step_s(d.bits) * own_batch_size(profile, d.batch_size) / d.batch_size
         full_work = one_step * d.local_steps
         # compute_s = w0 + w1 * (examples * reference seconds per example): w1 is the client's
         # compute factor
         self.compute_time.set_prior(
             rows, 0.0, max(cv * full_work, 1e-3), factor, max(cv * factor, 1e-3), self.noise_cv * full_work
         )
+
+    def _init_tier_rows(self, rows: np.ndarray, tier: str | None) -> None:
+        d, cv = self.defaults, self.prior_cv
+        profile = tier_profile(self.tiers, tier)
+        own_batch = own_batch_size(profile, d.batch_size)
+        self._set_compute_prior(rows, tier)
         per_rank = transfer_s_per_rank(profile, self.bytes_per_rank)
         latency = latency_s(profile)
         per_rank_sd = cv * per_rank if per_rank > 0 else UNKNOWN_TRANSFER_SD_PER_RANK
@@ -435,6 +447,8 @@ class BanditScheduler(RankScheduler):
         rows = self.table.rows(
             node_ids, lambda new, positions: self._init_rows(new, [clients[p].tier for p in positions])
         )
+        if self.learn_times:
+            self._rescale_unreported_priors(rows, clients)
         bits, memory_cap = self._bits_and_memory_ceiling(rows, clients)
         ceilings = (
             np.minimum.reduce(
@@ -456,6 +470,15 @@ class BanditScheduler(RankScheduler):
         if self.stop_on_budget:
             steps = cap
         return assignments_by_node(node_ids, ranks, bits, steps, budgets, batches)
+
+    def _rescale_unreported_priors(self, rows: np.ndarray, clients: Sequence[ClientInfo]) -> None:
+        """Clients with no compute report yet start from the scale measured on those that have."""
+        unreported = self.table["compute_reports"][rows] == 0
+        if not self.prior_scale.run_count or not unreported.any():
+            return
+        tiers = np.asarray([c.tier or "" for c in clients], dtype=object)
+        for tier in set(tiers[unreported].tolist()):
+            self._set_compute_prior(rows[unreported & (tiers == tier)], tier or None)
 
     def _bits_and_memory_ceiling(
         self, rows: np.ndarray, clients: Sequence[ClientInfo]
@@ -602,7 +625,17 @@ class BanditScheduler(RankScheduler):
             examples = reports.num_examples[computed].astype(np.float64)
             per_step = np.where(examples > 0, np.minimum(examples / steps, own_batch), own_batch)
             work_x = steps * per_step * self._ref_example_column(reports.bits[computed])
+            tiers = [tier for tier, keep in zip(reports.tiers, computed, strict=True) if keep]
+            factors = np.array([float(tier_profile(self.tiers, tier).compute_factor) for tier in tiers])
+            self.prior_scale.add(tiers, reports.compute_s[computed] / (factors * work_x))
+            # A client's first report re-centres its prior on its tier's measured scale (its own
+            # report included) before it is learned from: a prior off by 10x otherwise takes
+            # many rounds to leave behind.
+            first = np.flatnonzero(self.table["compute_reports"][rows[computed]] == 0)
+            for tier in {tiers[i] for i in first.tolist()}:
+                self._set_compute_prior(rows[computed][[i for i in first.tolist() if tiers[i] == tier]], tier)
             self.compute_time.update(rows[computed], work_x, reports.compute_s[computed])
+            self.table["compute_reports"][rows[computed]] += 1
         # Everything that is not compute (transfers, handshakes) is charged to the transfer model.
         non_compute = reports.non_compute_s
         moved = timed & (reports.rank > 0) & (non_compute > 0)
@@ -632,10 +665,17 @@ class BanditScheduler(RankScheduler):
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"clients": self.table.state_dict(), "average_rank": self.average_rank.state_dict()}
+        return {
+            "clients": self.table.state_dict(),
+            "average_rank": self.average_rank.state_dict(),
+            "prior_scale": self.prior_scale.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not state:
             return
         self.table.load_state_dict(state["clients"])
+        if "compute_reports" not in state["clients"]["columns"]:  # saved before PriorScale: keep what was learned
+            self.table["compute_reports"][:] = 1.0
         self.average_rank.load_state_dict(state["average_rank"])
+        self.prior_scale.load_state_dict(state.get("prior_scale", {}))

@@ -37,11 +37,13 @@ class OnlineLinearTime:
     """``y = w0 + w1 * x`` per client (a table row), Bayesian, forgetting old rounds.
 
     Gaussian prior N(m, diag(sd^2)) per row; each observation is weighted by the row's noise
-    precision. Before each update the data's precision decays by ``forgetting`` toward the
-    prior (stabilised forgetting: the posterior never gets more certain than ~1/(1-forgetting)
-    recent rounds allow, and never looser than the prior). The noise variance is an
-    exponential average of squared errors left after each update. Columns live in a shared
-    ``ClientTable``.
+    precision. Before each update the posterior's precision decays by ``forgetting`` toward the
+    prior's (stabilised forgetting: the posterior never gets more certain than ~1/(1-forgetting)
+    recent rounds allow, and never looser than the prior), keeping its mean: forgetting loosens
+    what is known, it does not pull it back to the prior's guess, so a prior off by any factor
+    is left behind within a few reports (decaying toward the prior's mean as well kept a prior
+    10x off biased for good). The noise variance is an exponential average of squared errors
+    left after each update. Columns live in a shared ``ClientTable``.
     """
 
     FIELDS = ("p00", "p01", "p11", "h0", "h1", "prior_p00", "prior_p11", "prior_h0", "prior_h1", "noise_var")
@@ -106,12 +108,17 @@ class OnlineLinearTime:
             return
         weight = 1.0 / self._col("noise_var")[rows]
         lam = self.forgetting
+        m0, m1, *_ = self._posterior(rows)
         p00, p01, p11, h0, h1 = (self._col(n) for n in ("p00", "p01", "p11", "h0", "h1"))
-        p00[rows] = lam * p00[rows] + (1 - lam) * self._col("prior_p00")[rows] + weight
-        p01[rows] = lam * p01[rows] + weight * x
-        p11[rows] = lam * p11[rows] + (1 - lam) * self._col("prior_p11")[rows] + weight * x * x
-        h0[rows] = lam * h0[rows] + (1 - lam) * self._col("prior_h0")[rows] + weight * y
-        h1[rows] = lam * h1[rows] + (1 - lam) * self._col("prior_h1")[rows] + weight * x * y
+        # Forget: precision blends toward the prior's, the mean stays (h = precision @ mean).
+        d00 = lam * p00[rows] + (1 - lam) * self._col("prior_p00")[rows]
+        d01 = lam * p01[rows]
+        d11 = lam * p11[rows] + (1 - lam) * self._col("prior_p11")[rows]
+        p00[rows] = d00 + weight
+        p01[rows] = d01 + weight * x
+        p11[rows] = d11 + weight * x * x
+        h0[rows] = d00 * m0 + d01 * m1 + weight * y
+        h1[rows] = d01 * m0 + d11 * m1 + weight * x * y
         # The error left after the update is noise; the part the update explained was the
         # model being wrong (a bad prior), which the mean has now absorbed.
         m0, m1, *_ = self._posterior(rows)

@@ -268,6 +268,13 @@ def _header(p: Protocol, figures: dict[str, Path]) -> str:
         if misfit_group(p)
         else ""
     )
+    fixed_cost = s.get("step_fixed_examples", 0.0)
+    step_cost = (
+        f" The bandit arms are told a training step's fixed cost: `step-fixed-examples {fixed_cost:g}` "
+        "(docs/schedulers.md)."
+        if fixed_cost
+        else ""
+    )
     return "\n\n".join(
         [
             f"# The scheduler's evidence (issue 20), size `{p.size}`",
@@ -280,7 +287,7 @@ def _header(p: Protocol, figures: dict[str, Path]) -> str:
             f"Deadline {deadline}. Every arm runs until its virtual clock reaches {p.clock_budget_s:g} s "
             f"(equal clock; the round that reaches it is its last). Target accuracy {p.target:g} on "
             f"{p.server_test_size} held-out {s['items']}: one evaluation's 95% CI half-width is at most "
-            f"±{half:.3f} (at accuracy 0.5; per partition below at the scores measured).{misfit}{wall}",
+            f"±{half:.3f} (at accuracy 0.5; per partition below at the scores measured).{misfit}{step_cost}{wall}",
             "Time to target, *sustained*: the first evaluation from which the score stays at or above the target "
             "for two consecutive evaluations; *first crossing*: interpolated, as flq/metrics/summary.py's "
             "`time_to_target`. Ratios: per seed, the reference arm's time over this arm's (> 1: sooner), geometric "

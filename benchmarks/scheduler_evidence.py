@@ -117,6 +117,15 @@ SIZES = {
 REPORTS = {"default": RESULTS / "scheduler_evidence.md", "full": RESULTS / "scheduler_evidence_full.md"}
 
 
+def arm_overrides(arm: str, step_fixed_examples: float) -> dict:
+    """An arm's run-config keys; a bandit arm is told a step's fixed cost where one is given (the
+    other schedulers do not read it, so their runs stay those without it)."""
+    keys = dict(ARMS[arm])
+    if step_fixed_examples and keys["scheduler"] == "bandit":
+        keys["step-fixed-examples"] = step_fixed_examples
+    return keys
+
+
 def feasible(base: dict, partition: str, seed: int, clients: int) -> bool:
     """Whether this seed's partition gives every client enough examples (decided before any run)."""
     from flq.config import RunConfig
@@ -172,6 +181,13 @@ def main() -> None:
         "--bits", type=int, help="backbone bits of the run (bandit may choose fewer; the data set's default)"
     )
     parser.add_argument("--deadline-steps", type=float, default=14.0, help="deadline in reference steps of the model")
+    parser.add_argument(
+        "--step-fixed-examples",
+        type=float,
+        default=0.0,
+        help="the bandit arms' step-fixed-examples: a step's fixed cost in examples' worth, as measured "
+        "(docs/schedulers.md)",
+    )
     parser.add_argument("--deadline", type=float, help="deadline in clock seconds (instead of --deadline-steps)")
     parser.add_argument("--budget-deadlines", type=float, help="the equal clock budget, in deadlines")
     parser.add_argument("--max-rounds", type=int, help="round cap (the clock budget normally ends runs first)")
@@ -249,7 +265,8 @@ def main() -> None:
         for partition in size.partitions:
             for arm in size.arms:
                 label = f"{prefix}{partition.replace(':', '')}-{arm}"
-                matrix.add(label, {**base, **partition_overrides(partition), **ARMS[arm]}, [seed])
+                keys = {**base, **partition_overrides(partition), **arm_overrides(arm, args.step_fixed_examples)}
+                matrix.add(label, keys, [seed])
                 refs.append(RunRef(partition, arm, seed, out / "runs" / f"{label}-seed{seed}"))
     if args.dry_run:
         print(
@@ -276,6 +293,7 @@ def main() -> None:
             "compute_misfit": args.compute_misfit,
             "steps": args.steps,
             "batch_size": args.batch_size,
+            "step_fixed_examples": args.step_fixed_examples,
         },
         seeds=seeds,
         target=size.target,

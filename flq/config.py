@@ -109,6 +109,7 @@ class RunConfig:
     client_ranks: str = ""
     client_bits: str = ""
     bandit_off: str = ""  # ablations: bandit parts switched off (flq.scheduler.bandit.BANDIT_PARTS)
+    step_fixed_examples: float = 0.0  # a training step's fixed cost, in examples' worth (docs/schedulers.md)
     # tiers, clock and deadline (docs/clock.md)
     tiers: str = "reference"
     tier_file: str = ""
@@ -263,6 +264,10 @@ class RunConfig:
         check(self.clients_per_round >= 0, "clients-per-round must be >= 0 (0 = all)")
         check(self.local_steps >= 1, "local-steps must be >= 1")
         check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
+        check(
+            math.isfinite(self.step_fixed_examples) and self.step_fixed_examples >= 0,
+            f"step-fixed-examples must be a finite number >= 0, got {self.step_fixed_examples}",
+        )
         check(self.learning_rate > 0, "learning-rate must be > 0")
         check(self.weight_decay >= 0, "weight-decay must be >= 0")
         check(self.lr_schedule in LR_SCHEDULES, f"lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")

@@ -3,13 +3,14 @@
 Not FLQ's virtual clock (flq/sim): a stand-in with the same shape of truth, so scheduler
 tests need no simulator, Flower or torch. A client's round time on the clock is
 
-    compute = steps * STEP_S[bits] * (batch / 8) * tier.compute_factor * slowness * noise
+    compute = steps * STEP_S[bits] * (batch + c) / (8 + c) * tier.compute_factor * slowness * noise
     transfer = 2 * rtt + rank * BYTES_PER_RANK * 8e-6 * (1/down + 1/up) / (1 - loss) * noise
 
 (``slowness`` is a hidden per-client multiplier the tier prior does not know; step time does
 not depend on rank; ``batch`` is the assignment's batch size, else the tier's 8, and a step's
-time is proportional to it). Under the ``budget`` policy a client stops, as the ClientApp does, before
-its compute plus its predicted transfers would pass its budget. The
+time is proportional to it plus ``c``, the step's fixed cost in examples' worth, 0 by
+default). Under the ``budget`` policy a client stops, as the ClientApp does, before its
+compute plus its predicted transfers would pass its budget. The
 global loss falls by a share of its distance to a floor that grows with the accepted clients'
 steps and (logarithmically) their ranks.
 """
@@ -71,6 +72,7 @@ class SimulatedFederation:
     loss_floor: float = 0.2
     rank_max: int = 64
     local_steps: int = 8
+    step_fixed_examples: float = 0.0  # c above
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -93,7 +95,8 @@ class SimulatedFederation:
         if client.fails:
             return ClientReport(client.node_id, "failed", a.rank, a.bits, client.tier)
         batch = min(self.tiers[client.tier].batch_size, a.batch_size or self.tiers[client.tier].batch_size)
-        per_step = self.step_s(client, a.bits) * batch / 8 * self._jitter()
+        c = self.step_fixed_examples
+        per_step = self.step_s(client, a.bits) * (batch + c) / (8 + c) * self._jitter()
         steps = a.local_steps
         if self.policy == "budget" and a.budget_s is not None:
             # as the ClientApp does: stop before the next step would push compute plus the

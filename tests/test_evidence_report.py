@@ -189,6 +189,20 @@ def test_the_report_names_the_data_set_it_ran_on(tmp_path):
     assert "digits, 4 clients" in text and "held-out images" in text and "BBC" not in text
 
 
+def test_only_the_bandit_arms_are_told_a_steps_fixed_cost_and_the_report_says_so(tmp_path):
+    from scheduler_evidence import arm_overrides
+
+    assert arm_overrides("bandit", 4.5)["step-fixed-examples"] == 4.5
+    assert arm_overrides("bandit-no-caution", 4.5)["step-fixed-examples"] == 4.5
+    assert "step-fixed-examples" not in arm_overrides("fixed-budget", 4.5)
+    assert "step-fixed-examples" not in arm_overrides("bandit", 0.0)
+    told = replace(protocol(), settings={**protocol().settings, "step_fixed_examples": 4.5})
+    text = write_evidence_report(write_runs(tmp_path / "told"), told, tmp_path / "told.md").read_text()
+    assert "`step-fixed-examples 4.5`" in text
+    plain = write_evidence_report(write_runs(tmp_path / "plain"), protocol(), tmp_path / "plain.md").read_text()
+    assert "step-fixed-examples" not in plain
+
+
 def test_the_image_task_is_planned_only_with_a_deadline_in_seconds_and_a_target():
     def plan(*args: str) -> subprocess.CompletedProcess:
         command = [sys.executable, str(BENCHMARKS / "scheduler_evidence.py"), "--dry-run", "--seeds", "0", *args]

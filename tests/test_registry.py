@@ -62,6 +62,13 @@ def test_bandit_off_switches_off_exactly_the_part_it_names(part):
     assert {flag for flag in flags if not getattr(off, flag)} == {BANDIT_PARTS[part]}
 
 
+def test_step_fixed_examples_reaches_the_schedulers_and_must_not_be_negative():
+    cfg = RunConfig.from_flower({"scheduler": "bandit", "step-fixed-examples": 4.5})
+    assert build_for_run(cfg, tiers=load_tiers()).defaults.step_fixed_examples == 4.5
+    with pytest.raises(config.ConfigError, match="step-fixed-examples must be a finite number >= 0, got -1"):
+        RunConfig.from_flower({"scheduler": "bandit", "step-fixed-examples": -1.0})
+
+
 def test_bandit_off_takes_several_parts_and_rejects_unknown_ones_and_other_schedulers():
     both = build_for_run(RunConfig(scheduler="bandit", bandit_off="caution, batch-shrink"), tiers=load_tiers())
     assert not both.use_caution and not both.shrink_batch and both.learn_times

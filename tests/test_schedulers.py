@@ -465,6 +465,25 @@ def test_steps_first_a_client_short_of_the_step_cap_keeps_it_at_a_smaller_batch(
     }
 
 
+def test_a_bandit_told_the_step_fixed_cost_does_not_shrink_slow_clients_to_tiny_steps():
+    # A step costs as much as 24 more examples (a small convolutional model's overheads): a batch
+    # of 1 takes 25/32 of a full step's time, so small steps train almost nothing.
+    def rounds(told: float, **options):
+        defaults = replace(DEFAULTS, step_fixed_examples=told)
+        federation = SimulatedFederation(
+            three_tier_clients(3, {"edge": 1.5}), deadline_s=30.0, seed=4, step_fixed_examples=24.0
+        )
+        return run_rounds(bandit(arms=(2, 4, 8), defaults=defaults, **options), federation, 10)
+
+    def edge_examples(history):
+        return [sum(r.num_examples for r in reports if r.tier == "edge") for _, reports, _ in history]
+
+    told, untold, steps_cut = rounds(24.0), rounds(0.0), rounds(24.0, keep_steps=False)
+    assert all(on_time_share(reports) == 1.0 for _, reports, _ in told)
+    assert min(edge_examples(told)[-3:]) >= 8 * max(edge_examples(untold)[-3:])
+    assert edge_examples(told)[-1] >= edge_examples(steps_cut)[-1]  # steps first gives way to full batches
+
+
 def test_bandit_learns_compute_per_example_so_small_batches_teach_full_ones():
     defaults = SchedulerDefaults(rank=8, rank_max=64, bits=16, local_steps=8, batch_size=8)
 

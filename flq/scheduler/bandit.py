@@ -13,7 +13,8 @@ deadline with high probability (the round's miss probability, 5% by default, sha
 the clients the deadline binds, since a round is on time only if all of them are); ranks
 are then water-filled so the round's mean meets the aim where the deadline allows. A
 compute-bound client loses work, not just rank: first examples per step (a smaller batch for
-the round, so it keeps the step cap), then steps once its batch is at the floor;
+the round, so it keeps the step cap), then steps once its batch is at the floor, unless fewer
+steps of its own batch would train more examples (a step's fixed cost, ``step_fixed_examples``);
 a client that misses a deadline or fails is pushed down at once and recovers over on-time rounds.
 Cost per round, n clients: O(n log n), no solver: whole-column numpy work (about 16
 evaluations of the time models inside binary searches over steps and rank, a histogram
@@ -272,12 +273,15 @@ class BanditScheduler(RankScheduler):
     them are; without it, each client's own probability.
     ``shrink_batch`` / ``min_batch_size``: a client predicted late even at one step of its
     own batch gets the largest batch (not below ``min_batch_size``) whose one step is predicted
-    on time; work is measured in examples, so what it learns at a small batch carries over.
+    on time; work is measured in examples (each step counting the defaults'
+    ``step_fixed_examples`` more), so what it learns at a small batch carries over.
     ``keep_steps`` (with ``shrink_batch``): steps first: a client whose own batch cannot do
     the step cap gets the largest batch at which it can, so the deadline cuts examples per step
-    before it cuts steps. The time model is linear in examples, so the same examples fit either
-    way; split into more steps they make more optimizer updates (the ablations measured the
-    other split slower: docs/schedulers.md).
+    before it cuts steps, unless fewer steps of its own batch would train more examples than
+    rounding explains (an example per step): without a fixed cost per step the same examples
+    fit either way, and split into more steps they make more optimizer updates (the ablations
+    measured the other split slower: docs/schedulers.md); with a large one, small steps would
+    train only a few examples.
     ``min_work_fraction``: share of the step cap a client keeps before its rank may crowd out
     steps (rank costs transfer time; below this share, rank gives way first).
     ``stop_on_budget``: True when the run's policy is ``budget`` (a client stops before its
@@ -392,10 +396,12 @@ class BanditScheduler(RankScheduler):
 
     def _ref_example_column(self, bits: np.ndarray) -> np.ndarray:
         """Reference seconds per training example for each entry of ``bits`` (a few distinct
-        values): the reference step, at the run's batch size, per example."""
+        values): the reference step, at the run's batch size, per example (its fixed cost
+        counted as ``step_fixed_examples`` more)."""
         out = np.empty(bits.shape, dtype=np.float64)
+        per_step = self.defaults.batch_size + self.defaults.step_fixed_examples
         for value in np.unique(bits).tolist():
-            out[bits == value] = self._ref_step_s(int(value)) / self.defaults.batch_size
+            out[bits == value] = self._ref_step_s(int(value)) / per_step
         return out
 
     def _init_rows(self, rows: np.ndarray, tiers: Sequence[str | None]) -> None:
@@ -411,7 +417,8 @@ class BanditScheduler(RankScheduler):
         d, cv = self.defaults, self.prior_cv
         profile = tier_profile(self.tiers, tier)
         factor = float(profile.compute_factor) * self.prior_scale.scale(tier)
-        one_step = factor * self._ref_step_s(d.bits) * own_batch_size(profile, d.batch_size) / d.batch_size
+        per_step = own_batch_size(profile, d.batch_size) + d.step_fixed_examples
+        one_step = factor * self._ref_step_s(d.bits) * per_step / (d.batch_size + d.step_fixed_examples)
         full_work = one_step * d.local_steps
         # compute_s = w0 + w1 * (examples * reference seconds per example): w1 is the client's
         # compute factor
@@ -532,19 +539,21 @@ class BanditScheduler(RankScheduler):
         limit = deadline_s / self.table["caution"][rows]
         example_x = self._ref_example_column(bits)
         own_batch = self.table["own_batch"][rows].astype(np.int64)
-        step_x = example_x * own_batch
+        fixed = d.step_fixed_examples
+        step_x = example_x * (own_batch + fixed)
         compute, transfer = self.compute_time.line(rows), self.transfer_time.line(rows)
 
         def fits_work(
-            ranks: np.ndarray, z: float, unit_x: np.ndarray, at: slice | np.ndarray = slice(None)
+            ranks: np.ndarray, z: float, unit_x: np.ndarray, at: slice | np.ndarray = slice(None), offset: float = 0.0
         ) -> Callable[[np.ndarray], np.ndarray]:
-            """At ``ranks``, do ``k`` units of work (``unit_x`` reference seconds each: a step,
-            an example) fit? For the rows ``at`` only, if given (``ranks`` still covers all)."""
+            """At ``ranks``, do ``k + offset`` units of work (``unit_x`` reference seconds each: a
+            step, an example) fit? For the rows ``at`` only, if given (``ranks`` still covers all)."""
             r = ranks.astype(np.float64)
             base, spread = transfer.mean(r)[at] + compute.m0[at], transfer.var(r)[at] + compute.v0[at]
             m1, v1, v2, unit, room = compute.m1[at], compute.v1[at], compute.v2[at], unit_x[at], limit[at]
             return lambda k: (
-                base + m1 * (x := k * unit) + z * np.sqrt(np.maximum(spread + x * (v1 + v2 * x), 0.0)) <= room
+                base + m1 * (x := (k + offset) * unit) + z * np.sqrt(np.maximum(spread + x * (v1 + v2 * x), 0.0))
+                <= room
             )
 
         def fits_steps(ranks: np.ndarray, z: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -583,12 +592,18 @@ class BanditScheduler(RankScheduler):
             batches[short], _ = largest_fitting(
                 np.full(short.size, self.min_batch_size, dtype=np.int64),
                 own_batch[short] - 1,
-                fits_work(ranks, z, example_x * wanted, short),
+                fits_work(ranks, z, example_x * wanted, short, offset=fixed),
             )
-            if self.keep_steps:  # the steps that fit at the smaller batch
-                steps[short], _ = largest_fitting(
-                    one[short], cap[short], fits_work(ranks, z, example_x * batches, short)
+            if self.keep_steps:  # the steps that fit at the smaller batch, unless they train fewer examples
+                small_steps, _ = largest_fitting(
+                    one[short], cap[short], fits_work(ranks, z, example_x * (batches + fixed), short)
                 )
+                # Without a fixed cost per step the two splits differ by rounding only, at most an
+                # example per step; a larger shortfall is the steps' fixed cost: fewer steps win.
+                own_examples = np.where(one_step_fits[short], steps[short] * own_batch[short], 0)
+                smaller = small_steps * batches[short] >= own_examples - cap[short]
+                steps[short] = np.where(smaller, small_steps, steps[short])
+                batches[short] = np.where(smaller, batches[short], 0)
         # The ClientApp takes its own predicted transfers out of the budget: it gets its whole
         # time, the deadline shrunk by its caution.
         resolution = deadline_s / BUDGET_LEVELS
@@ -624,6 +639,7 @@ class BanditScheduler(RankScheduler):
             own_batch = self.table["own_batch"][rows[computed]]
             examples = reports.num_examples[computed].astype(np.float64)
             per_step = np.where(examples > 0, np.minimum(examples / steps, own_batch), own_batch)
+            per_step += self.defaults.step_fixed_examples
             work_x = steps * per_step * self._ref_example_column(reports.bits[computed])
             tiers = [tier for tier, keep in zip(reports.tiers, computed, strict=True) if keep]
             factors = np.array([float(tier_profile(self.tiers, tier).compute_factor) for tier in tiers])

@@ -112,6 +112,9 @@ class SchedulerDefaults:
     bits: int = 16
     local_steps: int = 8
     batch_size: int = 8  # the run's examples per step (a tier may have its own)
+    # A step's fixed cost in examples' worth: a step of b examples costs as much as b + this many
+    # would without it (framework and kernel overheads; large for small convolutional models).
+    step_fixed_examples: float = 0.0
     tier_ranks: dict[str, int] = field(default_factory=dict)
     tier_bits: dict[str, int] = field(default_factory=dict)
 

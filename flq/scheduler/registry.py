@@ -31,6 +31,7 @@ def build_for_run(cfg: RunConfig, *, tiers: Mapping[str, Any] | None = None, **p
         bits=cfg.backbone_bits,
         local_steps=cfg.local_steps,
         batch_size=cfg.batch_size,
+        step_fixed_examples=cfg.step_fixed_examples,
         tier_ranks=_tier_table(cfg.client_ranks),
         tier_bits=_tier_table(cfg.client_bits),
     )

@@ -29,6 +29,7 @@ from flq.sim.calibration import (
     calibration_record,
     check_prefix,
     compute_factor,
+    fit_step_cost,
     header_lines,
     load_note,
     noise_notes,
@@ -500,3 +501,15 @@ def test_a_start_up_probe_that_fails_stops_calibration_with_its_last_error_line(
 
     with pytest.raises(CalibrationError, match=r"start-up probe failed \(exit 1\): .*unknown key 'no-such-key'"):
         time_probes({"no-such-key": 1}, 8, None, 1, 1, progress=lambda _: None)
+
+
+def test_a_steps_fixed_cost_is_fitted_in_examples_worth():
+    batches = [1, 2, 4, 8, 16]
+    line = fit_step_cost(batches, [0.002 * (6 + b) for b in batches])  # 12 ms fixed, 2 ms an example
+    assert line.fixed_s == pytest.approx(0.012) and line.per_example_s == pytest.approx(0.002)
+    assert line.fixed_examples == pytest.approx(6.0)
+    assert fit_step_cost([1, 8], [0.001, 0.008]).fixed_examples == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="two or more batch sizes"):
+        fit_step_cost([8, 8], [0.05, 0.06])
+    with pytest.raises(ValueError, match="does not grow with its batch"):
+        fit_step_cost([1, 8], [0.05, 0.04])

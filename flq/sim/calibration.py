@@ -535,3 +535,28 @@ def base_tier(tiers: Mapping[str, TierProfile], name: str = REFERENCE_TIER) -> T
     if name not in tiers:
         raise CalibrationError(f"base tier {name!r} not found; known: {', '.join(sorted(tiers))}")
     return tiers[name]
+
+
+@dataclass(frozen=True)
+class StepCostLine:
+    """A step's seconds as ``per_example_s * (fixed_examples + batch)``: the run config's
+    ``step-fixed-examples`` is ``fixed_examples`` (docs/schedulers.md, "A step's fixed cost")."""
+
+    fixed_s: float  # seconds a step takes whatever its batch
+    per_example_s: float
+    fixed_examples: float  # fixed_s / per_example_s
+
+
+def fit_step_cost(batch_sizes: Sequence[float], seconds: Sequence[float]) -> StepCostLine:
+    """Least-squares line of step seconds on batch size (medians measured at two or more sizes).
+
+    Raises ValueError for fewer than two distinct batch sizes, or when the time does not grow
+    with the batch (no per-example cost to count the fixed one in).
+    """
+    b, t = np.asarray(batch_sizes, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
+    if b.shape != t.shape or np.unique(b).size < 2:
+        raise ValueError("measure the step at two or more batch sizes")
+    per_example, fixed = np.polyfit(b, t, 1)
+    if not per_example > 0:
+        raise ValueError(f"the step's time does not grow with its batch (slope {per_example:.3g} s per example)")
+    return StepCostLine(float(fixed), float(per_example), float(max(fixed, 0.0) / per_example))

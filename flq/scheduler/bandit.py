@@ -394,22 +394,30 @@ class BanditScheduler(RankScheduler):
             self._step_s_by_bits[bits] = reference_step_s(self.step_time_prior, bits)
         return self._step_s_by_bits[bits]
 
+    def _ref_example_s(self, bits: int) -> float:
+        """Reference seconds per training example: the reference step, at the run's batch size,
+        per example (its fixed cost counted as ``step_fixed_examples`` more)."""
+        return self._ref_step_s(bits) / (self.defaults.batch_size + self.defaults.step_fixed_examples)
+
     def _ref_example_column(self, bits: np.ndarray) -> np.ndarray:
-        """Reference seconds per training example for each entry of ``bits`` (a few distinct
-        values): the reference step, at the run's batch size, per example (its fixed cost
-        counted as ``step_fixed_examples`` more)."""
+        """``_ref_example_s`` for each entry of ``bits`` (a few distinct values)."""
         out = np.empty(bits.shape, dtype=np.float64)
-        per_step = self.defaults.batch_size + self.defaults.step_fixed_examples
         for value in np.unique(bits).tolist():
-            out[bits == value] = self._ref_step_s(int(value)) / per_step
+            out[bits == value] = self._ref_example_s(int(value))
         return out
 
+    @staticmethod
+    def _for_each_tier(
+        rows: np.ndarray, tiers: Sequence[str | None], apply: Callable[[np.ndarray, str | None], None]
+    ) -> None:
+        """``apply(group, tier)`` once per tier among ``tiers`` (one per row): a few tiers, many clients."""
+        names = np.asarray([t or "" for t in tiers], dtype=object)
+        for name in set(names.tolist()):
+            apply(rows[names == name], name or None)
+
     def _init_rows(self, rows: np.ndarray, tiers: Sequence[str | None]) -> None:
-        """New clients start from their tier's prior (grouped: a few tiers, many clients)."""
-        tier_names = np.asarray([t if t is not None else "" for t in tiers], dtype=object)
-        for name in set(tier_names.tolist()):
-            group = rows[tier_names == name]
-            self._init_tier_rows(group, name or None)
+        """New clients start from their tier's prior."""
+        self._for_each_tier(rows, tiers, self._init_tier_rows)
 
     def _set_compute_prior(self, rows: np.ndarray, tier: str | None) -> None:
         """The compute-time prior of clients of one tier: the tier's factor times how far the
@@ -417,11 +425,12 @@ class BanditScheduler(RankScheduler):
         d, cv = self.defaults, self.prior_cv
         profile = tier_profile(self.tiers, tier)
         factor = float(profile.compute_factor) * self.prior_scale.scale(tier)
-        per_step = own_batch_size(profile, d.batch_size) + d.step_fixed_examples
-        one_step = factor * self._ref_step_s(d.bits) * per_step / (d.batch_size + d.step_fixed_examples)
+        one_step = (
+            factor * self._ref_example_s(d.bits) * (own_batch_size(profile, d.batch_size) + d.step_fixed_examples)
+        )
         full_work = one_step * d.local_steps
-        # compute_s = w0 + w1 * (examples * reference seconds per example): w1 is the client's
-        # compute factor
+        # compute_s = w0 + w1 * ((examples + step_fixed_examples per step) * reference seconds per
+        # example): w1 is the client's compute factor
         self.compute_time.set_prior(
             rows, 0.0, max(cv * full_work, 1e-3), factor, max(cv * factor, 1e-3), self.noise_cv * full_work
         )
@@ -480,12 +489,9 @@ class BanditScheduler(RankScheduler):
 
     def _rescale_unreported_priors(self, rows: np.ndarray, clients: Sequence[ClientInfo]) -> None:
         """Clients with no compute report yet start from the scale measured on those that have."""
-        unreported = self.table["compute_reports"][rows] == 0
-        if not self.prior_scale.run_count or not unreported.any():
-            return
-        tiers = np.asarray([c.tier or "" for c in clients], dtype=object)
-        for tier in set(tiers[unreported].tolist()):
-            self._set_compute_prior(rows[unreported & (tiers == tier)], tier or None)
+        unreported = np.flatnonzero(self.table["compute_reports"][rows] == 0)
+        if self.prior_scale.reported and unreported.size:
+            self._for_each_tier(rows[unreported], [clients[i].tier for i in unreported], self._set_compute_prior)
 
     def _bits_and_memory_ceiling(
         self, rows: np.ndarray, clients: Sequence[ClientInfo]
@@ -648,8 +654,7 @@ class BanditScheduler(RankScheduler):
             # report included) before it is learned from: a prior off by 10x otherwise takes
             # many rounds to leave behind.
             first = np.flatnonzero(self.table["compute_reports"][rows[computed]] == 0)
-            for tier in {tiers[i] for i in first.tolist()}:
-                self._set_compute_prior(rows[computed][[i for i in first.tolist() if tiers[i] == tier]], tier)
+            self._for_each_tier(rows[computed][first], [tiers[i] for i in first], self._set_compute_prior)
             self.compute_time.update(rows[computed], work_x, reports.compute_s[computed])
             self.table["compute_reports"][rows[computed]] += 1
         # Everything that is not compute (transfers, handshakes) is charged to the transfer model.

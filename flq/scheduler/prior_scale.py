@@ -25,8 +25,6 @@ class PriorScale:
     def __init__(self) -> None:
         self.log_sums: dict[str, float] = {}  # by tier name ("" for clients without a tier)
         self.counts: dict[str, int] = {}
-        self.run_log_sum = 0.0
-        self.run_count = 0
 
     def add(self, tiers: Sequence[str | None], ratios: np.ndarray) -> None:
         """Pool one ratio per report; ratios that are not finite and positive are ignored."""
@@ -36,16 +34,19 @@ class PriorScale:
             key, value = tier or "", math.log(ratio)
             self.log_sums[key] = self.log_sums.get(key, 0.0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
-            self.run_log_sum += value
-            self.run_count += 1
+
+    @property
+    def reported(self) -> bool:
+        """Whether any report has been pooled (else every scale is 1)."""
+        return bool(self.counts)
 
     def scale(self, tier: str | None) -> float:
         """The factor to multiply tier ``tier``'s prior compute time by."""
         key = tier or ""
         if self.counts.get(key):
             return math.exp(self.log_sums[key] / self.counts[key])
-        if self.run_count:
-            return math.exp(self.run_log_sum / self.run_count)
+        if self.counts:  # the run's, pooled over every tier
+            return math.exp(sum(self.log_sums.values()) / sum(self.counts.values()))
         return 1.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -54,5 +55,3 @@ class PriorScale:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.log_sums = {str(k): float(v) for k, v in state.get("log_sums", {}).items()}
         self.counts = {str(k): int(v) for k, v in state.get("counts", {}).items()}
-        self.run_log_sum = sum(self.log_sums.values())
-        self.run_count = sum(self.counts.values())
